@@ -1,0 +1,367 @@
+"""Engines, transactions and schema versions.
+
+``open_database(setting)`` accepts a file path (SQLite) or a SQLAlchemy URL.
+SQLite connections get WAL, a busy timeout and foreign keys; transactions are
+begun by asynchy itself so that writers can take ``BEGIN IMMEDIATE`` (a
+deferred transaction that later writes can fail with SQLITE_BUSY however long
+the timeout).
+
+Schema versions are alembic revisions (``migrations/`` in the repository,
+``asynchy/migrations`` in the wheel).  Opening a database that is already at
+``SCHEMA_HEAD`` costs one query and never imports alembic; an empty database is
+built from the models and stamped; an older one is upgraded by alembic; a
+newer one, or a database of another tool, is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+from asynchy.errors import ConfigError, DatabaseError, SchemaError
+from asynchy.models import SCHEMA_HEAD, Base
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 60_000
+VERSION_TABLE = "alembic_version"
+
+
+def is_url(setting: str) -> bool:
+    return "://" in setting
+
+
+def sqlite_url(path: Path) -> str:
+    return "sqlite:///" + str(path)
+
+
+@dataclass
+class Database:
+    """An open inventory database.  Not shared across processes: open one per process."""
+
+    engine: Engine
+    display: str  # a path, or the URL with its password hidden: safe for messages and logs
+    path: Path | None  # the SQLite file, None for a server database
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction: ``BEGIN IMMEDIATE`` on SQLite, committed on success."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(asynchy_begin="IMMEDIATE")
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read transaction (deferred on SQLite; rolled back at the end)."""
+        with self.engine.connect() as conn, conn.begin() as txn:
+            yield conn
+            txn.rollback()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_engine(path: Path) -> Engine:
+    engine = create_engine(sqlite_url(path), connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see the begin hook)
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("asynchy_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def _ensure_wal(db: Database) -> None:
+    """Switch an asynchy SQLite file to WAL (persistent; done only once we know the file is ours)."""
+    if not db.is_sqlite:
+        return
+    raw = db.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.close()
+    finally:
+        raw.close()
+
+
+def make_engine(setting: str) -> tuple[Engine, str, Path | None]:
+    """Engine for a db setting; raises ConfigError for a setting that cannot work."""
+    if is_url(setting):
+        try:
+            url = make_url(setting)
+        except ArgumentError:
+            raise ConfigError(f"db {setting!r} is not a valid database URL") from None
+        shown = url.render_as_string(hide_password=True)
+        if url.get_backend_name() == "sqlite":
+            if not url.database:
+                raise ConfigError("db: in-memory SQLite cannot hold an inventory; give a file path")
+            path = Path(url.database).expanduser().resolve()
+            return _check_sqlite_path(path, shown)
+        try:
+            engine = create_engine(url, pool_pre_ping=True)
+        except (NoSuchModuleError, ModuleNotFoundError) as exc:
+            hint = " (install asynchy[postgres])" if url.get_backend_name() == "postgresql" else ""
+            raise ConfigError(f"db {shown}: no driver for this URL{hint}: {exc}") from None
+        return engine, shown, None
+    path = Path(setting).expanduser().resolve()
+    return _check_sqlite_path(path, str(path))
+
+
+def _check_sqlite_path(path: Path, shown: str) -> tuple[Engine, str, Path]:
+    if path.is_dir():
+        raise ConfigError(f"db {shown} is a folder; give a file path such as {path / 'files.db'}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"db {shown}: folder {path.parent} does not exist; create it or fix db")
+    return _sqlite_engine(path), shown, path
+
+
+def _sqlite_magic_ok(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        raise DatabaseError(f"cannot read database {path}: {exc.strerror}") from None
+    return head == b"" or head == b"SQLite format 3\x00"
+
+
+def read_revision(conn: Connection) -> tuple[str | None, list[str]]:
+    """(current revision or None, names of the tables present)."""
+    tables = inspect(conn).get_table_names()
+    if VERSION_TABLE not in tables:
+        return None, tables
+    revs = [row[0] for row in conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))]  # noqa: S608 - a constant
+    if len(revs) > 1:
+        raise SchemaError(
+            f"database has several schema revisions ({', '.join(revs)}); it was not made by asynchy"
+        )
+    return (revs[0] if revs else None), tables
+
+
+def open_database(setting: str, *, migrate: bool = True) -> Database:
+    """Open the inventory; bring an empty or older schema to head unless ``migrate`` is False."""
+    engine, shown, path = make_engine(setting)
+    db = Database(engine=engine, display=shown, path=path)
+    if path is not None and not _sqlite_magic_ok(path):
+        engine.dispose()
+        raise SchemaError(f"{shown} is not a SQLite database; give another db path")
+    try:
+        with engine.connect() as conn:
+            rev, _tables = read_revision(conn)
+            conn.rollback()
+        if rev != SCHEMA_HEAD:
+            if migrate:
+                upgrade(db)
+            else:
+                check_revision(db, rev)
+        _ensure_wal(db)
+    except OperationalError as exc:
+        engine.dispose()
+        raise DatabaseError(f"cannot open database {shown}: {_short(exc)}") from None
+    except sqlite3.DatabaseError as exc:  # raised by PRAGMAs on a corrupt file
+        engine.dispose()
+        raise SchemaError(f"{shown} is not a usable SQLite database: {exc}") from None
+    except BaseException:
+        engine.dispose()
+        raise
+    return db
+
+
+def _short(exc: Exception) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig if orig is not None else exc).splitlines()[0]
+
+
+def migrations_dir() -> Path:
+    """Where the alembic scripts are: inside the installed package, else the repository root."""
+    packaged = resources.files("asynchy") / "migrations"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    repo = Path(__file__).resolve().parent.parent / "migrations"
+    if repo.is_dir():
+        return repo
+    raise DatabaseError(
+        "asynchy's migration scripts are missing from this installation; reinstall asynchy"
+    )
+
+
+def alembic_config(conn: Connection | None = None) -> Config:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    if conn is not None:
+        cfg.attributes["connection"] = conn
+    return cfg
+
+
+def known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config())
+    return {rev.revision for rev in script.walk_revisions()}
+
+
+def check_revision(db: Database, rev: str | None, tables: list[str] | None = None) -> None:
+    """Raise SchemaError unless ``rev`` is head; explains what to do in every case."""
+    if rev == SCHEMA_HEAD:
+        return
+    if rev is None:
+        raise SchemaError(f"{db.display} has no asynchy schema yet: run `asynchy db upgrade`")
+    if rev not in known_revisions():
+        raise SchemaError(
+            f"{db.display} has schema revision {rev}, newer than this asynchy "
+            f"(which knows up to {SCHEMA_HEAD}): upgrade asynchy to use this database"
+        )
+    raise SchemaError(
+        f"{db.display} has schema revision {rev}: run `asynchy db upgrade` to bring it to {SCHEMA_HEAD}"
+    )
+
+
+@dataclass(frozen=True)
+class UpgradeResult:
+    before: str | None
+    after: str
+
+
+def upgrade(db: Database) -> UpgradeResult:
+    """Bring the schema to head, serialised against other processes doing the same."""
+    with db.engine.connect() as conn:
+        conn = conn.execution_options(asynchy_begin="IMMEDIATE")
+        with conn.begin():
+            if db.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('asynchy-schema'))"))
+            rev, tables = read_revision(conn)
+            if rev == SCHEMA_HEAD:
+                return UpgradeResult(rev, rev)
+            if rev is None:
+                foreign = [t for t in tables if t != VERSION_TABLE and not t.startswith("sqlite_")]
+                if foreign:
+                    raise SchemaError(
+                        f"{db.display} is not an asynchy database (it has tables {', '.join(sorted(foreign))}); "
+                        "give another db, or import it with `asynchy merge`"
+                    )
+                # A new database: build it from the models and record head (no alembic needed).
+                Base.metadata.create_all(conn)
+                conn.execute(
+                    text(
+                        f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version_num VARCHAR(32) NOT NULL, "
+                        f"CONSTRAINT {VERSION_TABLE}_pkc PRIMARY KEY (version_num))"
+                    )
+                )
+                conn.execute(
+                    text(f"INSERT INTO {VERSION_TABLE} (version_num) VALUES (:v)"),  # noqa: S608 - a constant
+                    {"v": SCHEMA_HEAD},
+                )
+                log.info("created the asynchy schema (revision %s) in %s", SCHEMA_HEAD, db.display)
+                return UpgradeResult(None, SCHEMA_HEAD)
+            if rev not in known_revisions():
+                check_revision(db, rev)
+            from alembic import command
+
+            log.info("upgrading %s from schema revision %s to %s", db.display, rev, SCHEMA_HEAD)
+            command.upgrade(alembic_config(conn), "head")
+            return UpgradeResult(rev, SCHEMA_HEAD)
+
+
+def current(db: Database) -> str | None:
+    with db.engine.connect() as conn:
+        rev, tables = read_revision(conn)
+        conn.rollback()
+    if rev is None:
+        foreign = [t for t in tables if not t.startswith("sqlite_")]
+        if foreign:
+            raise SchemaError(
+                f"{db.display} is not an asynchy database (it has tables {', '.join(sorted(foreign))})"
+            )
+    return rev
+
+
+def _open_raw(setting: str) -> Database:
+    engine, shown, path = make_engine(setting)
+    db = Database(engine=engine, display=shown, path=path)
+    if path is not None and not _sqlite_magic_ok(path):
+        engine.dispose()
+        raise SchemaError(f"{shown} is not a SQLite database; give another db path")
+    return db
+
+
+def upgrade_database(setting: str) -> tuple[Database, UpgradeResult]:
+    """``asynchy db upgrade``: create or upgrade the schema, report before/after."""
+    db = _open_raw(setting)
+    try:
+        result = upgrade(db)
+        _ensure_wal(db)
+        return db, result
+    except OperationalError as exc:
+        db.close()
+        raise DatabaseError(f"cannot upgrade database {db.display}: {_short(exc)}") from None
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise SchemaError(f"{db.display} is not a usable SQLite database: {exc}") from None
+    except BaseException:
+        db.close()
+        raise
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    display: str
+    revision: str | None
+    head: str
+
+    @property
+    def state(self) -> str:
+        if self.revision == self.head:
+            return "current"
+        if self.revision is None:
+            return "empty"
+        return "older" if self.revision in known_revisions() else "newer"
+
+
+def schema_status(setting: str) -> SchemaStatus:
+    """``asynchy db current``: the revision, without changing anything."""
+    if not is_url(setting) and not Path(setting).expanduser().exists():
+        raise DatabaseError(f"database {Path(setting).expanduser()} does not exist")
+    db = _open_raw(setting)
+    try:
+        return SchemaStatus(db.display, current(db), SCHEMA_HEAD)
+    except OperationalError as exc:
+        raise DatabaseError(f"cannot open database {db.display}: {_short(exc)}") from None
+    except sqlite3.DatabaseError as exc:
+        raise SchemaError(f"{db.display} is not a usable SQLite database: {exc}") from None
+    finally:
+        db.close()

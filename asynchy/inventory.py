@@ -1,0 +1,656 @@
+"""``asynchy walk``: list the source's EPN folders into the inventory.
+
+The walk streams events from a ``Tree`` (local or SFTP) and writes each EPN
+in one transaction: after Ctrl+C or ``kill -9`` an EPN is either fully
+recorded or absent, and the next walk skips the EPNs already walked.  Rows are
+buffered per EPN and spilled to a temporary table when an EPN is very large,
+so memory stays flat however big the tree.
+
+Only this module writes walk results; it knows nothing of paramiko or click.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    MetaData,
+    Table,
+    Text,
+    and_,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from asynchy.db import Database
+from asynchy.errors import ConnectionLost, Interrupted, RemoteError, UsageError
+from asynchy.models import (
+    UTCDateTime,
+    epns_table,
+    files_table,
+    sqlite_time_text,
+    walk_errors_table,
+    walks_table,
+)
+from asynchy.names import check_component, decode_name, encode_name
+from asynchy.remote.base import Entry, EpnDone, Files, Issue, Tree
+
+log = logging.getLogger(__name__)
+
+SPILL_ROWS = 20_000  # rows of one EPN kept in memory before they go to the staging table
+MAX_ERRORS_SHOWN = 20
+
+
+class Progress(Protocol):
+    def start(self, total: int) -> None: ...
+    def epn_done(self, files: int, nbytes: int) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """``K/N``: this host walks the EPNs whose CRC-32 of the name is K-1 modulo N."""
+
+    k: int
+    n: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        try:
+            k_text, n_text = text.split("/")
+            k, n = int(k_text), int(n_text)
+        except ValueError:
+            raise UsageError(f"--shard {text!r} must look like K/N, e.g. 1/3") from None
+        if not 1 <= k <= n:
+            raise UsageError(f"--shard {text!r}: K must be from 1 to N")
+        return cls(k, n)
+
+    def owns(self, epn: bytes) -> bool:
+        return zlib.crc32(epn) % self.n == self.k - 1
+
+    def __str__(self) -> str:
+        return f"{self.k}/{self.n}"
+
+
+@dataclass(frozen=True, slots=True)
+class WalkOptions:
+    epns: tuple[str, ...] | None = (
+        None  # only these EPNs (stored-name form); None: all under src_prefix
+    )
+    refresh: bool = False
+    shard: Shard | None = None
+    workers: int = 32
+    retries: int = 5  # reconnects in a row without progress before giving up
+    backoff: float = 1.0  # seconds before the first reconnect; doubles, at most 30 s
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRow:
+    epn: str | None
+    path: str
+    kind: str
+    message: str
+
+
+@dataclass
+class WalkSummary:
+    walk_id: int
+    source: str
+    status: str = "running"
+    epns_total: int = 0
+    epns_walked: int = 0
+    epns_skipped: int = 0
+    epns_changed: int = 0
+    epns_incomplete: int = 0
+    epns_gone: int = 0
+    files: int = 0
+    bytes: int = 0
+    error_count: int = 0
+    errors: list[ErrorRow] = field(default_factory=list)
+    reconnects: int = 0
+    elapsed: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "walk_id": self.walk_id,
+            "source": self.source,
+            "status": self.status,
+            "epns_total": self.epns_total,
+            "epns_walked": self.epns_walked,
+            "epns_skipped": self.epns_skipped,
+            "epns_changed": self.epns_changed,
+            "epns_incomplete": self.epns_incomplete,
+            "epns_gone": self.epns_gone,
+            "files": self.files,
+            "bytes": self.bytes,
+            "errors": self.error_count,
+            "error_details": [_row_dict(e) for e in self.errors],
+            "reconnects": self.reconnects,
+            "elapsed_seconds": round(self.elapsed, 3),
+        }
+
+
+def _row_dict(e: ErrorRow) -> dict[str, Any]:
+    return {"epn": e.epn, "path": e.path, "kind": e.kind, "message": e.message}
+
+
+def parse_epn(text: str) -> bytes:
+    """An EPN name given by the user -> its bytes; UsageError when it cannot be a folder name."""
+    try:
+        raw = decode_name(text.strip())
+    except ValueError as exc:
+        raise UsageError(f"EPN {text!r}: {exc}") from None
+    problem = check_component(raw)
+    if problem:
+        raise UsageError(f"EPN {text!r} is not a folder name ({problem})")
+    return raw
+
+
+def read_epn_file(path: str) -> list[str]:
+    """EPNs from a file: one a line; blank lines and lines starting with # are ignored."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        raise UsageError(f"--epn-file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--epn-file {path} is not UTF-8 text") from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# A per-connection staging table for EPNs that are re-walked or too large for memory.
+_stage_meta = MetaData()
+stage_table = Table(
+    "asynchy_walk_stage",
+    _stage_meta,
+    Column("epn", Text, primary_key=True),
+    Column("path", Text, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("modified", UTCDateTime, nullable=False),
+    Column("kind", Text, nullable=False),
+    prefixes=["TEMPORARY"],
+)
+
+
+class _Writer:
+    """Owns the one write connection of a walk and turns finished EPNs into rows."""
+
+    def __init__(self, db: Database, walk_id: int) -> None:
+        self.db = db
+        self.walk_id = walk_id
+        self.conn: Connection = db.engine.connect().execution_options(asynchy_begin="IMMEDIATE")
+        self._time_cache: dict[int, Any] = {}
+        self._stage_ready = False
+
+    def close(self) -> None:
+        try:
+            if self._stage_ready:
+                with self.conn.begin():
+                    stage_table.drop(self.conn, checkfirst=True)
+        finally:
+            self.conn.close()
+
+    def _time(self, epoch: int) -> Any:
+        value = self._time_cache.get(epoch)
+        if value is None:
+            if self.db.is_sqlite:
+                value = sqlite_time_text(epoch)
+            else:
+                value = datetime.fromtimestamp(epoch, UTC)
+            if len(self._time_cache) > 100_000:
+                self._time_cache.clear()
+            self._time_cache[epoch] = value
+        return value
+
+    def _rows(self, epn: str, entries: Iterable[Entry]) -> list[tuple[str, str, int, Any, str]]:
+        t = self._time
+        rows: list[tuple[str, str, int, Any, str]] = [
+            (epn, encode_name(e.path), e.size, t(e.mtime), e.kind) for e in entries
+        ]
+        rows.sort(key=lambda r: r[1])
+        return rows
+
+    def _bulk(self, table: Table, rows: list[tuple[str, str, int, Any, str]]) -> None:
+        if not rows:
+            return
+        if self.db.is_sqlite:
+            sql = (
+                f"INSERT INTO {table.name} (epn, path, size, modified, kind) VALUES (?, ?, ?, ?, ?)"  # noqa: S608
+            )
+            self.conn.exec_driver_sql(sql, rows)
+        else:
+            keys = ("epn", "path", "size", "modified", "kind")
+            self.conn.execute(insert(table), [dict(zip(keys, r, strict=True)) for r in rows])
+
+    def _ensure_stage(self) -> None:
+        if not self._stage_ready:
+            with self.conn.begin():
+                stage_table.create(self.conn, checkfirst=True)
+            self._stage_ready = True
+
+    def spill(self, epn: str, entries: list[Entry]) -> None:
+        """Move buffered rows of a large EPN to the staging table (not yet visible in files)."""
+        self._ensure_stage()
+        with self.conn.begin():
+            self._bulk(stage_table, self._rows(epn, entries))
+
+    def drop_staged(self, epn: str) -> None:
+        if self._stage_ready:
+            with self.conn.begin():
+                self.conn.execute(stage_table.delete().where(stage_table.c.epn == epn))
+
+    def finish(
+        self, epn: str, entries: list[Entry], spilled: bool, issues: list[Issue]
+    ) -> tuple[int, int, bool]:
+        """Record one EPN atomically; returns (files, bytes, changed)."""
+        complete = not issues
+        now = _now()
+        conn = self.conn
+        with conn.begin():
+            known = conn.execute(
+                select(epns_table.c.walked_at, epns_table.c.status).where(epns_table.c.epn == epn)
+            ).first()
+            if known is None and not spilled:
+                files, nbytes, changed = self._finish_new(epn, entries, complete, issues, now)
+            else:
+                self._ensure_stage_in_txn()
+                files, nbytes, changed = self._finish_merge(
+                    epn, entries, complete, issues, now, known
+                )
+            if issues:
+                conn.execute(
+                    insert(walk_errors_table),
+                    [
+                        {
+                            "walk_id": self.walk_id,
+                            "epn": epn,
+                            "path": encode_name(i.path),
+                            "kind": i.kind,
+                            "message": i.message,
+                            "at": now,
+                        }
+                        for i in issues
+                    ],
+                )
+            conn.execute(
+                update(walks_table)
+                .where(walks_table.c.id == self.walk_id)
+                .values(
+                    epns_walked=walks_table.c.epns_walked + 1,
+                    epns_changed=walks_table.c.epns_changed + int(changed),
+                    files=walks_table.c.files + files,
+                    bytes=walks_table.c.bytes + nbytes,
+                    errors=walks_table.c.errors + len(issues),
+                )
+            )
+        return files, nbytes, changed
+
+    def _ensure_stage_in_txn(self) -> None:
+        if not self._stage_ready:
+            stage_table.create(self.conn, checkfirst=True)
+            self._stage_ready = True
+
+    def _finish_new(
+        self, epn: str, entries: list[Entry], complete: bool, issues: list[Issue], now: datetime
+    ) -> tuple[int, int, bool]:
+        nbytes = sum(e.size for e in entries)
+        newest = max((e.mtime for e in entries), default=None)
+        self.conn.execute(
+            insert(epns_table).values(
+                epn=epn,
+                size=nbytes,
+                file_count=len(entries),
+                modified=datetime.fromtimestamp(newest, UTC) if newest is not None else None,
+                walked_at=now,
+                walk_id=self.walk_id,
+                walk_complete=complete,
+                walk_error_count=len(issues),
+                status="pending",
+                first_seen_at=now,
+            )
+        )
+        self._bulk(files_table, self._rows(epn, entries))
+        return len(entries), nbytes, False
+
+    def _finish_merge(
+        self,
+        epn: str,
+        entries: list[Entry],
+        complete: bool,
+        issues: list[Issue],
+        now: datetime,
+        known: Any,
+    ) -> tuple[int, int, bool]:
+        conn = self.conn
+        f, s = files_table.c, stage_table.c
+        self._bulk(stage_table, self._rows(epn, entries))
+        if known is None:
+            conn.execute(
+                insert(epns_table).values(
+                    epn=epn, walked_at=now, first_seen_at=now, status="pending"
+                )
+            )
+        differs = or_(f.size != s.size, f.modified != s.modified, f.kind != s.kind)
+        match = and_(f.epn == s.epn, f.path == s.path)
+        added_or_changed = conn.execute(
+            select(func.count())
+            .select_from(stage_table.outerjoin(files_table, match))
+            .where(s.epn == epn, or_(f.path.is_(None), differs))
+        ).scalar_one()
+        gone = 0
+        staged_same = exists().where(s.epn == f.epn, s.path == f.path)
+        if complete:
+            gone = conn.execute(select(func.count()).where(f.epn == epn, ~staged_same)).scalar_one()
+        dialect_insert = sqlite.insert if self.db.is_sqlite else postgresql.insert
+        ins = dialect_insert(files_table).from_select(
+            ["epn", "path", "size", "modified", "kind"],
+            select(s.epn, s.path, s.size, s.modified, s.kind).where(s.epn == epn),
+        )
+        excluded = ins.excluded
+        conn.execute(
+            ins.on_conflict_do_update(
+                index_elements=[f.epn, f.path],
+                set_={"size": excluded.size, "modified": excluded.modified, "kind": excluded.kind},
+                where=or_(
+                    f.size != excluded.size,
+                    f.modified != excluded.modified,
+                    f.kind != excluded.kind,
+                ),
+            )
+        )
+        if complete and gone:
+            conn.execute(files_table.delete().where(f.epn == epn, ~staged_same))
+        conn.execute(stage_table.delete().where(s.epn == epn))
+        files, nbytes, newest = conn.execute(
+            select(func.count(), func.coalesce(func.sum(f.size), 0), func.max(f.modified)).where(
+                f.epn == epn
+            )
+        ).one()
+        was_walked = known is not None and known.walked_at is not None
+        changed = was_walked and (added_or_changed + gone) > 0
+        values: dict[str, Any] = {
+            "size": nbytes,
+            "file_count": files,
+            "modified": newest,
+            "walked_at": now,
+            "walk_id": self.walk_id,
+            "walk_complete": complete,
+            "walk_error_count": len(issues),
+        }
+        if changed:
+            values["changed_at"] = now
+            if known.status == "complete":
+                values["status"] = "changed"
+        conn.execute(update(epns_table).where(epns_table.c.epn == epn).values(**values))
+        return int(files), int(nbytes), changed
+
+
+def _start_walk(db: Database, source: str, opts: WalkOptions) -> int:
+    host = socket.gethostname()
+    with db.write() as conn:
+        stale = conn.execute(
+            select(walks_table.c.id, walks_table.c.pid).where(
+                walks_table.c.status == "running", walks_table.c.host == host
+            )
+        ).all()
+        for walk_id, pid in stale:
+            if not _pid_alive(pid):
+                conn.execute(
+                    update(walks_table)
+                    .where(walks_table.c.id == walk_id)
+                    .values(
+                        status="interrupted",
+                        message="the walking process died (found by a later walk)",
+                    )
+                )
+        options = {
+            "epns": list(opts.epns) if opts.epns is not None else None,
+            "refresh": opts.refresh,
+            "shard": str(opts.shard) if opts.shard else None,
+            "workers": opts.workers,
+        }
+        result = conn.execute(
+            insert(walks_table)
+            .values(
+                started_at=_now(),
+                status="running",
+                source=source,
+                host=host,
+                pid=os.getpid(),
+                options=options,
+            )
+            .returning(walks_table.c.id)
+        )
+        return int(result.scalar_one())
+
+
+def _end_walk(db: Database, summary: WalkSummary, message: str | None = None) -> None:
+    with db.write() as conn:
+        conn.execute(
+            update(walks_table)
+            .where(walks_table.c.id == summary.walk_id)
+            .values(
+                status=summary.status,
+                finished_at=_now(),
+                epns_total=summary.epns_total,
+                epns_skipped=summary.epns_skipped,
+                reconnects=summary.reconnects,
+                message=message,
+            )
+        )
+
+
+def _record_top_issues(db: Database, walk_id: int, issues: list[Issue]) -> None:
+    if not issues:
+        return
+    now = _now()
+    with db.write() as conn:
+        conn.execute(
+            insert(walk_errors_table),
+            [
+                {
+                    "walk_id": walk_id,
+                    "epn": None,
+                    "path": encode_name(i.path),
+                    "kind": i.kind,
+                    "message": i.message,
+                    "at": now,
+                }
+                for i in issues
+            ],
+        )
+        conn.execute(
+            update(walks_table)
+            .where(walks_table.c.id == walk_id)
+            .values(errors=walks_table.c.errors + len(issues))
+        )
+
+
+def walk(
+    db: Database,
+    tree: Tree,
+    opts: WalkOptions,
+    *,
+    progress: Progress | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> WalkSummary:
+    """Walk the tree into the database; see the module docstring for the guarantees."""
+    started = time.monotonic()
+    summary = WalkSummary(walk_id=_start_walk(db, tree.source, opts), source=tree.source)
+    writer: _Writer | None = None
+    try:
+        todo = _select_epns(db, tree, opts, summary)
+        if progress is not None:
+            progress.start(len(todo))
+        writer = _Writer(db, summary.walk_id)
+        _run(tree, todo, opts, writer, summary, progress, sleep)
+        summary.status = "partial" if summary.error_count else "complete"
+        summary.elapsed = time.monotonic() - started
+        _end_walk(db, summary)
+        return summary
+    except (KeyboardInterrupt, Interrupted):
+        summary.status = "interrupted"
+        summary.elapsed = time.monotonic() - started
+        _end_walk(db, summary, "interrupted by the user")
+        raise Interrupted(
+            f"walk interrupted after {summary.epns_walked} EPNs; run `asynchy walk` again to continue"
+        ) from None
+    except BaseException as exc:
+        summary.status = "failed"
+        summary.elapsed = time.monotonic() - started
+        _end_walk(db, summary, str(exc) or type(exc).__name__)
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+        if writer is not None:
+            writer.close()
+        tree.close()
+
+
+def _select_epns(db: Database, tree: Tree, opts: WalkOptions, summary: WalkSummary) -> list[bytes]:
+    listed: list[bytes]
+    if opts.epns is not None:
+        listed = list(dict.fromkeys(parse_epn(e) for e in opts.epns))
+    else:
+        top, issues = tree.list_epns()
+        listed = [t.name for t in top if t.is_dir]
+        _record_top_issues(db, summary.walk_id, issues)
+        summary.error_count += len(issues)
+        summary.errors.extend(
+            ErrorRow(None, encode_name(i.path), i.kind, i.message) for i in issues
+        )
+    if opts.shard is not None:
+        listed = [e for e in listed if opts.shard.owns(e)]
+    listed.sort()
+    with db.read() as conn:
+        rows = conn.execute(select(epns_table.c.epn, epns_table.c.walk_complete)).all()
+    complete = {epn for epn, done in rows if done}
+    if opts.epns is None:
+        seen = {encode_name(e) for e in listed}
+        known = (decode_name(epn) for epn, _ in rows)
+        summary.epns_gone = sum(
+            1
+            for raw in known
+            if (opts.shard is None or opts.shard.owns(raw)) and encode_name(raw) not in seen
+        )
+    todo = listed if opts.refresh else [e for e in listed if encode_name(e) not in complete]
+    summary.epns_total = len(listed)
+    summary.epns_skipped = len(listed) - len(todo)
+    return todo
+
+
+def _run(
+    tree: Tree,
+    todo: Sequence[bytes],
+    opts: WalkOptions,
+    writer: _Writer,
+    summary: WalkSummary,
+    progress: Progress | None,
+    sleep: Callable[[float], None],
+) -> None:
+    remaining = list(todo)
+    failures = 0
+    while remaining:
+        buffers: dict[bytes, list[Entry]] = {}
+        spilled: set[bytes] = set()
+        done: set[bytes] = set()
+        try:
+            for ev in tree.walk(remaining):
+                if isinstance(ev, Files):
+                    buf = buffers.setdefault(ev.epn, [])
+                    buf.extend(ev.entries)
+                    if len(buf) >= SPILL_ROWS:
+                        writer.spill(encode_name(ev.epn), buf)
+                        spilled.add(ev.epn)
+                        buffers[ev.epn] = []
+                elif isinstance(ev, EpnDone):
+                    _finish(
+                        writer, ev, buffers.pop(ev.epn, []), ev.epn in spilled, summary, progress
+                    )
+                    spilled.discard(ev.epn)
+                    done.add(ev.epn)
+                    failures = 0
+            remaining = [e for e in remaining if e not in done]
+            if (
+                remaining
+            ):  # a well-behaved tree reports every EPN; never loop forever on one that does not
+                raise RemoteError(
+                    f"the source did not report {len(remaining)} EPNs (first: {remaining[0]!r})"
+                )
+        except ConnectionLost as exc:
+            for epn in spilled:
+                writer.drop_staged(encode_name(epn))
+            remaining = [e for e in remaining if e not in done]
+            failures += 1
+            if failures > opts.retries:
+                raise RemoteError(
+                    f"{exc}; gave up after {opts.retries} reconnects without progress"
+                ) from None
+            delay = min(30.0, opts.backoff * 2 ** (failures - 1))
+            log.warning("%s; reconnecting in %g s (%d EPNs to go)", exc, delay, len(remaining))
+            summary.reconnects += 1
+            sleep(delay)
+
+
+def _finish(
+    writer: _Writer,
+    ev: EpnDone,
+    entries: list[Entry],
+    spilled: bool,
+    summary: WalkSummary,
+    progress: Progress | None,
+) -> None:
+    epn = encode_name(ev.epn)
+    files, nbytes, changed = writer.finish(epn, entries, spilled, ev.issues)
+    summary.epns_walked += 1
+    summary.files += files
+    summary.bytes += nbytes
+    summary.epns_changed += int(changed)
+    if ev.issues:
+        summary.epns_incomplete += 1
+        summary.error_count += len(ev.issues)
+        for issue in ev.issues:
+            if len(summary.errors) < MAX_ERRORS_SHOWN:
+                summary.errors.append(
+                    ErrorRow(epn, encode_name(issue.path), issue.kind, issue.message)
+                )
+            log.warning(
+                "EPN %s: %s: %s (%s)",
+                epn,
+                encode_name(issue.path) or ".",
+                issue.message,
+                issue.kind,
+            )
+    if progress is not None:
+        progress.epn_done(files, nbytes)

@@ -1,0 +1,65 @@
+"""Logging: warnings (or more with -v) to stderr, and optionally a rotating log file."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+from pathlib import Path
+
+from asynchy.errors import ConfigError
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _TqdmSafeHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes through tqdm.write when a bar is active so that bars stay intact."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            if getattr(tqdm, "_instances", None):
+                tqdm.write(self.format(record), file=self.stream)
+                return
+        except Exception:  # noqa: S110 - logging must never fail the program
+            pass
+        super().emit(record)
+
+
+def setup(*, verbose: int, quiet: bool, log_file: str | None, log_level: str) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_asynchy", False):
+            root.removeHandler(handler)
+            handler.close()
+    if quiet:
+        console_level = logging.ERROR
+    else:
+        console_level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    console = _TqdmSafeHandler()
+    console.setLevel(console_level)
+    console.setFormatter(logging.Formatter("asynchy: %(levelname)s: %(message)s"))
+    console._asynchy = True  # type: ignore[attr-defined]
+    root.addHandler(console)
+    level = console_level
+    if log_file:
+        path = Path(log_file).expanduser()
+        try:
+            fh = logging.handlers.RotatingFileHandler(
+                path, maxBytes=20 * 2**20, backupCount=5, encoding="utf-8"
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"log_file {path} cannot be opened: {exc.strerror}; fix log_file"
+            ) from None
+        file_level = getattr(logging, log_level)
+        fh.setLevel(file_level)
+        fh.setFormatter(logging.Formatter(FORMAT))
+        fh._asynchy = True  # type: ignore[attr-defined]
+        root.addHandler(fh)
+        level = min(level, file_level)
+    root.setLevel(level)
+    # paramiko logs every connection failure as ERROR with a traceback; we report those ourselves.
+    logging.getLogger("paramiko").setLevel(
+        logging.CRITICAL if level > logging.DEBUG else logging.DEBUG
+    )

@@ -1,0 +1,167 @@
+"""The inventory tables (SQLAlchemy 2 declarative).  Documented column by column in docs/schema.md.
+
+Only table definitions live here: no engines, sessions or business rules.
+``SCHEMA_HEAD`` must name the newest alembic revision in ``migrations/versions``
+(a test checks it), so that opening an up-to-date database never loads alembic.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    false,
+    text,
+)
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+SCHEMA_HEAD = "0001"
+
+# SQLite has no date type; asynchy stores UTC as 'YYYY-MM-DD HH:MM:SS' text (whole
+# seconds), which sorts correctly and which SQLite's date functions understand.
+SQLITE_DATETIME_FORMAT = "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime in Python; timestamptz on PostgreSQL, text on SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(
+                sqlite.DATETIME(storage_format=SQLITE_DATETIME_FORMAT)  # type: ignore[no-untyped-call]
+            )
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None, microsecond=0)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def sqlite_time_text(epoch_seconds: int) -> str:
+    """The exact text UTCDateTime stores on SQLite, for bulk paths that bypass the type."""
+    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Walk(Base):
+    """One run of ``asynchy walk``."""
+
+    __tablename__ = "walks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'running'"))
+    source: Mapped[str] = mapped_column(Text, nullable=False)
+    host: Mapped[str] = mapped_column(Text, nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    epns_total: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    epns_walked: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    epns_skipped: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    epns_changed: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    files: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    errors: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    reconnects: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    message: Mapped[str | None] = mapped_column(Text)
+
+
+class Epn(Base):
+    """One experiment folder on the source, with aggregates of its files."""
+
+    __tablename__ = "epns"
+
+    epn: Mapped[str] = mapped_column(Text, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    file_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    modified: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    walked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    walk_id: Mapped[int | None] = mapped_column(ForeignKey("walks.id", ondelete="SET NULL"))
+    walk_complete: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
+    walk_error_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    status: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'pending'"))
+    changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (
+        Index(None, "status", "modified"),
+        Index(None, "walk_id"),
+    )
+
+
+class File(Base):
+    """One regular file or symlink of an EPN (the key is the EPN and the path inside it)."""
+
+    __tablename__ = "files"
+
+    epn: Mapped[str] = mapped_column(ForeignKey("epns.epn", ondelete="CASCADE"), primary_key=True)
+    path: Mapped[str] = mapped_column(Text, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    modified: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    kind: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'file'"))
+
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+
+class WalkError(Base):
+    """A problem met while walking: an unreadable or vanished folder, an unsafe name, a missing EPN."""
+
+    __tablename__ = "walk_errors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    walk_id: Mapped[int] = mapped_column(ForeignKey("walks.id", ondelete="CASCADE"), nullable=False)
+    epn: Mapped[str | None] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(Text, nullable=False)
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (Index(None, "epn"), Index(None, "walk_id"))
+
+
+epns_table = cast(Table, Epn.__table__)
+files_table = cast(Table, File.__table__)
+walks_table = cast(Table, Walk.__table__)
+walk_errors_table = cast(Table, WalkError.__table__)

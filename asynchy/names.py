@@ -1,0 +1,79 @@
+"""Storing file names that are arbitrary bytes in TEXT columns, losslessly.
+
+POSIX names are bytes; the database wants text.  asynchy stores a name as UTF-8
+text and escapes only what cannot be stored that way:
+
+* a byte that is not part of valid UTF-8 becomes ``\\xHH`` (two lower-case hex digits);
+* a backslash becomes ``\\\\`` (so a real ``\\x41`` in a name is not mistaken for an escape).
+
+Everything else (spaces, quotes, newlines, ``*?[]``, ``$(...)``, any valid
+Unicode) is stored verbatim.  ``decode_name(encode_name(b)) == b`` for every
+``b``, and distinct byte strings always give distinct texts, so the
+``(epn, path)`` key stays unique.
+"""
+
+from __future__ import annotations
+
+import re
+
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
+def encode_name(raw: bytes) -> str:
+    """Bytes of a name or path -> the text stored in the database."""
+    if b"\\" not in raw:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    out: list[str] = []
+    text = raw.decode("utf-8", errors="surrogateescape")
+    for ch in text:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, smuggled by surrogateescape
+            out.append(f"\\x{code - 0xDC00:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def decode_name(text: str) -> bytes:
+    """The stored text -> the exact bytes of the name.
+
+    Raises ValueError for a backslash that is not one of the two escapes.
+    """
+    if "\\" not in text:
+        return text.encode("utf-8")
+    parts: list[bytes] = []
+    pos = 0
+    while True:
+        i = text.find("\\", pos)
+        if i < 0:
+            parts.append(text[pos:].encode("utf-8"))
+            return b"".join(parts)
+        parts.append(text[pos:i].encode("utf-8"))
+        m = _ESCAPE.match(text, i)
+        if m is None:
+            raise ValueError(f"not a valid stored name (stray backslash at {i}): {text!r}")
+        esc = m.group(1)
+        parts.append(b"\\" if esc == "\\" else bytes([int(esc[1:], 16)]))
+        pos = m.end()
+
+
+def check_component(name: bytes) -> str | None:
+    """Why a server-sent directory entry name is unsafe, or None if it is fine.
+
+    A name must be one path component: not empty, not ``.`` or ``..``, and free
+    of ``/`` and NUL.  Such names are never followed or recorded.
+    """
+    if not name:
+        return "empty name"
+    if name in (b".", b".."):
+        return f"name {name.decode()!r} is not a real entry"
+    if b"/" in name:
+        return "name contains '/'"
+    if b"\x00" in name:
+        return "name contains NUL"
+    return None

@@ -1,0 +1,45 @@
+"""Progress bars (tqdm) for long work, shown only on a terminal and never with -q."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+class WalkBar:
+    """EPNs done of total, with files and bytes counted so far."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+        self.files = 0
+        self.bytes = 0
+
+    def start(self, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        self._bar = tqdm(
+            total=total, unit="EPN", desc="walk", dynamic_ncols=True, file=sys.stderr, leave=False
+        )
+
+    def epn_done(self, files: int, nbytes: int) -> None:
+        self.files += files
+        self.bytes += nbytes
+        if self._bar is not None:
+            from asynchy.render import human_bytes
+
+            self._bar.set_postfix_str(
+                f"{self.files:,} files, {human_bytes(self.bytes)}", refresh=False
+            )
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def bars_wanted(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()

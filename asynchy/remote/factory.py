@@ -1,0 +1,20 @@
+"""Choosing the lister for the configured source."""
+
+from __future__ import annotations
+
+from asynchy.config import Settings
+from asynchy.remote.base import Tree
+
+
+def open_tree(settings: Settings, *, workers: int, accept_new_host_key: bool = False) -> Tree:
+    """A LocalTree when host is empty or 'local', else an SftpTree (connected lazily)."""
+    prefix = settings.require("src_prefix")
+    if settings.is_local:
+        from asynchy.remote.local import LocalTree
+
+        return LocalTree(prefix)
+    from asynchy.remote.sftp import SftpTree
+
+    return SftpTree(
+        settings.ssh_target(), prefix, workers=workers, accept_new_host_key=accept_new_host_key
+    )

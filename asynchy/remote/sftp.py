@@ -1,0 +1,464 @@
+"""The SFTP lister: a pipelined SFTP v3 directory reader over a paramiko channel.
+
+paramiko does the ssh part (host keys, authentication, encryption).  The SFTP
+requests are asynchronous by design; this module keeps many ``OPENDIR`` /
+``READDIR`` requests in flight on one channel, so the walk costs a few round
+trips per tree *level*, not per folder or per file, and every ``READDIR``
+answer already carries each entry's attributes (``lstat``: symlinks are
+reported, never followed).
+
+It reads names as raw bytes: paramiko's own SFTP client decodes names as
+strict UTF-8 and aborts a whole listing on one non-UTF-8 name.  Server-sent
+names are checked (``names.check_component``) before use, so a hostile server
+cannot steer the walk with ``/``, NUL or ``..``.
+
+Every wait for the server has a deadline (``timeout``); a silent or dropped
+connection raises ConnectionLost, and the next ``walk`` call reconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+import struct
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from asynchy.config import SshTarget
+from asynchy.errors import ConnectionLost, RemoteError, SourceNotFound
+from asynchy.names import check_component
+from asynchy.remote import ssh
+from asynchy.remote.base import (
+    FILES_CHUNK,
+    Entry,
+    EpnDone,
+    Files,
+    Issue,
+    IssueKind,
+    TopEntry,
+    WalkEvent,
+)
+
+if TYPE_CHECKING:
+    import paramiko
+
+log = logging.getLogger(__name__)
+
+# SFTP v3 (draft-ietf-secsh-filexfer-02) packet types and status codes.
+FXP_INIT, FXP_VERSION = 1, 2
+FXP_CLOSE, FXP_OPENDIR, FXP_READDIR = 4, 11, 12
+FXP_STATUS, FXP_HANDLE, FXP_NAME = 101, 102, 104
+FX_OK, FX_EOF, FX_NO_SUCH_FILE, FX_PERMISSION_DENIED = 0, 1, 2, 3
+ATTR_SIZE, ATTR_UIDGID, ATTR_PERMISSIONS, ATTR_ACMODTIME = 0x1, 0x2, 0x4, 0x8
+ATTR_EXTENDED = 0x80000000
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_HDR = struct.Struct(">IBI")  # length, type, request id
+_U32x2 = struct.Struct(">II")
+
+READ_AHEAD = 3  # READDIR requests kept in flight per open folder
+DEFAULT_WORKERS = 32
+WINDOW = 16 * 1024 * 1024
+
+
+class _Protocol:
+    """Framing of SFTP packets on a channel; requests are buffered until ``flush``."""
+
+    def __init__(self, chan: paramiko.Channel, timeout: float, where: str) -> None:
+        self.chan = chan
+        self.timeout = timeout
+        self.where = where
+        chan.settimeout(timeout)
+        self.inbuf = bytearray()
+        self.pos = 0
+        self.out = bytearray()
+        self.next_id = 1
+
+    def init(self) -> None:
+        self.out += _U32.pack(5) + bytes([FXP_INIT]) + _U32.pack(3)
+        self.flush()
+        length = self._need_u32()
+        body = self._take(length)
+        if body[0] != FXP_VERSION:
+            raise ConnectionLost(
+                f"{self.where} did not answer like an SFTP server (packet type {body[0]})"
+            )
+
+    def request(self, kind: int, payload: bytes) -> int:
+        rid = self.next_id
+        self.next_id = (rid + 1) & 0xFFFFFFFF or 1
+        self.out += _HDR.pack(len(payload) + 5, kind, rid) + payload
+        return rid
+
+    def flush(self) -> None:
+        if not self.out:
+            return
+        data = bytes(self.out)
+        self.out.clear()
+        try:
+            self.chan.sendall(data)
+        except TimeoutError:
+            raise ConnectionLost(
+                f"{self.where} stopped accepting requests for {self.timeout:g} s"
+            ) from None
+        except (OSError, EOFError) as exc:
+            raise ConnectionLost(
+                f"connection to {self.where} lost: {exc or type(exc).__name__}"
+            ) from None
+
+    def _fill(self) -> None:
+        if self.pos > 1 << 20:
+            del self.inbuf[: self.pos]
+            self.pos = 0
+        try:
+            data = self.chan.recv(1 << 18)
+        except TimeoutError:
+            raise ConnectionLost(f"no answer from {self.where} within {self.timeout:g} s") from None
+        except (OSError, EOFError) as exc:
+            raise ConnectionLost(
+                f"connection to {self.where} lost: {exc or type(exc).__name__}"
+            ) from None
+        if not data:
+            raise ConnectionLost(f"connection to {self.where} closed by the server")
+        self.inbuf += data
+
+    def _need_u32(self) -> int:
+        while len(self.inbuf) - self.pos < 4:
+            self._fill()
+        (value,) = _U32.unpack_from(self.inbuf, self.pos)
+        self.pos += 4
+        return int(value)
+
+    def _take(self, n: int) -> bytes:
+        while len(self.inbuf) - self.pos < n:
+            self._fill()
+        body = bytes(self.inbuf[self.pos : self.pos + n])
+        self.pos += n
+        return body
+
+    def read(self) -> tuple[int, int, bytes]:
+        """The next response: (type, request id, body after the id)."""
+        length = self._need_u32()
+        if length < 5 or length > 1 << 26:
+            raise ConnectionLost(f"{self.where} sent a malformed SFTP packet (length {length})")
+        body = self._take(length)
+        (rid,) = _U32.unpack_from(body, 1)
+        return body[0], rid, body[5:]
+
+
+def _string(data: bytes, off: int) -> tuple[bytes, int]:
+    (n,) = _U32.unpack_from(data, off)
+    off += 4
+    return data[off : off + n], off + n
+
+
+def parse_status(body: bytes) -> tuple[int, str]:
+    (code,) = _U32.unpack_from(body, 0)
+    try:
+        msg, _ = _string(body, 4)
+        text = msg.decode("utf-8", "replace")
+    except struct.error:
+        text = ""
+    return int(code), text or f"status {code}"
+
+
+def parse_names(body: bytes) -> list[tuple[bytes, int, int, int | None]]:
+    """SSH_FXP_NAME body -> [(name, size, mtime, mode or None)]."""
+    unpack_u32 = _U32.unpack_from
+    (count,) = unpack_u32(body, 0)
+    off = 4
+    out: list[tuple[bytes, int, int, int | None]] = []
+    append = out.append
+    for _ in range(count):
+        (n,) = unpack_u32(body, off)
+        off += 4
+        name = body[off : off + n]
+        off += n
+        (n,) = unpack_u32(body, off)  # longname: ls -l text, not used
+        off += 4 + n
+        (flags,) = unpack_u32(body, off)
+        off += 4
+        size = 0
+        mode: int | None = None
+        mtime = 0
+        if flags & ATTR_SIZE:
+            (size,) = _U64.unpack_from(body, off)
+            off += 8
+        if flags & ATTR_UIDGID:
+            off += 8
+        if flags & ATTR_PERMISSIONS:
+            (mode,) = unpack_u32(body, off)
+            off += 4
+        if flags & ATTR_ACMODTIME:
+            (_atime, mtime) = _U32x2.unpack_from(body, off)
+            off += 8
+        if flags & ATTR_EXTENDED:
+            (n_ext,) = unpack_u32(body, off)
+            off += 4
+            for _ in range(2 * n_ext):
+                (n,) = unpack_u32(body, off)
+                off += 4 + n
+        append((name, size, mtime, mode))
+    return out
+
+
+def _status_kind(code: int, at_root: bool) -> IssueKind:
+    if code == FX_PERMISSION_DENIED:
+        return "permission"
+    if code == FX_NO_SUCH_FILE:
+        return "missing" if at_root else "vanished"
+    return "error"
+
+
+@dataclass(slots=True)
+class _Epn:
+    name: bytes
+    pending: int = 0  # folders queued or open
+    entries: list[Entry] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Dir:
+    epn: _Epn
+    rel: bytes
+    handle: bytes = b""
+    reads: int = 0  # READDIR requests in flight
+    eof: bool = False
+
+
+class SftpTree:
+    """The Tree protocol over SFTP: ``prefix/<epn>/...`` on the facility's server."""
+
+    def __init__(
+        self,
+        target: SshTarget,
+        prefix: str,
+        *,
+        workers: int = DEFAULT_WORKERS,
+        accept_new_host_key: bool = False,
+    ) -> None:
+        self.target = target
+        raw = prefix.encode("utf-8", "surrogateescape")
+        self.prefix = raw.rstrip(b"/") if raw.strip(b"/") else b"/"
+        self.workers = max(1, workers)
+        self.accept_new_host_key = accept_new_host_key
+        self.source = f"sftp://{target.user}@{target.known_hosts_name}{prefix}"
+        self._client: paramiko.SSHClient | None = None
+        self._proto: _Protocol | None = None
+
+    # -- connection -------------------------------------------------------------
+    def connect(self) -> None:
+        self.close()
+        client = ssh.connect(self.target, accept_new_host_key=self.accept_new_host_key)
+        where = self.target.known_hosts_name
+        try:
+            transport = client.get_transport()
+            assert transport is not None
+            chan = transport.open_session(window_size=WINDOW, timeout=self.target.timeout)
+            chan.invoke_subsystem("sftp")
+            proto = _Protocol(chan, self.target.timeout, where)
+            proto.init()
+        except ConnectionLost:
+            client.close()
+            raise
+        except Exception as exc:  # paramiko raises SSHException, EOFError, socket errors here
+            client.close()
+            raise ConnectionLost(
+                f"cannot start SFTP on {where}: {exc or type(exc).__name__}"
+            ) from None
+        self._client, self._proto = client, proto
+        # After a user's first accept-new, the key is known: never accept another one silently.
+        self.accept_new_host_key = False
+
+    def _session(self) -> _Protocol:
+        if self._proto is None:
+            self.connect()
+        assert self._proto is not None
+        return self._proto
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._client, self._proto = None, None
+
+    def _path(self, *parts: bytes) -> bytes:
+        base = b"" if self.prefix == b"/" else self.prefix
+        return b"/".join((base, *(p for p in parts if p)))
+
+    # -- the top folder -----------------------------------------------------------
+    def list_epns(self) -> tuple[list[TopEntry], list[Issue]]:
+        proto = self._session()
+        try:
+            top: list[TopEntry] = []
+            issues: list[Issue] = []
+            path = self.prefix
+            rid = proto.request(FXP_OPENDIR, _U32.pack(len(path)) + path)
+            proto.flush()
+            kind, got, body = proto.read()
+            self._expect(got, rid)
+            if kind == FXP_STATUS:
+                _code, msg = parse_status(body)
+                raise SourceNotFound(
+                    f"src_prefix {path.decode('utf-8', 'replace')} is not a readable folder on "
+                    f"{self.target.known_hosts_name}: {msg}; fix src_prefix"
+                )
+            handle, _ = _string(body, 0)
+            hpayload = _U32.pack(len(handle)) + handle
+            while True:
+                rid = proto.request(FXP_READDIR, hpayload)
+                proto.flush()
+                kind, got, body = proto.read()
+                self._expect(got, rid)
+                if kind == FXP_STATUS:
+                    code, msg = parse_status(body)
+                    if code != FX_EOF:
+                        raise RemoteError(
+                            f"listing {path.decode('utf-8', 'replace')} failed: {msg}"
+                        )
+                    break
+                for name, _size, mtime, mode in parse_names(body):
+                    if name in (b".", b".."):
+                        continue
+                    problem = check_component(name)
+                    if problem:
+                        issues.append(Issue(name, "bad-name", problem))
+                        continue
+                    top.append(TopEntry(name, mtime, mode is not None and stat.S_ISDIR(mode)))
+            proto.request(FXP_CLOSE, hpayload)
+            proto.flush()
+            proto.read()
+            return top, issues
+        except ConnectionLost:
+            self.close()
+            raise
+
+    @staticmethod
+    def _expect(got: int, rid: int) -> None:
+        if got != rid:
+            raise ConnectionLost(f"SFTP server answered request {got}, expected {rid}")
+
+    # -- the walk -------------------------------------------------------------------
+    def walk(self, epns: Sequence[bytes]) -> Iterator[WalkEvent]:
+        proto = self._session()
+        finished = False
+        try:
+            yield from self._walk(proto, epns)
+            finished = True
+        finally:
+            if not finished:  # requests may still be in flight: this session cannot be reused
+                self.close()
+
+    def _walk(self, proto: _Protocol, epns: Sequence[bytes]) -> Iterator[WalkEvent]:
+        todo = deque(epns)
+        queue: deque[_Dir] = deque()  # folders to open; an EPN's sub-folders go first
+        inflight: dict[int, tuple[int, _Dir]] = {}
+        open_dirs = 0
+        live_epns = 0
+        request = proto.request
+        events: list[WalkEvent] = []
+
+        def finish_dir(d: _Dir) -> None:
+            nonlocal open_dirs
+            open_dirs -= 1
+            e = d.epn
+            e.pending -= 1
+            if e.pending == 0:
+                if e.entries:
+                    events.append(Files(e.name, e.entries))
+                events.append(EpnDone(e.name, e.issues))
+
+        while True:
+            while todo and live_epns < self.workers and len(queue) < self.workers:
+                e = _Epn(todo.popleft(), pending=1)
+                live_epns += 1
+                queue.append(_Dir(e, b""))
+            while queue and open_dirs < self.workers:
+                d = queue.popleft()
+                path = self._path(d.epn.name, d.rel)
+                inflight[request(FXP_OPENDIR, _U32.pack(len(path)) + path)] = (FXP_OPENDIR, d)
+                open_dirs += 1
+            if not inflight:
+                break
+            proto.flush()
+            kind, rid, body = proto.read()
+            try:
+                op, d = inflight.pop(rid)
+            except KeyError:
+                raise ConnectionLost(f"SFTP server answered unknown request {rid}") from None
+            if op == FXP_OPENDIR:
+                if kind == FXP_HANDLE:
+                    d.handle, _ = _string(body, 0)
+                    hp = _U32.pack(len(d.handle)) + d.handle
+                    for _ in range(READ_AHEAD):
+                        inflight[request(FXP_READDIR, hp)] = (FXP_READDIR, d)
+                    d.reads = READ_AHEAD
+                else:
+                    code, msg = (
+                        parse_status(body)
+                        if kind == FXP_STATUS
+                        else (-1, f"unexpected reply {kind}")
+                    )
+                    d.epn.issues.append(Issue(d.rel, _status_kind(code, d.rel == b""), msg))
+                    finish_dir(d)
+            elif op == FXP_READDIR:
+                d.reads -= 1
+                if kind == FXP_NAME:
+                    self._take_names(d, body, queue)
+                    if not d.eof:
+                        hp = _U32.pack(len(d.handle)) + d.handle
+                        inflight[request(FXP_READDIR, hp)] = (FXP_READDIR, d)
+                        d.reads += 1
+                else:
+                    code, msg = (
+                        parse_status(body)
+                        if kind == FXP_STATUS
+                        else (-1, f"unexpected reply {kind}")
+                    )
+                    if code != FX_EOF and not d.eof:
+                        d.epn.issues.append(
+                            Issue(d.rel, "error", f"reading the folder failed: {msg}")
+                        )
+                    d.eof = True
+                if d.eof and d.reads == 0:
+                    hp = _U32.pack(len(d.handle)) + d.handle
+                    inflight[request(FXP_CLOSE, hp)] = (FXP_CLOSE, d)
+                    finish_dir(d)
+            # FXP_CLOSE replies need nothing.
+            if len(d.epn.entries) >= FILES_CHUNK and d.epn.pending:
+                events.append(Files(d.epn.name, d.epn.entries))
+                d.epn.entries = []
+            if events:
+                for ev in events:
+                    if isinstance(ev, EpnDone):
+                        live_epns -= 1
+                    yield ev
+                events.clear()
+
+    def _take_names(self, d: _Dir, body: bytes, queue: deque[_Dir]) -> None:
+        e = d.epn
+        rel = d.rel
+        prefix = rel + b"/" if rel else b""
+        entries = e.entries
+        for name, size, mtime, mode in parse_names(body):
+            if name == b"." or name == b"..":
+                continue
+            if b"/" in name or b"\x00" in name or not name:
+                e.issues.append(
+                    Issue(prefix + name, "bad-name", check_component(name) or "bad name")
+                )
+                continue
+            if mode is None:
+                e.issues.append(Issue(prefix + name, "error", "server sent no file type"))
+                continue
+            fmt = stat.S_IFMT(mode)
+            if fmt == stat.S_IFREG:
+                entries.append(Entry(prefix + name, size, mtime, "file"))
+            elif fmt == stat.S_IFDIR:
+                e.pending += 1
+                queue.appendleft(_Dir(e, prefix + name))
+            elif fmt == stat.S_IFLNK:
+                entries.append(Entry(prefix + name, size, mtime, "symlink"))

@@ -1,0 +1,168 @@
+"""Opening an authenticated paramiko connection with strict host-key checking.
+
+The server's key must already be in the ``known_hosts`` file named by the
+configuration (no system files, no prompts).  ``accept_new=True`` is the
+explicit opt-in that records the key of a host the file does not know yet,
+like OpenSSH's ``StrictHostKeyChecking=accept-new``; a *changed* key is always
+refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from asynchy.config import SshTarget
+from asynchy.errors import (
+    AuthenticationError,
+    ConfigError,
+    ConnectionLost,
+    HostKeyChanged,
+    HostKeyUnknown,
+    RemoteError,
+)
+
+if TYPE_CHECKING:
+    import paramiko
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH-style SHA256 fingerprint, as `ssh-keygen -lf` prints it."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _known_key_line(name: str, key: paramiko.PKey) -> str:
+    return f"{name} {key.get_name()} {key.get_base64()}\n"
+
+
+class _Policy:
+    """Refuse unknown hosts, or record them when the user opted in (never a changed key)."""
+
+    def __init__(self, target: SshTarget, accept_new: bool) -> None:
+        self.target = target
+        self.accept_new = accept_new
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        kh = self.target.known_hosts
+        if not self.accept_new:
+            raise HostKeyUnknown(
+                f"host key of {hostname} is not in {kh} (server offers {key.get_name()} {fingerprint(key)}): "
+                f"check that fingerprint with the facility, then add it to {kh} "
+                f"(ssh-keyscan -p {self.target.port} {self.target.host} >> {kh}) "
+                "or run once with --accept-new-host-key"
+            )
+        known = client.get_host_keys().lookup(hostname)
+        if known:  # the host is known with other key types only: treat as a change, not as new
+            raise HostKeyChanged(
+                f"host {hostname} is in {kh} with key type(s) {', '.join(known.keys())} but offers "
+                f"{key.get_name()} {fingerprint(key)}; not recording it: verify with the facility"
+            )
+        kh.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(kh, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a", encoding="ascii") as fh:
+            fh.write(_known_key_line(hostname, key))
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        log.warning(
+            "recorded new host key of %s in %s: %s %s",
+            hostname,
+            kh,
+            key.get_name(),
+            fingerprint(key),
+        )
+
+
+def connect(target: SshTarget, *, accept_new_host_key: bool = False) -> paramiko.SSHClient:
+    """An authenticated SSHClient; raises an AsynchyError subclass that says what to fix."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    kh: Path = target.known_hosts
+    if kh.is_file():
+        try:
+            client.load_host_keys(str(kh))
+        except OSError as exc:
+            raise ConfigError(f"known_hosts file {kh} is not readable: {exc.strerror}") from None
+    elif kh.exists():
+        raise ConfigError(f"known_hosts {kh} is not a file; fix known_hosts")
+    elif not accept_new_host_key:
+        raise HostKeyUnknown(
+            f"known_hosts file {kh} does not exist, so the host key of {target.known_hosts_name} cannot be "
+            f"checked: create it (ssh-keyscan -p {target.port} {target.host} > {kh}, after checking the "
+            "fingerprint) or run once with --accept-new-host-key"
+        )
+    client.set_missing_host_key_policy(_Policy(target, accept_new_host_key))  # type: ignore[arg-type]
+    try:
+        client.connect(
+            target.host,
+            port=target.port,
+            username=target.user,
+            key_filename=str(target.keypath) if target.keypath else None,
+            allow_agent=True,
+            look_for_keys=False,
+            timeout=target.timeout,
+            banner_timeout=target.timeout,
+            auth_timeout=target.timeout,
+            channel_timeout=target.timeout,
+        )
+    except (HostKeyUnknown, HostKeyChanged):
+        client.close()
+        raise
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise HostKeyChanged(
+            f"host key of {target.known_hosts_name} has CHANGED: the server offers {exc.key.get_name()} "
+            f"{fingerprint(exc.key)} but {kh} has {fingerprint(exc.expected_key)}. This may be a "
+            "man-in-the-middle attack. If the facility really changed its key, verify the new fingerprint "
+            f"with them and replace the line for {target.known_hosts_name} in {kh}"
+        ) from None
+    except paramiko.PasswordRequiredException:
+        client.close()
+        raise AuthenticationError(
+            f"key file {target.keypath} is protected by a passphrase: load it into ssh-agent "
+            "(ssh-add) and leave keypath unset, or use a key without a passphrase"
+        ) from None
+    except paramiko.AuthenticationException as exc:
+        client.close()
+        how = f"key {target.keypath}" if target.keypath else "ssh-agent keys"
+        raise AuthenticationError(
+            f"{target.known_hosts_name} refused user {target.user!r} with {how} ({exc}): "
+            "check user and keypath"
+        ) from None
+    except paramiko.SSHException as exc:
+        client.close()
+        if "No authentication methods available" in str(exc):
+            raise AuthenticationError(
+                "no ssh key to offer: set keypath, or start ssh-agent with a key loaded"
+            ) from None
+        raise ConnectionLost(f"ssh to {target.known_hosts_name} failed: {exc}") from None
+    except socket.gaierror as exc:
+        client.close()
+        raise RemoteError(
+            f"cannot resolve host {target.host!r}: {exc.strerror}; check host"
+        ) from None
+    except TimeoutError:
+        client.close()
+        raise ConnectionLost(
+            f"no answer from {target.known_hosts_name} within {target.timeout:g} s"
+        ) from None
+    except (OSError, EOFError) as exc:
+        client.close()
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ConnectionLost(f"cannot connect to {target.known_hosts_name}: {reason}") from None
+    except ValueError as exc:  # e.g. a key file that is not a private key
+        client.close()
+        raise AuthenticationError(f"key file {target.keypath} cannot be used: {exc}") from None
+    transport = client.get_transport()
+    assert transport is not None
+    transport.set_keepalive(max(5, int(target.timeout // 3)))
+    return client

@@ -1,0 +1,82 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sqlite3
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sshd import ensure_test_user
+
+T = TypeVar("T")
+
+FIXED_MTIME = 1_600_000_000  # 2020-09-13 12:26:40 UTC
+
+
+def as_unprivileged(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(*args)`` in a forked child as the test account when we are root.
+
+    Root ignores file permissions; the sshd fixture logs in an unprivileged
+    account, and this gives a local lister the same view of the tree.
+    """
+    if os.geteuid() != 0:
+        return fn(*args)
+    account = ensure_test_user()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(r)
+        try:
+            os.setgroups([])
+            os.setgid(account.pw_gid)
+            os.setuid(account.pw_uid)
+            payload = pickle.dumps((True, fn(*args)))
+        except BaseException as exc:
+            payload = pickle.dumps(
+                (False, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            )
+        with os.fdopen(w, "wb") as fh:
+            fh.write(payload)
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        data = fh.read()
+    os.waitpid(pid, 0)
+    ok, value = pickle.loads(data)
+    if not ok:
+        raise AssertionError(f"child failed: {value}")
+    return value  # type: ignore[no-any-return]
+
+
+def write_file(path: Path, data: bytes = b"", mtime: int = FIXED_MTIME) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def symlink(path: Path, target: str | bytes, mtime: int = FIXED_MTIME) -> None:
+    os.symlink(target, path)
+    os.utime(path, (mtime, mtime), follow_symlinks=False)
+
+
+def rows(db_path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db_path) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def inventory(db_path: Path) -> dict[str, Any]:
+    """The recorded content of a database, for comparing two walks."""
+    return {
+        "epns": rows(
+            db_path,
+            "SELECT epn, size, file_count, modified, walk_complete, status FROM epns ORDER BY epn",
+        ),
+        "files": rows(
+            db_path, "SELECT epn, path, size, modified, kind FROM files ORDER BY epn, path"
+        ),
+    }

@@ -1,0 +1,276 @@
+"""Configuration: file < environment < option, and one clear line (exit 2) for every mistake."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from asynchy.config import load_settings
+from asynchy.errors import ConfigError
+
+
+def settings_from(path: Path | None, env: dict[str, str] | None = None, **options: Any) -> Any:
+    return load_settings(config_path=path, env=env or {}, options=options)
+
+
+def test_original_keys_are_read(write_config: Any) -> None:
+    """A MeRC asynchy ~/.as.yaml (host, port, user, keypath, db) works unchanged."""
+    path = write_config(
+        {
+            "host": "sftp.example.org",
+            "port": "22",
+            "user": "me",
+            "keypath": "~/.ssh/k",
+            "db": "x.db",
+        }
+    )
+    s = settings_from(path)
+    assert (s.host, s.port, s.user, s.keypath, s.db) == (
+        "sftp.example.org",
+        22,
+        "me",
+        "~/.ssh/k",
+        "x.db",
+    )
+    assert s.known_hosts == "~/.ssh/known_hosts"  # the default of a new key
+
+
+def test_precedence_option_over_environment_over_file(write_config: Any) -> None:
+    path = write_config({"host": "file-host", "port": 2200, "user": "file-user", "db": "file.db"})
+    env = {"ASYNCHY_HOST": "env-host", "ASYNCHY_PORT": "2201", "ASYNCHY_DB": "env.db"}
+    s = settings_from(path, env, host="option-host")
+    assert (s.host, s.port, s.user, s.db) == ("option-host", 2201, "file-user", "env.db")
+    assert s.where("host") == "option --host"
+    assert s.where("port") == "environment variable ASYNCHY_PORT"
+    assert s.where("user") == f"config file {path}"
+
+
+def test_every_key_has_an_environment_variable(write_config: Any) -> None:
+    path = write_config({})
+    env = {
+        "ASYNCHY_HOST": "h",
+        "ASYNCHY_PORT": "23",
+        "ASYNCHY_USER": "u",
+        "ASYNCHY_KEYPATH": "/k",
+        "ASYNCHY_KNOWN_HOSTS": "/kh",
+        "ASYNCHY_DB": "d.db",
+        "ASYNCHY_SRC_PREFIX": "/data/mx",
+        "ASYNCHY_DEST": "/dest",
+        "ASYNCHY_LOG_FILE": "/l.log",
+        "ASYNCHY_LOG_LEVEL": "debug",
+        "ASYNCHY_TIMEOUT": "7.5",
+    }
+    s = settings_from(path, env)
+    assert (
+        s.host,
+        s.port,
+        s.user,
+        s.keypath,
+        s.known_hosts,
+        s.db,
+        s.src_prefix,
+        s.dest,
+        s.log_file,
+        s.log_level,
+        s.timeout,
+    ) == ("h", 23, "u", "/k", "/kh", "d.db", "/data/mx", "/dest", "/l.log", "DEBUG", 7.5)
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("host: from-env-file\n")
+    s = settings_from(None, {"ASYNCHY_CONFIG": str(path)})
+    assert s.host == "from-env-file"
+
+
+def test_default_file_may_be_absent() -> None:
+    """Without --config or ASYNCHY_CONFIG, a missing ~/.as.yaml just means defaults."""
+    s = settings_from(None)
+    assert s.config_path == Path(os.environ["HOME"]) / ".as.yaml"
+    assert not s.config_exists
+    assert s.db == "files.db"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("host: [unclosed\n", "is not valid YAML at line 2"),
+        ("- a\n- b\n", "must hold 'key: value' lines"),
+        ("hots: x\n", "unknown key 'hots' (did you mean 'host'?)"),
+        ("colour: blue\n", "unknown key 'colour' (known keys: host, port"),
+        ("port: abc\n", "key 'port' must be an integer from 1 to 65535, got 'abc'"),
+        ("port: 70000\n", "key 'port' must be an integer from 1 to 65535, got 70000"),
+        ("port: true\n", "key 'port' must be an integer from 1 to 65535, got True"),
+        ("host: [a, b]\n", "key 'host' must be a string, got ['a', 'b']"),
+        ("timeout: -1\n", "key 'timeout' must be a number of seconds greater than 0, got -1"),
+        (
+            "log_level: loud\n",
+            "key 'log_level' must be one of DEBUG, INFO, WARNING, ERROR, got 'loud'",
+        ),
+    ],
+)
+def test_bad_file_names_file_and_key(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as info:
+        settings_from(path)
+    assert str(path) in str(info.value)
+    assert message in str(info.value)
+
+
+def test_bad_environment_value_names_the_variable(write_config: Any) -> None:
+    with pytest.raises(ConfigError, match="environment variable ASYNCHY_PORT must be an integer"):
+        settings_from(write_config({}), {"ASYNCHY_PORT": "twenty-two"})
+
+
+def test_missing_keypath_file_is_a_config_error(write_config: Any, tmp_path: Path) -> None:
+    s = settings_from(write_config({"host": "h", "keypath": str(tmp_path / "no-such-key")}))
+    with pytest.raises(ConfigError, match=r"key file .*no-such-key \(keypath, from config file"):
+        s.ssh_target()
+
+
+def test_require_says_how_to_set_a_key() -> None:
+    s = settings_from(None)
+    with pytest.raises(ConfigError) as info:
+        s.require("src_prefix")
+    assert str(info.value) == (
+        f"src_prefix is not set: add 'src_prefix: ...' to {os.environ['HOME']}/.as.yaml"
+        " (missing; `asynchy init` writes it), set ASYNCHY_SRC_PREFIX or pass --src-prefix"
+    )
+
+
+# ---------------------------------------------------------------- through the CLI: one line, exit 2
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("host: [unclosed\n", "is not valid YAML"),
+        ("hots: x\n", "unknown key 'hots'"),
+        ("port: abc\n", "key 'port' must be an integer"),
+    ],
+)
+def test_cli_bad_config_one_line_exit_2(
+    cli: Any, tmp_path: Path, content: str, expected: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    result = cli("--config", str(path), "walk", "--src-prefix", str(tmp_path))
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("Error: config file " + str(path))
+    assert expected in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_missing_explicit_config(cli: Any, tmp_path: Path) -> None:
+    result = cli("--config", str(tmp_path / "absent.yaml"), "walk")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"Error: config file {tmp_path / 'absent.yaml'} does not exist: create it with "
+        f"`asynchy init --config_path {tmp_path / 'absent.yaml'}`\n"
+    )
+
+
+def test_cli_missing_src_prefix(cli: Any, tmp_path: Path) -> None:
+    result = cli("--db", str(tmp_path / "x.db"), "walk")
+    assert result.exit_code == 2
+    assert "src_prefix is not set" in result.stderr
+    assert "ASYNCHY_SRC_PREFIX" in result.stderr
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_cli_bad_option_value_is_a_usage_error(cli: Any) -> None:
+    result = cli("--port", "0", "walk")
+    assert result.exit_code == 2
+    assert "Invalid value for '--port'" in result.stderr
+
+
+# ---------------------------------------------------------------- asynchy init
+def test_init_from_options_writes_private_yaml(cli: Any, tmp_path: Path) -> None:
+    path = tmp_path / "as.yaml"
+    result = cli(
+        "init",
+        "--config_path",
+        str(path),
+        "--host",
+        "sftp.example.org",
+        "--user",
+        "me",
+        "--keypath",
+        "/keys/k",
+        "--db",
+        str(tmp_path / "files.db"),
+        "--src-prefix",
+        "/data/mx",
+        "--dest",
+        "/srv/vault",
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"wrote {path}\n"
+    data = yaml.safe_load(path.read_text())
+    assert data == {
+        "host": "sftp.example.org",
+        "user": "me",
+        "keypath": "/keys/k",
+        "db": str(tmp_path / "files.db"),
+        "src_prefix": "/data/mx",
+        "dest": "/srv/vault",
+    }
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # ... and it is read back as the settings.
+    s = settings_from(path)
+    assert s.host == "sftp.example.org" and s.port == 22
+
+
+def test_init_refuses_to_overwrite_silently(cli: Any, tmp_path: Path) -> None:
+    path = tmp_path / "as.yaml"
+    path.write_text("host: keep-me\n")
+    result = cli("init", "--config_path", str(path), "--host", "new")
+    assert result.exit_code == 2
+    assert (
+        result.stderr
+        == f"Error: config file {path} already exists: pass --overwrite to replace it\n"
+    )
+    assert path.read_text() == "host: keep-me\n"
+    result = cli("init", "--config_path", str(path), "--host", "new", "--overwrite")
+    assert result.exit_code == 0
+    assert yaml.safe_load(path.read_text()) == {"host": "new"}
+
+
+def test_init_prompts_on_a_terminal(cli: Any, tmp_path: Path) -> None:
+    """Interactive init asks for every key; empty answers keep defaults or leave keys out."""
+    path = tmp_path / "as.yaml"
+    answers = (
+        "\n".join(["sftp.example.org", "2222", "me", "/keys/k", "", "", "/data/mx", "/srv/vault"])
+        + "\n"
+    )
+    result = cli("init", "--config_path", str(path), "--interactive", input=answers)
+    assert result.exit_code == 0, result.output
+    data = yaml.safe_load(path.read_text())
+    assert data["host"] == "sftp.example.org"
+    assert data["port"] == 2222
+    assert data["known_hosts"] == str(Path(os.environ["HOME"]) / ".ssh" / "known_hosts")
+    assert data["db"] == str(Path.cwd() / "files.db")
+    assert data["src_prefix"] == "/data/mx"
+
+
+def test_init_prompt_confirms_overwrite(cli: Any, tmp_path: Path) -> None:
+    path = tmp_path / "as.yaml"
+    path.write_text("host: keep-me\n")
+    answers = "\n".join(["h", "22", "me", "", "", "", "", ""]) + "\nn\n"
+    result = cli("init", "--config_path", str(path), "--interactive", input=answers)
+    assert result.exit_code == 2
+    assert path.read_text() == "host: keep-me\n"
+
+
+def test_init_uses_global_config_option(cli: Any, tmp_path: Path) -> None:
+    path = tmp_path / "via-global.yaml"
+    result = cli("--config", str(path), "--host", "global-host", "init")
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(path.read_text())["host"] == "global-host"

@@ -1,0 +1,220 @@
+"""The SFTP lister against a real OpenSSH sshd: host keys, authentication, faults, hostile servers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sshd import Sshd, keygen
+from tcpproxy import Proxy
+from test_tree_contract import sftp_target
+from trees import build_epns
+
+from asynchy.errors import (
+    AuthenticationError,
+    ConnectionLost,
+    HostKeyChanged,
+    HostKeyUnknown,
+    SourceNotFound,
+)
+from asynchy.remote.base import EpnDone, Files
+from asynchy.remote.sftp import SftpTree
+
+
+def fingerprint_of(pub: Path) -> str:
+    import subprocess
+
+    out = subprocess.run(
+        ["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True, check=True
+    ).stdout
+    return out.split()[1]
+
+
+def test_unknown_host_key_is_refused_naming_host_fingerprint_and_file(
+    sshd: Sshd, served: Path, tmp_path: Path
+) -> None:
+    """A known_hosts file without the server: refused, with what the user needs to decide."""
+    kh = tmp_path / "known_hosts"
+    kh.write_text("")
+    tree = SftpTree(sftp_target(sshd, known_hosts=kh), str(served))
+    with pytest.raises(HostKeyUnknown) as info:
+        tree.list_epns()
+    message = str(info.value)
+    assert sshd.known_hosts_name in message
+    assert fingerprint_of(sshd.host_key.with_suffix(".pub")) in message
+    assert str(kh) in message
+    assert kh.read_text() == ""  # nothing recorded
+
+
+def test_missing_known_hosts_file_is_refused(sshd: Sshd, served: Path, tmp_path: Path) -> None:
+    """No known_hosts file at all: refused with how to create it; nothing is written."""
+    kh = tmp_path / "nope" / "known_hosts"
+    tree = SftpTree(sftp_target(sshd, known_hosts=kh), str(served))
+    with pytest.raises(HostKeyUnknown, match="does not exist"):
+        tree.list_epns()
+    assert not kh.exists()
+
+
+def test_changed_host_key_is_refused_as_possible_attack(
+    sshd: Sshd, served: Path, tmp_path: Path
+) -> None:
+    """known_hosts holds another key for this host: refused, both fingerprints shown."""
+    other = tmp_path / "other_key"
+    keygen(other)
+    kind, b64 = other.with_suffix(".pub").read_text().split()[:2]
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"{sshd.known_hosts_name} {kind} {b64}\n")
+    tree = SftpTree(sftp_target(sshd, known_hosts=kh), str(served))
+    with pytest.raises(HostKeyChanged) as info:
+        tree.list_epns()
+    message = str(info.value)
+    assert "CHANGED" in message
+    assert fingerprint_of(sshd.host_key.with_suffix(".pub")) in message
+    assert fingerprint_of(other.with_suffix(".pub")) in message
+
+
+def test_accept_new_records_a_new_key_but_never_a_changed_one(
+    sshd: Sshd, served: Path, tmp_path: Path
+) -> None:
+    """--accept-new-host-key: like OpenSSH accept-new; a later different key is still refused."""
+    kh = tmp_path / "ssh" / "known_hosts"
+    tree = SftpTree(sftp_target(sshd, known_hosts=kh), str(served), accept_new_host_key=True)
+    tree.list_epns()
+    tree.close()
+    assert kh.read_text() == sshd.host_key_line()
+    # The recorded key now verifies the server without the opt-in.
+    SftpTree(sftp_target(sshd, known_hosts=kh), str(served)).list_epns()
+    # A different key for the same host is refused even with the opt-in.
+    other = tmp_path / "other_key"
+    keygen(other)
+    kind, b64 = other.with_suffix(".pub").read_text().split()[:2]
+    kh.write_text(f"{sshd.known_hosts_name} {kind} {b64}\n")
+    with pytest.raises(HostKeyChanged):
+        SftpTree(
+            sftp_target(sshd, known_hosts=kh), str(served), accept_new_host_key=True
+        ).list_epns()
+    assert kh.read_text() == f"{sshd.known_hosts_name} {kind} {b64}\n"
+
+
+def test_key_the_server_does_not_accept(sshd: Sshd, served: Path, tmp_path: Path) -> None:
+    """A valid key that is not authorized: an authentication error naming user and key."""
+    stranger = tmp_path / "stranger"
+    keygen(stranger)
+    tree = SftpTree(sftp_target(sshd, keypath=stranger), str(served))
+    with pytest.raises(AuthenticationError, match=str(stranger)):
+        tree.list_epns()
+
+
+def test_src_prefix_that_does_not_exist(sshd: Sshd, served: Path) -> None:
+    tree = SftpTree(sftp_target(sshd), str(served / "nothing-here"))
+    with pytest.raises(SourceNotFound, match="nothing-here"):
+        tree.list_epns()
+
+
+def test_refused_connection_is_connection_lost(sshd: Sshd, served: Path) -> None:
+    """Nobody listening: a ConnectionLost the walk can retry, not a traceback."""
+    from sshd import free_port
+
+    tree = SftpTree(sftp_target(sshd, port=free_port()), str(served))
+    with pytest.raises(ConnectionLost, match="cannot connect"):
+        tree.list_epns()
+
+
+def _walk_all(tree: SftpTree, epns: list[bytes]) -> dict[bytes, int]:
+    counts: dict[bytes, int] = {}
+    for ev in tree.walk(epns):
+        if isinstance(ev, Files):
+            counts[ev.epn] = counts.get(ev.epn, 0) + len(ev.entries)
+        elif isinstance(ev, EpnDone):
+            counts.setdefault(ev.epn, 0)
+    return counts
+
+
+def test_silent_link_hits_the_deadline(sshd: Sshd, served: Path) -> None:
+    """A link that stops answering (no RST, no FIN) raises ConnectionLost within the deadline."""
+    build_epns(served, 3, 50)
+    with Proxy(sshd.port) as proxy:
+        tree = SftpTree(
+            sftp_target(
+                sshd, port=proxy.port, known_hosts=sshd.known_hosts_via(proxy.port), timeout=1.5
+            ),
+            str(served),
+        )
+        top, _ = tree.list_epns()
+        proxy.freeze()
+        started = time.monotonic()
+        with pytest.raises(ConnectionLost, match="no answer"):
+            _walk_all(tree, [t.name for t in top])
+        assert time.monotonic() - started < 6
+        tree.close()
+
+
+def test_after_connection_lost_walk_reconnects(sshd: Sshd, served: Path) -> None:
+    """Calling walk again after ConnectionLost opens a new connection and lists everything."""
+    expected = build_epns(served, 4, 300)
+    with Proxy(sshd.port) as proxy:
+        tree = SftpTree(
+            sftp_target(
+                sshd, port=proxy.port, known_hosts=sshd.known_hosts_via(proxy.port), timeout=5
+            ),
+            str(served),
+        )
+        tree.list_epns()
+        proxy.cut_all()
+        with pytest.raises(ConnectionLost):
+            _walk_all(tree, sorted(expected))
+        counts = _walk_all(tree, sorted(expected))
+        assert counts == {epn: len(files) for epn, files in expected.items()}
+        assert proxy.connections == 2
+        tree.close()
+
+
+@pytest.fixture
+def hostile_sshd(served_base: Path, tmp_path: Path) -> Sshd:
+    script_dir = served_base / f"hostile-{os.getpid()}-{threading.get_ident()}"
+    script_dir.mkdir(exist_ok=True)
+    os.chmod(script_dir, 0o777)
+    script = script_dir / "hostile-sftp-server"
+    shutil.copy(Path(__file__).parent / "bin" / "hostile-sftp-server", script)
+    os.chmod(script, 0o755)
+    log = script_dir / "requests.log"
+    wrapper = script_dir / "run"
+    wrapper.write_text(f"#!/bin/sh\nHOSTILE_LOG={log} exec {script}\n")
+    os.chmod(wrapper, 0o755)
+    server = Sshd(served_base / "hostile-sshd", subsystem=str(wrapper)).start()
+    server.request_log = log  # type: ignore[attr-defined]
+    yield server  # type: ignore[misc]
+    server.stop()
+
+
+def test_hostile_server_names_are_rejected_never_followed(hostile_sshd: Sshd) -> None:
+    """'/', NUL, '..' and empty names from a server are walk errors; nothing outside the EPN is asked for."""
+    tree = SftpTree(sftp_target(hostile_sshd), "/srv/facility")
+    files: list[bytes] = []
+    issues: list[tuple[bytes, str]] = []
+    for ev in tree.walk([b"12345a"]):
+        if isinstance(ev, Files):
+            files += [e.path for e in ev.entries]
+        else:
+            issues += [(i.path, i.kind) for i in ev.issues]
+    tree.close()
+    assert sorted(files) == [b"good.cbf", b"sub/good.cbf"]
+    bad = sorted(p for p, kind in issues if kind == "bad-name")
+    assert bad == sorted(
+        [
+            b"../escape",
+            b"etc/passwd",
+            b"nul\x00byte",
+            b"",
+            b"sub/../escape",
+            b"sub/etc/passwd",
+            b"sub/nul\x00byte",
+            b"sub/",
+        ]
+    )
+    requested = hostile_sshd.request_log.read_bytes().splitlines()  # type: ignore[attr-defined]
+    assert requested == [b"OPENDIR /srv/facility/12345a", b"OPENDIR /srv/facility/12345a/sub"]
