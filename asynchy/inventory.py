@@ -11,6 +11,7 @@ Only this module writes walk results; it knows nothing of paramiko or click.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -36,7 +37,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from asynchy.db import Database
 from asynchy.errors import ConnectionLost, Interrupted, RemoteError, UsageError
@@ -280,13 +280,19 @@ class _Writer:
             known = conn.execute(
                 select(epns_table.c.walked_at, epns_table.c.status).where(epns_table.c.epn == epn)
             ).first()
+            done = None
             if known is None and not spilled:
-                files, nbytes, changed = self._finish_new(epn, entries, complete, issues, now)
-            else:
+                done = self._finish_new(epn, entries, complete, issues, now)
+                if done is None:
+                    known = conn.execute(
+                        select(epns_table.c.walked_at, epns_table.c.status).where(
+                            epns_table.c.epn == epn
+                        )
+                    ).first()
+            if done is None:
                 self._ensure_stage_in_txn()
-                files, nbytes, changed = self._finish_merge(
-                    epn, entries, complete, issues, now, known
-                )
+                done = self._finish_merge(epn, entries, complete, issues, now, known)
+            files, nbytes, changed = done
             if issues:
                 conn.execute(
                     insert(walk_errors_table),
@@ -322,11 +328,14 @@ class _Writer:
 
     def _finish_new(
         self, epn: str, entries: list[Entry], complete: bool, issues: list[Issue], now: datetime
-    ) -> tuple[int, int, bool]:
+    ) -> tuple[int, int, bool] | None:
+        """Insert a new EPN and its files; None if another walker created the EPN meanwhile."""
         nbytes = sum(e.size for e in entries)
         newest = max((e.mtime for e in entries), default=None)
-        self.conn.execute(
-            insert(epns_table).values(
+        row = (
+            self._dialect()
+            .insert(epns_table)
+            .values(
                 epn=epn,
                 size=nbytes,
                 file_count=len(entries),
@@ -339,8 +348,14 @@ class _Writer:
                 first_seen_at=now,
             )
         )
+        if self.conn.execute(row.on_conflict_do_nothing(index_elements=["epn"])).rowcount == 0:
+            return None  # PostgreSQL, several walkers: it exists now, so merge into it instead
         self._bulk(files_table, self._rows(epn, entries))
         return len(entries), nbytes, False
+
+    def _dialect(self) -> Any:
+        """The dialect module whose insert() has ON CONFLICT; imported only when needed (start-up time)."""
+        return importlib.import_module(f"sqlalchemy.dialects.{self.db.dialect}")
 
     def _finish_merge(
         self,
@@ -355,11 +370,10 @@ class _Writer:
         f, s = files_table.c, stage_table.c
         self._bulk(stage_table, self._rows(epn, entries))
         if known is None:
-            conn.execute(
-                insert(epns_table).values(
-                    epn=epn, walked_at=now, first_seen_at=now, status="pending"
-                )
+            row = (
+                self._dialect().insert(epns_table).values(epn=epn, walked_at=now, first_seen_at=now)
             )
+            conn.execute(row.on_conflict_do_nothing(index_elements=["epn"]))
         differs = or_(f.size != s.size, f.modified != s.modified, f.kind != s.kind)
         match = and_(f.epn == s.epn, f.path == s.path)
         added_or_changed = conn.execute(
@@ -371,10 +385,13 @@ class _Writer:
         staged_same = exists().where(s.epn == f.epn, s.path == f.path)
         if complete:
             gone = conn.execute(select(func.count()).where(f.epn == epn, ~staged_same)).scalar_one()
-        dialect_insert = sqlite.insert if self.db.is_sqlite else postgresql.insert
-        ins = dialect_insert(files_table).from_select(
-            ["epn", "path", "size", "modified", "kind"],
-            select(s.epn, s.path, s.size, s.modified, s.kind).where(s.epn == epn),
+        ins = (
+            self._dialect()
+            .insert(files_table)
+            .from_select(
+                ["epn", "path", "size", "modified", "kind"],
+                select(s.epn, s.path, s.size, s.modified, s.kind).where(s.epn == epn),
+            )
         )
         excluded = ins.excluded
         conn.execute(

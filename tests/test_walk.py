@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -529,3 +530,67 @@ def test_interrupt_exits_130_and_records_it(slow_walk: Any, sig: signal.Signals)
     ]
     for epn, count in rows(db, "SELECT epn, file_count FROM epns"):
         assert count == len(expected[epn.encode()])
+
+
+def test_progress_bar_on_a_terminal(slow_walk: Any) -> None:
+    """On a terminal stderr shows a bar (EPNs of total, files, bytes); -q shows none."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    conf, _db, _expected = slow_walk
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCHY_")}
+
+    def stderr_of(*extra: str) -> str:
+        master, slave = pty.openpty()
+        fcntl.ioctl(
+            slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0)
+        )  # a 100-column terminal
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "asynchy",
+                *extra,
+                "--config",
+                str(conf),
+                "walk",
+                "--refresh",
+                "--workers",
+                "4",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            env=env,
+        )
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        proc.wait()
+        os.close(master)
+        assert proc.returncode == 0
+        return b"".join(chunks).decode(errors="replace")
+
+    shown = stderr_of()
+    assert "walk:" in shown and "/60 [" in shown and "EPN/s" in shown
+    assert re.search(r"\d{2,}/60 .*[\d,]+ files, [\d.]+ KiB", shown), shown
+    assert stderr_of("-q") == ""
+
+
+def test_log_file_gets_warnings(cli: Any, sftp_conf: Path, served: Path, tmp_path: Path) -> None:
+    build_epns(served, 1, 1)
+    (served / "20000a" / "closed").mkdir()
+    os.chmod(served / "20000a" / "closed", 0o000)
+    log = tmp_path / "asynchy.log"
+    result = cli("--config", str(sftp_conf), "--log-file", str(log), "walk")
+    assert result.exit_code == 3
+    text = log.read_text()
+    assert "EPN 20000a: closed:" in text and "(permission)" in text

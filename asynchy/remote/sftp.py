@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import stat
 import struct
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -165,13 +166,13 @@ def parse_status(body: bytes) -> tuple[int, str]:
     return int(code), text or f"status {code}"
 
 
-def parse_names(body: bytes) -> list[tuple[bytes, int, int, int | None]]:
-    """SSH_FXP_NAME body -> [(name, size, mtime, mode or None)]."""
+def iter_names(body: bytes) -> Iterator[tuple[bytes, int, int, int]]:
+    """SSH_FXP_NAME body -> (name, size, mtime, mode; -1 when the server sent no mode)."""
     unpack_u32 = _U32.unpack_from
+    unpack_u64 = _U64.unpack_from
+    unpack_2u32 = _U32x2.unpack_from
     (count,) = unpack_u32(body, 0)
     off = 4
-    out: list[tuple[bytes, int, int, int | None]] = []
-    append = out.append
     for _ in range(count):
         (n,) = unpack_u32(body, off)
         off += 4
@@ -182,10 +183,10 @@ def parse_names(body: bytes) -> list[tuple[bytes, int, int, int | None]]:
         (flags,) = unpack_u32(body, off)
         off += 4
         size = 0
-        mode: int | None = None
+        mode = -1
         mtime = 0
         if flags & ATTR_SIZE:
-            (size,) = _U64.unpack_from(body, off)
+            (size,) = unpack_u64(body, off)
             off += 8
         if flags & ATTR_UIDGID:
             off += 8
@@ -193,7 +194,7 @@ def parse_names(body: bytes) -> list[tuple[bytes, int, int, int | None]]:
             (mode,) = unpack_u32(body, off)
             off += 4
         if flags & ATTR_ACMODTIME:
-            (_atime, mtime) = _U32x2.unpack_from(body, off)
+            (_atime, mtime) = unpack_2u32(body, off)
             off += 8
         if flags & ATTR_EXTENDED:
             (n_ext,) = unpack_u32(body, off)
@@ -201,8 +202,7 @@ def parse_names(body: bytes) -> list[tuple[bytes, int, int, int | None]]:
             for _ in range(2 * n_ext):
                 (n,) = unpack_u32(body, off)
                 off += 4 + n
-        append((name, size, mtime, mode))
-    return out
+        yield name, size, mtime, mode
 
 
 def _status_kind(code: int, at_root: bool) -> IssueKind:
@@ -255,9 +255,13 @@ class SftpTree:
         self.close()
         client = ssh.connect(self.target, accept_new_host_key=self.accept_new_host_key)
         where = self.target.known_hosts_name
+        transport = client.get_transport()
+        assert transport is not None
+        # paramiko's invoke_subsystem waits without a deadline: close the transport if it takes too long.
+        watchdog = threading.Timer(self.target.timeout, transport.close)
+        watchdog.daemon = True
+        watchdog.start()
         try:
-            transport = client.get_transport()
-            assert transport is not None
             chan = transport.open_session(window_size=WINDOW, timeout=self.target.timeout)
             chan.invoke_subsystem("sftp")
             proto = _Protocol(chan, self.target.timeout, where)
@@ -267,9 +271,15 @@ class SftpTree:
             raise
         except Exception as exc:  # paramiko raises SSHException, EOFError, socket errors here
             client.close()
+            if watchdog.finished.is_set():
+                raise ConnectionLost(
+                    f"no answer from {where} within {self.target.timeout:g} s"
+                ) from None
             raise ConnectionLost(
                 f"cannot start SFTP on {where}: {exc or type(exc).__name__}"
             ) from None
+        finally:
+            watchdog.cancel()
         self._client, self._proto = client, proto
         # After a user's first accept-new, the key is known: never accept another one silently.
         self.accept_new_host_key = False
@@ -320,14 +330,14 @@ class SftpTree:
                             f"listing {path.decode('utf-8', 'replace')} failed: {msg}"
                         )
                     break
-                for name, _size, mtime, mode in parse_names(body):
+                for name, _size, mtime, mode in iter_names(body):
                     if name in (b".", b".."):
                         continue
                     problem = check_component(name)
                     if problem:
                         issues.append(Issue(name, "bad-name", problem))
                         continue
-                    top.append(TopEntry(name, mtime, mode is not None and stat.S_ISDIR(mode)))
+                    top.append(TopEntry(name, mtime, mode >= 0 and stat.S_ISDIR(mode)))
             proto.request(FXP_CLOSE, hpayload)
             proto.flush()
             proto.read()
@@ -439,11 +449,11 @@ class SftpTree:
                 events.clear()
 
     def _take_names(self, d: _Dir, body: bytes, queue: deque[_Dir]) -> None:
+        """One SSH_FXP_NAME answer -> entries, sub-folders to list, and issues (the hot loop)."""
         e = d.epn
-        rel = d.rel
-        prefix = rel + b"/" if rel else b""
-        entries = e.entries
-        for name, size, mtime, mode in parse_names(body):
+        prefix = d.rel + b"/" if d.rel else b""
+        append = e.entries.append
+        for name, size, mtime, mode in iter_names(body):
             if name == b"." or name == b"..":
                 continue
             if b"/" in name or b"\x00" in name or not name:
@@ -451,14 +461,13 @@ class SftpTree:
                     Issue(prefix + name, "bad-name", check_component(name) or "bad name")
                 )
                 continue
-            if mode is None:
-                e.issues.append(Issue(prefix + name, "error", "server sent no file type"))
-                continue
-            fmt = stat.S_IFMT(mode)
+            fmt = mode & 0o170000
             if fmt == stat.S_IFREG:
-                entries.append(Entry(prefix + name, size, mtime, "file"))
+                append(Entry(prefix + name, size, mtime, "file"))
             elif fmt == stat.S_IFDIR:
                 e.pending += 1
                 queue.appendleft(_Dir(e, prefix + name))
             elif fmt == stat.S_IFLNK:
-                entries.append(Entry(prefix + name, size, mtime, "symlink"))
+                append(Entry(prefix + name, size, mtime, "symlink"))
+            elif mode < 0:
+                e.issues.append(Issue(prefix + name, "error", "server sent no file type"))
