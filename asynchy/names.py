@@ -4,6 +4,8 @@ POSIX names are bytes; the database wants text.  asynchy stores a name as UTF-8
 text and escapes only what cannot be stored that way:
 
 * a byte that is not part of valid UTF-8 becomes ``\\xHH`` (two lower-case hex digits);
+* NUL becomes ``\\x00`` (no file system allows it, but a hostile server can send it,
+  and PostgreSQL text cannot hold it);
 * a backslash becomes ``\\\\`` (so a real ``\\x41`` in a name is not mistaken for an escape).
 
 Everything else (spaces, quotes, newlines, ``*?[]``, ``$(...)``, any valid
@@ -21,7 +23,7 @@ _ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
 
 def encode_name(raw: bytes) -> str:
     """Bytes of a name or path -> the text stored in the database."""
-    if b"\\" not in raw:
+    if b"\\" not in raw and b"\x00" not in raw:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -32,6 +34,8 @@ def encode_name(raw: bytes) -> str:
         code = ord(ch)
         if ch == "\\":
             out.append("\\\\")
+        elif ch == "\x00":
+            out.append("\\x00")
         elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, smuggled by surrogateescape
             out.append(f"\\x{code - 0xDC00:02x}")
         else:

@@ -22,7 +22,9 @@ def test_distinct_names_stay_distinct(a: bytes, b: bytes) -> None:
 
 @given(
     st.text(max_size=40).filter(
-        lambda t: "\\" not in t and not any(0xD800 <= ord(c) <= 0xDFFF for c in t)
+        lambda t: (
+            "\\" not in t and "\x00" not in t and not any(0xD800 <= ord(c) <= 0xDFFF for c in t)
+        )
     )
 )
 def test_ordinary_unicode_is_stored_verbatim(text: str) -> None:
@@ -37,6 +39,7 @@ def test_ordinary_unicode_is_stored_verbatim(text: str) -> None:
         (b"x\\x41", "x\\\\x41"),
         (b"new\nline $(rm -rf) *?[]", "new\nline $(rm -rf) *?[]"),
         ("ünï".encode(), "ünï"),
+        (b"nul\x00byte", "nul\\x00byte"),
     ],
 )
 def test_documented_escapes(raw: bytes, stored: str) -> None:

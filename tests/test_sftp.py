@@ -7,6 +7,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sshd import Sshd, keygen
@@ -217,4 +218,84 @@ def test_hostile_server_names_are_rejected_never_followed(hostile_sshd: Sshd) ->
         ]
     )
     requested = hostile_sshd.request_log.read_bytes().splitlines()  # type: ignore[attr-defined]
-    assert requested == [b"OPENDIR /srv/facility/12345a", b"OPENDIR /srv/facility/12345a/sub"]
+    assert sorted(requested) == sorted(
+        b"OPENDIR /srv/facility/12345a" + tail for tail in (b"", b"/sub", b"/gone", b"/locked")
+    )
+
+
+def test_folder_that_vanishes_or_is_locked_is_an_issue_of_its_epn(hostile_sshd: Sshd) -> None:
+    """A folder listed by its parent but gone (or forbidden) when opened: recorded, the walk goes on."""
+    tree = SftpTree(sftp_target(hostile_sshd), "/srv/facility")
+    issues = [
+        (i.path, i.kind)
+        for ev in tree.walk([b"12345a"])
+        if isinstance(ev, EpnDone)
+        for i in ev.issues
+    ]
+    tree.close()
+    assert (b"gone", "vanished") in issues
+    assert (b"locked", "permission") in issues
+
+
+def test_agent_is_used_when_no_key_file_is_set(
+    sshd: Sshd, served: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """keypath unset: the keys of a running ssh-agent are offered (a real ssh-agent)."""
+    import subprocess
+
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(
+            ["ssh-add", "-q", str(sshd.client_key)], env=env, check=True, capture_output=True
+        )
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        top, _ = SftpTree(sftp_target(sshd, keypath=None), str(served)).list_epns()
+        assert top == []
+    finally:
+        agent.terminate()
+        agent.wait()
+
+
+def test_no_key_and_no_agent(sshd: Sshd, served: Path) -> None:
+    with pytest.raises(AuthenticationError, match="no ssh key to offer"):
+        SftpTree(sftp_target(sshd, keypath=None), str(served)).list_epns()
+
+
+def test_key_with_passphrase_says_use_the_agent(sshd: Sshd, served: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    key = tmp_path / "locked_key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "secret words", "-f", str(key)], check=True
+    )
+    with pytest.raises(AuthenticationError, match="protected by a passphrase"):
+        SftpTree(sftp_target(sshd, keypath=key), str(served)).list_epns()
+
+
+def test_hostile_names_recorded_in_postgresql(
+    hostile_sshd: Sshd, tmp_path: Path, cli: Any, pg_url: str
+) -> None:
+    """Bad names end up in walk_errors, escaped so that even NUL fits a PostgreSQL text column."""
+    import yaml
+    from sqlalchemy import create_engine, text
+
+    conf = tmp_path / "c.yaml"
+    conf.write_text(yaml.safe_dump(hostile_sshd.settings(src_prefix="/srv/facility", db=pg_url)))
+    result = cli("--config", str(conf), "walk", "--epn", "12345a")
+    assert result.exit_code == 3
+    assert "sub/nul\\x00byte: name contains NUL (bad-name)" in result.stdout
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        bad = {
+            r[0] for r in conn.execute(text("SELECT path FROM walk_errors WHERE kind = 'bad-name'"))
+        }
+        files = {r[0] for r in conn.execute(text("SELECT path FROM files"))}
+    engine.dispose()
+    assert "nul\\x00byte" in bad and "../escape" in bad
+    assert files == {"good.cbf", "sub/good.cbf"}
