@@ -90,9 +90,8 @@ class Shard:
 
 @dataclass(frozen=True, slots=True)
 class WalkOptions:
-    epns: tuple[str, ...] | None = (
-        None  # only these EPNs (stored-name form); None: all under src_prefix
-    )
+    # Only these EPNs (stored-name form); None: every EPN under src_prefix.
+    epns: tuple[str, ...] | None = None
     refresh: bool = False
     shard: Shard | None = None
     workers: int = 32
@@ -210,13 +209,13 @@ class _Writer:
         self.walk_id = walk_id
         self.conn: Connection = db.engine.connect().execution_options(asynchy_begin="IMMEDIATE")
         self._time_cache: dict[int, Any] = {}
-        self._stage_ready = False
+        with self.conn.begin():
+            stage_table.create(self.conn, checkfirst=True)
 
     def close(self) -> None:
         try:
-            if self._stage_ready:
-                with self.conn.begin():
-                    stage_table.drop(self.conn, checkfirst=True)
+            with self.conn.begin():
+                stage_table.drop(self.conn, checkfirst=True)
         finally:
             self.conn.close()
 
@@ -252,22 +251,19 @@ class _Writer:
             keys = ("epn", "path", "size", "modified", "kind")
             self.conn.execute(insert(table), [dict(zip(keys, r, strict=True)) for r in rows])
 
-    def _ensure_stage(self) -> None:
-        if not self._stage_ready:
-            with self.conn.begin():
-                stage_table.create(self.conn, checkfirst=True)
-            self._stage_ready = True
-
     def spill(self, epn: str, entries: list[Entry]) -> None:
         """Move buffered rows of a large EPN to the staging table (not yet visible in files)."""
-        self._ensure_stage()
         with self.conn.begin():
             self._bulk(stage_table, self._rows(epn, entries))
 
     def drop_staged(self, epn: str) -> None:
-        if self._stage_ready:
-            with self.conn.begin():
-                self.conn.execute(stage_table.delete().where(stage_table.c.epn == epn))
+        with self.conn.begin():
+            self.conn.execute(stage_table.delete().where(stage_table.c.epn == epn))
+
+    def _known(self, epn: str) -> Any:
+        """The EPN's row as recorded (walked_at, status), or None."""
+        query = select(epns_table.c.walked_at, epns_table.c.status).where(epns_table.c.epn == epn)
+        return self.conn.execute(query).first()
 
     def finish(
         self, epn: str, entries: list[Entry], spilled: bool, issues: list[Issue]
@@ -277,20 +273,13 @@ class _Writer:
         now = _now()
         conn = self.conn
         with conn.begin():
-            known = conn.execute(
-                select(epns_table.c.walked_at, epns_table.c.status).where(epns_table.c.epn == epn)
-            ).first()
+            known = self._known(epn)
             done = None
             if known is None and not spilled:
                 done = self._finish_new(epn, entries, complete, issues, now)
                 if done is None:
-                    known = conn.execute(
-                        select(epns_table.c.walked_at, epns_table.c.status).where(
-                            epns_table.c.epn == epn
-                        )
-                    ).first()
+                    known = self._known(epn)
             if done is None:
-                self._ensure_stage_in_txn()
                 done = self._finish_merge(epn, entries, complete, issues, now, known)
             files, nbytes, changed = done
             if issues:
@@ -320,11 +309,6 @@ class _Writer:
                 )
             )
         return files, nbytes, changed
-
-    def _ensure_stage_in_txn(self) -> None:
-        if not self._stage_ready:
-            stage_table.create(self.conn, checkfirst=True)
-            self._stage_ready = True
 
     def _finish_new(
         self, epn: str, entries: list[Entry], complete: bool, issues: list[Issue], now: datetime
@@ -662,7 +646,7 @@ def _finish(
                 summary.errors.append(
                     ErrorRow(epn, encode_name(issue.path), issue.kind, issue.message)
                 )
-            log.warning(
+            log.info(
                 "EPN %s: %s: %s (%s)",
                 epn,
                 encode_name(issue.path) or ".",
