@@ -101,6 +101,7 @@ def _settings(ctx: click.Context, **command_values: Any) -> Any:
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="Level of the log file [config: log_level; default INFO].",
 )
+@click.option("--rsync", metavar="PATH", help="The rsync program, >= 3.4.1 [config: rsync; default rsync].")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 @click.option(
     "-q", "--quiet", is_flag=True, help="No progress bars, only errors and the final summary."
@@ -337,6 +338,176 @@ def walk_cmd(
     data = summary.as_dict()
     click.echo(render.as_json(data) if as_json else render.walk_summary(data))
     if summary.error_count:
+        ctx.exit(int(ExitCode.PARTIAL))
+
+
+# ---------------------------------------------------------------------------- sync
+@cli.command("sync")
+@click.option(
+    "--dest", metavar="PATH", help="Local folder the EPNs are copied into [config: dest]."
+)
+@click.option(
+    "--src-prefix",
+    "--src_prefix",
+    "src_prefix",
+    metavar="PATH",
+    help="Folder on the source whose sub-folders are EPNs [config: src_prefix].",
+)
+@click.option(
+    "--order",
+    type=click.Choice(["ASC", "DESC"], case_sensitive=False),
+    default="ASC",
+    show_default=True,
+    help="Oldest (ASC) or newest (DESC) EPNs first, by their newest file.",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="EPNs in this run."
+)
+@click.option(
+    "--retry",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Retries of a retryable failure within this run (with back-off); also ssh ConnectionAttempts.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="EPNs copied at once.",
+)
+@click.option(
+    "--parallel", is_flag=True, help="Run the --threads workers as processes instead of threads."
+)
+@click.option(
+    "--partial",
+    is_flag=True,
+    help=f"Keep partly copied files in {'.asynchy-partial'} to resume them.",
+)
+@click.option("--compress", is_flag=True, help="Compress data in transit (rsync -z).")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Show what would be copied; copy nothing, change nothing in the DB.",
+)
+@click.option("--epn", "epns", multiple=True, metavar="EPN", help="Only this EPN (repeatable).")
+@click.option(
+    "--bwlimit", metavar="RATE", help="rsync --bwlimit, e.g. 50M (bytes per second, rsync units)."
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Failed attempts in a row (over all runs) before an EPN is quarantined.",
+)
+@click.option(
+    "--verify",
+    type=click.Choice(["size", "checksum"]),
+    default="size",
+    show_default=True,
+    help="After rsync: compare size and mtime with the inventory; 'checksum' also compares content "
+    "with the source (reads everything again).",
+)
+@click.option(
+    "--mapped-only", is_flag=True, help="Skip EPNs whose number has no destinations entry."
+)
+@click.option(
+    "--destinations",
+    metavar="MAP",
+    help="EPN number -> folder, e.g. '12282=ny79,12283=ab12' [config: destinations].",
+)
+@click.option(
+    "--stall-timeout",
+    type=click.FloatRange(min=1),
+    default=300,
+    show_default=True,
+    metavar="SECONDS",
+    help="Kill an rsync that shows no progress for this long (counted as a retryable failure).",
+)
+@click.option(
+    "--lease",
+    type=click.FloatRange(min=2),
+    default=300,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a claim lasts without a heartbeat (renewed every third of it).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    metavar="SECONDS",
+    help="ssh ConnectTimeout [config: timeout; default 30].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def sync_cmd(ctx: click.Context, /, as_json: bool, **kw: Any) -> None:
+    """Copy a batch of EPNs with rsync, verify each copy, record every attempt.
+
+    EPNs are taken in order of their newest file (pending, changed, and
+    failed for a retryable cause); an EPN is complete only when rsync
+    succeeded and the local copy matches the inventory.  Exit code 3 when
+    some EPNs failed, 130 when interrupted.
+
+    \b
+    Example:
+        asynchy sync --dest /srv/as/vault/data --src_prefix /data/mx --limit 30 --retry 5 --parallel --threads 2
+        asynchy sync --epn 12282a --verify checksum
+        asynchy sync --dry-run --limit 5
+    """
+    from asynchy import render
+    from asynchy.db import open_database
+    from asynchy.progress import SyncBar, bars_wanted
+    from asynchy.sync import SyncOptions, sync
+
+    g: GlobalOptions = ctx.find_object(GlobalOptions)  # type: ignore[assignment]
+    settings = _settings(
+        ctx,
+        dest=kw["dest"],
+        src_prefix=kw["src_prefix"],
+        destinations=kw["destinations"],
+        timeout=kw["timeout"],
+    )
+    dest = Path(settings.require("dest")).expanduser().resolve()
+    prefix = settings.require("src_prefix")
+    target = None if settings.is_local else settings.ssh_target()
+    if kw["epns"]:
+        from asynchy.inventory import parse_epn
+
+        for name in kw["epns"]:
+            parse_epn(name)
+    opts = SyncOptions(
+        dest=dest,
+        src_prefix=prefix,
+        order=kw["order"].upper(),
+        limit=kw["limit"],
+        retry=kw["retry"],
+        threads=kw["threads"],
+        parallel=kw["parallel"],
+        partial=kw["partial"],
+        compress=kw["compress"],
+        dry_run=kw["dry_run"],
+        epns=tuple(kw["epns"]) or None,
+        bwlimit=kw["bwlimit"],
+        max_attempts=kw["max_attempts"],
+        verify=kw["verify"],
+        mapped_only=kw["mapped_only"],
+        stall_timeout=kw["stall_timeout"],
+        lease=kw["lease"],
+        destinations=settings.destinations,
+        rsync=settings.rsync,
+    )
+    db = open_database(settings.db)
+    try:
+        summary = sync(db, target, opts, progress=SyncBar(bars_wanted(g.quiet)))
+    finally:
+        db.close()
+    data = summary.as_dict()
+    click.echo(render.as_json(data) if as_json else render.sync_summary(data))
+    if summary.interrupted:
+        ctx.exit(int(ExitCode.INTERRUPTED))
+    if summary.failed:
         ctx.exit(int(ExitCode.PARTIAL))
 
 

@@ -59,6 +59,43 @@ def _as_seconds(value: Any) -> float:
     return seconds
 
 
+def _as_destinations(value: Any) -> dict[str, str]:
+    """``{"12282": "ny79"}``: EPN number (the digits before the letters) -> folder under dest, or absolute.
+
+    In an environment variable or option: YAML (``{12282: ny79}``) or ``12282=ny79,12283=ab12``.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return {}
+        if "=" in text and not text.startswith("{"):
+            pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError("must be NUMBER=FOLDER pairs separated by commas")
+            value = {k.strip(): v.strip() for k, v in pairs}
+        else:
+            import yaml
+
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:
+                raise ValueError("must be a mapping of EPN numbers to folders") from None
+    if not isinstance(value, dict):
+        raise ValueError('must be a mapping of EPN numbers to folders, e.g. {"12282": ny79}')
+    out: dict[str, str] = {}
+    for key, folder in value.items():
+        number = str(key).strip()
+        if not number.isdigit():
+            raise ValueError(f"has key {key!r}, which is not an EPN number (digits only)")
+        if not isinstance(folder, str) or not folder.strip():
+            raise ValueError(f"maps {number} to {folder!r}, which is not a folder name")
+        parts = folder.strip().split("/")
+        if ".." in parts:
+            raise ValueError(f"maps {number} to {folder!r}: '..' is not allowed")
+        out[number] = folder.strip()
+    return out
+
+
 def _as_level(value: Any) -> str:
     text = _as_str(value).upper()
     if text not in LOG_LEVELS:
@@ -126,6 +163,14 @@ KEYS: dict[str, KeySpec] = {
             "seconds before a silent connection or request counts as dead",
             "seconds",
         ),
+        KeySpec(
+            "destinations",
+            _as_destinations,
+            None,
+            "EPN number -> folder under dest (the HPC ASSyncy epn_cap_map)",
+            "mapping",
+        ),
+        KeySpec("rsync", _as_str, "rsync", "the rsync program (>= 3.4.1)", "path"),
     )
 }
 
@@ -160,6 +205,8 @@ class Settings:
     log_file: str | None = None
     log_level: str = "INFO"
     timeout: float = 30.0
+    destinations: Mapping[str, str] | None = None
+    rsync: str = "rsync"
     config_path: Path = field(default_factory=lambda: Path(DEFAULT_CONFIG).expanduser())
     config_exists: bool = False
     origin: Mapping[str, str] = field(default_factory=dict)

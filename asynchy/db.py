@@ -257,44 +257,93 @@ class UpgradeResult:
     after: str
 
 
-def upgrade(db: Database) -> UpgradeResult:
-    """Bring the schema to head, serialised against other processes doing the same."""
-    with db.engine.connect() as conn:
-        conn = conn.execution_options(asynchy_begin="IMMEDIATE")
-        with conn.begin():
-            if db.dialect == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('asynchy-schema'))"))
-            rev, tables = read_revision(conn)
-            if rev == SCHEMA_HEAD:
-                return UpgradeResult(rev, rev)
-            if rev is None:
-                foreign = [t for t in tables if t != VERSION_TABLE and not t.startswith("sqlite_")]
-                if foreign:
-                    raise SchemaError(
-                        f"{db.display} is not an asynchy database (it has tables {', '.join(sorted(foreign))}); "
-                        "give another db, or import it with `asynchy merge`"
-                    )
-                # A new database: build it from the models and record head (no alembic needed).
-                Base.metadata.create_all(conn)
-                conn.execute(
-                    text(
-                        f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version_num VARCHAR(32) NOT NULL, "
-                        f"CONSTRAINT {VERSION_TABLE}_pkc PRIMARY KEY (version_num))"
-                    )
-                )
-                conn.execute(
-                    text(f"INSERT INTO {VERSION_TABLE} (version_num) VALUES (:v)"),  # noqa: S608 - a constant
-                    {"v": SCHEMA_HEAD},
-                )
-                log.info("created the asynchy schema (revision %s) in %s", SCHEMA_HEAD, db.display)
-                return UpgradeResult(None, SCHEMA_HEAD)
-            if rev not in known_revisions():
-                check_revision(db, rev)
-            from alembic import command
+def backup_sqlite(db: Database, rev: str) -> Path:
+    """A consistent copy of the SQLite file (the backup API, safe with WAL) before it is upgraded."""
+    assert db.path is not None
+    import datetime as _dt
 
-            log.info("upgrading %s from schema revision %s to %s", db.display, rev, SCHEMA_HEAD)
-            command.upgrade(alembic_config(conn), "head")
-            return UpgradeResult(rev, SCHEMA_HEAD)
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d%H%M%S")
+    target = db.path.with_name(f"{db.path.name}.bak-{rev}-{stamp}")
+    src = sqlite3.connect(db.path)
+    dst = sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+    return target
+
+
+def upgrade(db: Database) -> UpgradeResult:
+    """Bring the schema to head, serialised against other processes doing the same.
+
+    A new database is built from the models; an older one is first copied
+    beside itself (SQLite: ``<file>.bak-<revision>-<time>``), then upgraded by
+    the alembic scripts, with SQLite's foreign keys off so that rebuilding a
+    table never cascades.
+    """
+    with db.engine.connect() as conn:
+        rev, _ = read_revision(conn)
+        conn.rollback()
+    if rev is not None and rev != SCHEMA_HEAD:
+        if rev not in known_revisions():
+            check_revision(db, rev)
+        if db.is_sqlite:
+            log.warning(
+                "backed up %s to %s before upgrading its schema", db.display, backup_sqlite(db, rev)
+            )
+    with db.engine.connect() as conn:
+        if db.is_sqlite:  # must happen outside a transaction to take effect
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")  # type: ignore[union-attr]
+        try:
+            return _upgrade_locked(db, conn)
+        finally:
+            if db.is_sqlite:
+                conn.connection.driver_connection.execute("PRAGMA foreign_keys = ON")  # type: ignore[union-attr]
+
+
+def _upgrade_locked(db: Database, conn: Connection) -> UpgradeResult:
+    conn = conn.execution_options(asynchy_begin="IMMEDIATE")
+    with conn.begin():
+        if db.dialect == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('asynchy-schema'))"))
+        rev, tables = read_revision(conn)
+        if rev == SCHEMA_HEAD:
+            return UpgradeResult(rev, rev)
+        if rev is None:
+            foreign = [t for t in tables if t != VERSION_TABLE and not t.startswith("sqlite_")]
+            if foreign:
+                raise SchemaError(
+                    f"{db.display} is not an asynchy database (it has tables {', '.join(sorted(foreign))}); "
+                    "give another db, or import it with `asynchy merge`"
+                )
+            # A new database: build it from the models and record head (no alembic needed).
+            Base.metadata.create_all(conn)
+            conn.execute(
+                text(
+                    f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version_num VARCHAR(32) NOT NULL, "
+                    f"CONSTRAINT {VERSION_TABLE}_pkc PRIMARY KEY (version_num))"
+                )
+            )
+            conn.execute(
+                text(f"INSERT INTO {VERSION_TABLE} (version_num) VALUES (:v)"),  # noqa: S608 - a constant
+                {"v": SCHEMA_HEAD},
+            )
+            log.info("created the asynchy schema (revision %s) in %s", SCHEMA_HEAD, db.display)
+            return UpgradeResult(None, SCHEMA_HEAD)
+        if rev not in known_revisions():
+            check_revision(db, rev)
+        from alembic import command
+
+        log.info("upgrading %s from schema revision %s to %s", db.display, rev, SCHEMA_HEAD)
+        command.upgrade(alembic_config(conn), "head")
+        if db.is_sqlite:
+            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise SchemaError(
+                    f"upgrading {db.display} broke {len(broken)} foreign keys; restore the backup"
+                )
+        return UpgradeResult(rev, SCHEMA_HEAD)
 
 
 def current(db: Database) -> str | None:

@@ -29,7 +29,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 
 # SQLite has no date type; asynchy stores UTC as 'YYYY-MM-DD HH:MM:SS' text (whole
 # seconds), which sorts correctly and which SQLite's date functions understand.
@@ -124,10 +124,27 @@ class Epn(Base):
     status: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'pending'"))
     changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # Transfer state (asynchy sync), revision 0002.
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    failures: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    last_exit_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_class: Mapped[str | None] = mapped_column(Text)
+    bytes_transferred: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, server_default=text("0")
+    )
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    dest_path: Mapped[str | None] = mapped_column(Text)
+    claim_owner: Mapped[str | None] = mapped_column(Text)
+    claim_token: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claimed_from: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         Index(None, "status", "modified"),
         Index(None, "walk_id"),
+        Index(None, "claim_owner"),
     )
 
 
@@ -161,7 +178,56 @@ class WalkError(Base):
     __table_args__ = (Index(None, "epn"), Index(None, "walk_id"))
 
 
+class Transfer(Base):
+    """One attempt to copy an EPN (asynchy sync), kept for ever."""
+
+    __tablename__ = "transfers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    epn: Mapped[str] = mapped_column(ForeignKey("epns.epn", ondelete="CASCADE"), nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    worker_id: Mapped[str] = mapped_column(Text, nullable=False)
+    host: Mapped[str] = mapped_column(Text, nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    claim_token: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    argv: Mapped[list[str]] = mapped_column(JSON, nullable=False)
+    dest: Mapped[str] = mapped_column(Text, nullable=False)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    classification: Mapped[str] = mapped_column(Text, nullable=False)
+    outcome: Mapped[str] = mapped_column(Text, nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    bytes_transferred: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, server_default=text("0")
+    )
+    files_transferred: Mapped[int] = mapped_column(
+        Integer, nullable=False, server_default=text("0")
+    )
+    stdout_tail: Mapped[str | None] = mapped_column(Text)
+    stderr_tail: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index(None, "epn"), Index(None, "finished_at"))
+
+
+class Worker(Base):
+    """A running or finished ``asynchy sync`` process (one row per run)."""
+
+    __tablename__ = "workers"
+
+    worker_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    host: Mapped[str] = mapped_column(Text, nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    command: Mapped[str] = mapped_column(Text, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'running'"))
+
+
 epns_table = cast(Table, Epn.__table__)
+transfers_table = cast(Table, Transfer.__table__)
+workers_table = cast(Table, Worker.__table__)
 files_table = cast(Table, File.__table__)
 walks_table = cast(Table, Walk.__table__)
 walk_errors_table = cast(Table, WalkError.__table__)

@@ -41,5 +41,43 @@ class WalkBar:
             self._bar = None
 
 
+class SyncBar:
+    """Bytes of the selected EPNs; advances while rsync copies; postfix: EPNs done/failed/running."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+
+    def start(self, total_bytes: int, epns: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        self._bar = tqdm(
+            total=total_bytes,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"sync {epns} EPNs",
+            dynamic_ncols=True,
+            file=sys.stderr,
+            leave=False,
+            mininterval=0.5,
+        )
+
+    def advance(self, nbytes: int) -> None:
+        if self._bar is not None and nbytes > 0:
+            self._bar.update(nbytes)
+
+    def counts(self, done: int, failed: int, running: int) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"done {done}, failed {failed}, running {running}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 def bars_wanted(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()

@@ -73,3 +73,27 @@ def shown(text: str) -> str:
     return "".join(
         ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
     )
+
+
+def sync_summary(summary: dict[str, Any]) -> str:
+    elapsed = summary["elapsed_seconds"]
+    if summary["dry_run"]:
+        changes = summary["would_change"]
+        lines = [
+            f"sync dry run: {len(changes)} EPNs checked, {sum(changes.values()):,} items would be transferred, "
+            f"{len(summary['failed'])} failed in {human_seconds(elapsed)}"
+        ]
+        lines += [f"  {shown(epn)}: {n:,} items" for epn, n in changes.items()]
+    else:
+        state = "interrupted" if summary["interrupted"] else "finished"
+        rate = human_bytes(summary["bytes_per_second"]) + "/s"
+        lines = [
+            f"sync {state}: {len(summary['complete'])} EPNs complete, {len(summary['failed'])} failed, "
+            f"{len(summary['skipped'])} skipped, {len(summary['cancelled'])} cancelled, "
+            f"{human_bytes(summary['bytes'])} in {human_seconds(elapsed)} ({rate})"
+        ]
+    for failure in summary["failed"]:
+        lines.append(f"  {failure['outcome']}: {shown(failure['epn'])}: {shown(failure['reason'])}")
+    for epn, why in summary["skipped"].items():
+        lines.append(f"  skipped: {shown(epn)}: {why}")
+    return "\n".join(lines)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import sqlite3
+import subprocess
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,6 +64,37 @@ def write_file(path: Path, data: bytes = b"", mtime: int = FIXED_MTIME) -> Path:
 def symlink(path: Path, target: str | bytes, mtime: int = FIXED_MTIME) -> None:
     os.symlink(target, path)
     os.utime(path, (mtime, mtime), follow_symlinks=False)
+
+
+@contextlib.contextmanager
+def read_only_dir(path: Path) -> Iterator[None]:
+    """A folder nobody can write into, not even root (chattr +i); chmod 555 for other users."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+    else:
+        os.chmod(path, 0o555)
+        try:
+            yield
+        finally:
+            os.chmod(path, 0o755)
+
+
+def processes_matching(text: str) -> list[int]:
+    """PIDs whose command line contains text (to prove no rsync outlived its asynchy)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    if text.encode() in fh.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
 
 
 def rows(db_path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:

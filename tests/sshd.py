@@ -8,6 +8,7 @@ other user it runs unprivileged and logs in that same user.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -153,6 +154,42 @@ Subsystem sftp {self.subsystem}
             except OSError:
                 time.sleep(0.05)
         return False
+
+    def restart(self) -> None:
+        """Start again on the same port (after stop)."""
+        assert self.proc is None and self.port
+        log = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=log
+        )
+        log.close()
+        if not self._wait_ready():
+            raise RuntimeError(
+                "sshd did not restart: " + self.log.read_text(errors="replace")[-2000:]
+            )
+
+    def kill_sessions(self) -> int:
+        """SIGKILL every process serving a connection (the server going away mid-transfer)."""
+        assert self.proc is not None
+        victims: list[int] = []
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as fh:
+                        ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(entry))
+        todo = list(children.get(self.proc.pid, []))
+        while todo:
+            pid = todo.pop()
+            victims.append(pid)
+            todo += children.get(pid, [])
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        return len(victims)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

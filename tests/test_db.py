@@ -239,3 +239,46 @@ def test_wheel_ships_migrations_and_runs_db_upgrade(tmp_path: Path) -> None:
     assert sqlite3.connect(work / "by-alembic.db").execute(
         "SELECT version_num FROM alembic_version"
     ).fetchall() == [(SCHEMA_HEAD,)]
+
+
+def test_older_database_is_backed_up_and_upgraded_keeping_every_row(
+    tmp_path: Path, cli: Any
+) -> None:
+    """A database at revision 0001 with data: opened by a newer asynchy, it is copied, then upgraded in place."""
+    from alembic import command
+
+    path = tmp_path / "old.db"
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0001")
+    with sqlite3.connect(path) as con:
+        con.execute("PRAGMA foreign_keys = ON")
+        con.execute(
+            "INSERT INTO walks (id, started_at, status, source, host, pid, options) "
+            "VALUES (1, '2024-01-01 00:00:00', 'complete', 'local:/x', 'h', 1, '{}')"
+        )
+        con.execute(
+            "INSERT INTO epns (epn, size, file_count, walk_id, walk_complete, first_seen_at) "
+            "VALUES ('1a', 3, 1, 1, 1, '2024-01-01 00:00:00')"
+        )
+        con.execute(
+            "INSERT INTO files (epn, path, size, modified) VALUES ('1a', 'x', 3, '2024-01-01 00:00:00')"
+        )
+    engine.dispose()
+    result = cli("--db", str(path), "db", "current")
+    assert result.stdout.startswith("0001 (run `asynchy db upgrade`")
+    result = cli("--db", str(path), "db", "upgrade")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == f"{path}: schema upgraded from 0001 to revision {SCHEMA_HEAD}\n"
+    assert "backed up" in result.stderr
+    backups = list(tmp_path.glob("old.db.bak-0001-*"))
+    assert len(backups) == 1
+    assert sqlite3.connect(backups[0]).execute(
+        "SELECT version_num FROM alembic_version"
+    ).fetchall() == [("0001",)]
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT epn, size, status, attempts, claim_token FROM epns").fetchall() == [
+        ("1a", 3, "pending", 0, 0)
+    ]
+    assert con.execute("SELECT epn, path FROM files").fetchall() == [("1a", "x")]
+    assert _schema_diff(f"sqlite:///{path}") == []

@@ -1,0 +1,309 @@
+"""rsync: the argument lists (pure), the version check, and reading what rsync says.
+
+Everything here is a pure function except ``rsync_version``; ``transfer.py``
+runs the processes.  Names never reach a shell: the EPN folder is sent on
+rsync's stdin (``--files-from=- --from0``), NUL-terminated, and rsync reads
+that list exactly (no globbing, no quoting); the remote source argument only
+holds ``src_prefix`` from the configuration.
+
+Exit codes and their classes follow ../shared/reliability-notes.md (1.1) and
+docs/sync.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from asynchy.config import SshTarget
+from asynchy.errors import ConfigError
+
+MIN_VERSION = (3, 4, 1)
+PARTIAL_DIR = ".asynchy-partial"
+TEMP_DIR = ".asynchy-tmp"
+
+Classification = Literal["ok", "retryable", "permanent", "partial", "cancelled"]
+
+
+@dataclass(frozen=True, slots=True)
+class RsyncOptions:
+    """What the user chose for this run (frozen; crosses process boundaries)."""
+
+    rsync: str = "rsync"
+    compress: bool = False
+    partial: bool = False
+    bwlimit: str | None = None
+    dry_run: bool = False
+    retry: int = 0  # also ssh ConnectionAttempts = retry + 1
+    io_timeout: int = 600  # rsync --timeout (the watchdog is the real guard)
+    old_rsync: bool = False  # < 3.4.3: add --no-inc-recursive (CVE-2026-43620 workaround)
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    m = re.search(r"rsync\s+version\s+v?(\d+)\.(\d+)\.(\d+)", text)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+
+
+def rsync_version(binary: str) -> tuple[tuple[int, int, int], str]:
+    """(version, first line) of the rsync binary; ConfigError when missing or too old."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except FileNotFoundError:
+        raise ConfigError(
+            f"rsync ({binary}) is not installed or not on PATH: install rsync >= 3.4.1"
+        ) from None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"cannot run {binary} --version: {exc}") from None
+    first = (out.stdout or "").splitlines()[0] if out.stdout else ""
+    version = parse_version(first)
+    if version is None:
+        raise ConfigError(f"{binary} --version did not print an rsync version: {first!r}")
+    if version < MIN_VERSION:
+        raise ConfigError(
+            f"{binary} is rsync {'.'.join(map(str, version))}; asynchy needs >= 3.4.1 "
+            "(CVE-2024-12084..12088 and CVE-2024-12747 are fixed there): upgrade rsync"
+        )
+    return version, first
+
+
+def _rsh_quote(arg: str, what: str) -> str:
+    """Quote one word of the -e command the way rsync splits it (quotes, no backslashes)."""
+    if arg and not re.search(r"[\s'\"\\]", arg):
+        return arg
+    if '"' not in arg and "\\" not in arg:
+        return f'"{arg}"'
+    if "'" not in arg and "\\" not in arg:
+        return f"'{arg}'"
+    raise ConfigError(
+        f"{what} {arg!r} cannot be passed to ssh by rsync: rename it without quotes or backslashes"
+    )
+
+
+def ssh_command(target: SshTarget, opts: RsyncOptions) -> str:
+    """The value of rsync's -e: non-interactive ssh with strict host-key checking."""
+    kh = str(target.known_hosts)
+    if re.search(r"[\s'\"\\]", kh):
+        raise ConfigError(
+            f"known_hosts {kh!r}: ssh cannot take a file name with spaces or quotes; move the file"
+        )
+    timeout = max(1, int(target.timeout))
+    words = [
+        "ssh",
+        "-p",
+        str(target.port),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={kh}",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        f"ConnectTimeout={timeout}",
+        "-o",
+        "ServerAliveInterval=15",
+        "-o",
+        "ServerAliveCountMax=3",
+        "-o",
+        f"ConnectionAttempts={opts.retry + 1}",
+        "-o",
+        "ClearAllForwardings=yes",
+    ]
+    if target.keypath is not None:
+        words += ["-i", _rsh_quote(str(target.keypath), "keypath"), "-o", "IdentitiesOnly=yes"]
+    words += ["-l", _rsh_quote(target.user, "user")]
+    return " ".join(words)
+
+
+def remote_base(target: SshTarget | None, prefix: str) -> str:
+    """The source argument: ``host:/prefix/`` (or the local ``/prefix/``)."""
+    base = prefix.rstrip("/") + "/"
+    if target is None:
+        return base
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    if host.startswith("-"):
+        raise ConfigError(f"host {target.host!r} must not start with '-'")
+    return f"{host}:{base}"
+
+
+def rsync_argv(
+    *,
+    target: SshTarget | None,
+    prefix: str,
+    dest_base: Path,
+    opts: RsyncOptions,
+    check: Literal["quick", "checksum"] | None = None,
+    temp_dir: Path | None = None,
+) -> list[str]:
+    """argv for copying the EPN folders listed on stdin (NUL-terminated) from prefix into dest_base.
+
+    ``check`` builds a verification run instead: a dry run that itemizes every
+    file that differs between the source *now* and the local copy, by size and
+    time (``quick``: did the source change during the transfer?) or also by
+    content (``checksum``).
+    """
+    if not dest_base.is_absolute():
+        raise ValueError("dest_base must be absolute")
+    argv = [
+        opts.rsync,
+        "-rlt",  # recursive, symlinks as symlinks, modification times (as the original asynchy)
+        "--files-from=-",
+        "--from0",
+        "--mkpath",
+        "--no-h",
+        f"--timeout={opts.io_timeout}",
+    ]
+    if check is not None:
+        argv += ["--dry-run", "--itemize-changes", "--out-format=%i %n"]
+        if check == "checksum":
+            argv.append("--checksum")
+    else:
+        argv += ["--stats", "--info=progress2", "--outbuf=N"]
+        if opts.dry_run:
+            argv += ["--dry-run", "--itemize-changes", "--out-format=%i %n"]
+        if opts.partial:
+            argv.append(f"--partial-dir={PARTIAL_DIR}")
+        if temp_dir is not None:
+            argv.append(f"--temp-dir={temp_dir}")
+        if opts.compress:
+            argv.append("-z")
+        if opts.bwlimit:
+            argv.append(f"--bwlimit={opts.bwlimit}")
+    if opts.old_rsync:
+        argv.append("--no-inc-recursive")
+    if target is not None:
+        argv += ["-e", ssh_command(target, opts)]
+    argv += [remote_base(target, prefix), str(dest_base) + "/"]
+    return argv
+
+
+def temp_dir_for(dest_base: Path, epn: bytes) -> Path:
+    """Where rsync builds files of this EPN before renaming them into place (outside the EPN's folder).
+
+    Named by a hash of the EPN (never the name itself): the next attempt finds
+    and removes what a killed rsync left there.
+    """
+    return dest_base / TEMP_DIR / hashlib.sha256(epn).hexdigest()[:20]
+
+
+def files_from(epn: bytes) -> bytes:
+    """stdin for rsync: the EPN folder, NUL-terminated (read exactly by --from0)."""
+    return epn + b"\0"
+
+
+# ------------------------------------------------------------------ reading rsync's output
+_PROGRESS = re.compile(rb"^\s*(\d+)\s+\d+%")
+_STATS = {
+    "files_total": re.compile(r"^Number of files: (\d+)", re.M),
+    "regular_total": re.compile(r"^Number of files: \d+ \(.*?reg: (\d+)", re.M),
+    "files_transferred": re.compile(r"^Number of regular files transferred: (\d+)", re.M),
+    "bytes_transferred": re.compile(r"^Total transferred file size: (\d+)", re.M),
+    "total_size": re.compile(r"^Total file size: (\d+)", re.M),
+}
+
+
+def progress_bytes(chunk: bytes) -> int | None:
+    """Bytes done so far from one --info=progress2 line, or None."""
+    m = _PROGRESS.match(chunk)
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    files_total: int | None = None
+    regular_total: int | None = None
+    files_transferred: int = 0
+    bytes_transferred: int = 0
+    total_size: int | None = None
+
+
+def parse_stats(text: str) -> Stats:
+    values: dict[str, int] = {}
+    for key, pattern in _STATS.items():
+        m = pattern.search(text)
+        if m:
+            values[key] = int(m.group(1).replace(",", ""))
+    if "files_total" in values and "regular_total" not in values:
+        values["regular_total"] = 0  # rsync leaves "reg:" out of the breakdown when there are none
+    return Stats(**values)
+
+
+# ------------------------------------------------------------------ exit codes
+_PERMANENT_SSH = (
+    "Permission denied",
+    "Host key verification failed",
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    "host key is known for",  # "No ED25519 host key is known for ... strict checking"
+    "Could not resolve hostname",
+)
+RETRYABLE_CODES = {5, 10, 11, 12, 13, 14, 15, 16, 21, 22, 30, 35}
+PERMANENT_CODES = {1, 2, 3, 4, 25, 126, 127}
+CANCELLED_CODES = {19, 20}
+
+
+def classify(exit_code: int | None, stderr: str, *, cancelled: bool = False) -> Classification:
+    """The class of an rsync result: what sync does next depends only on this."""
+    if cancelled:
+        return "cancelled"
+    if exit_code == 0:
+        return "ok"
+    if exit_code is None:  # could not even start it
+        return "permanent"
+    if exit_code < 0:  # killed by a signal: our stall watchdog, the OOM killer, someone's kill -9
+        return "retryable"
+    if exit_code in CANCELLED_CODES:
+        return "retryable"  # a signal we did not send ourselves
+    if exit_code in (23, 24):
+        return "partial"
+    if exit_code == 255:
+        return "permanent" if any(s in stderr for s in _PERMANENT_SSH) else "retryable"
+    if exit_code in PERMANENT_CODES:
+        return "permanent"
+    if exit_code in RETRYABLE_CODES:
+        return "retryable"
+    return "retryable"
+
+
+RSYNC_MEANINGS = {
+    1: "syntax or usage error",
+    2: "protocol incompatibility",
+    3: "errors selecting input/output files, dirs",
+    4: "requested action not supported",
+    5: "error starting client-server protocol",
+    10: "error in socket I/O",
+    11: "error in file I/O",
+    12: "error in rsync protocol data stream",
+    13: "errors with program diagnostics",
+    14: "error in IPC code",
+    15: "sibling process crashed",
+    16: "sibling process terminated abnormally",
+    19: "received SIGUSR1",
+    20: "received SIGINT, SIGTERM, or SIGHUP",
+    21: "some error returned by waitpid()",
+    22: "error allocating core memory buffers",
+    23: "partial transfer due to error",
+    24: "partial transfer due to vanished source files",
+    25: "the --max-delete limit stopped deletions",
+    30: "timeout in data send/receive",
+    35: "timeout waiting for daemon connection",
+    124: "remote shell failed",
+    125: "remote shell killed",
+    126: "remote command could not be run",
+    127: "remote command not found",
+    255: "ssh failed",
+}
+
+
+def describe_exit(exit_code: int | None) -> str:
+    if exit_code is None:
+        return "rsync could not be started"
+    if exit_code < 0:
+        return f"rsync killed by signal {-exit_code}"
+    return f"rsync exit {exit_code}: {RSYNC_MEANINGS.get(exit_code, 'unknown error')}"

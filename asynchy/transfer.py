@@ -1,0 +1,400 @@
+"""One EPN transfer: run rsync, watch it, verify the copy.  Runs in a pool thread or process.
+
+A worker never touches the database: it gets a frozen ``Job`` and returns a
+``TransferResult``; the main process records it.  rsync runs in its own
+session (process group) so that a stall watchdog or a cancel can kill rsync
+and its ssh together, and with a parent-death signal so that it does not
+outlive asynchy after ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from asynchy.rsync import Classification, classify, describe_exit, parse_stats, progress_bytes
+
+TAIL_CHARS = 8000  # of stdout and of stderr kept in the transfers table
+LOG_CHARS = 4 * 2**20  # of stderr kept for the log file
+SETPRIV = shutil.which("setpriv")
+
+ProgressFn = Callable[[str, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    epn: str
+    epn_raw: bytes
+    attempt: int
+    token: int
+    argv: tuple[str, ...]
+    stdin: bytes
+    dest_dir: bytes  # the EPN's own folder, for verification
+    expected: tuple[tuple[bytes, int, int, str], ...]  # (path in the EPN, size, mtime, kind)
+    regular_files: int  # regular files the inventory lists (an empty source is not a success)
+    temp_dir: bytes | None = None  # rsync --temp-dir: emptied before and removed after each attempt
+    check_argv: tuple[str, ...] | None = (
+        None  # the dry run that compares the source now with the copy
+    )
+    check_checksum: bool = False  # ... by content too (--verify checksum)
+    stall_timeout: float = 300.0
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TransferResult:
+    epn: str
+    attempt: int
+    token: int
+    started_at: datetime
+    finished_at: datetime
+    argv: tuple[str, ...]
+    exit_code: int | None
+    classification: str  # ok, retryable, permanent, partial, verify, changed, cancelled
+    reason: str | None
+    bytes_transferred: int = 0
+    files_transferred: int = 0
+    changes: int = 0  # dry run: items rsync would transfer
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    stderr_log: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.classification == "ok"
+
+
+@dataclass
+class _Run:
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    stderr_log: str
+    stalled: bool
+    cancelled: bool
+    lines: int = 0
+    error: str | None = None
+    bytes_seen: int = 0
+    log_truncated: bool = False
+    out_tail: deque[str] = field(default_factory=deque)
+
+
+def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def run_rsync(
+    argv: tuple[str, ...],
+    stdin: bytes,
+    *,
+    stall_timeout: float | None,
+    cancel: Any,
+    on_progress: Callable[[int], None] | None = None,
+    count_itemized: bool = False,
+) -> _Run:
+    """Run one rsync to the end (or until stalled or cancelled); never raises for rsync's failures."""
+    cmd = list(argv)
+    if SETPRIV:
+        cmd = [SETPRIV, "--pdeathsig", "TERM", "--", *cmd]
+    env = dict(os.environ, LC_ALL="C", LANG="C")
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            env=env,
+        )
+    except OSError as exc:
+        return _Run(None, "", "", "", False, False, error=f"cannot run {argv[0]}: {exc.strerror}")
+    last_activity = [time.monotonic()]
+    out_tail: deque[bytes] = deque()
+    out_size = [0]
+    err_parts: list[bytes] = []
+    err_size = [0]
+    itemized = [0]
+    seen = [0]
+
+    def read_stdout() -> None:
+        assert proc.stdout is not None
+        pending = b""
+        while True:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            last_activity[0] = time.monotonic()
+            out_tail.append(chunk)
+            out_size[0] += len(chunk)
+            while out_size[0] > 65536 and len(out_tail) > 1:
+                out_size[0] -= len(out_tail.popleft())
+            pending += chunk
+            *pieces, pending = pending.replace(b"\r", b"\n").split(b"\n")
+            for piece in pieces:
+                if count_itemized and piece[:1] in (b">", b"<", b"c", b"h", b"*") and b" " in piece:
+                    itemized[0] += 1
+                    continue
+                done = progress_bytes(piece)
+                if done is not None:
+                    seen[0] = done
+                    if on_progress is not None:
+                        on_progress(done)
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        while True:
+            chunk = os.read(proc.stderr.fileno(), 65536)
+            if not chunk:
+                break
+            last_activity[0] = time.monotonic()
+            if err_size[0] < LOG_CHARS:
+                err_parts.append(chunk)
+                err_size[0] += len(chunk)
+
+    readers = [
+        threading.Thread(target=read_stdout, daemon=True),
+        threading.Thread(target=read_stderr, daemon=True),
+    ]
+    for t in readers:
+        t.start()
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(stdin)
+        proc.stdin.close()
+    except (BrokenPipeError, OSError):
+        pass
+    stalled = cancelled = False
+    while True:
+        try:
+            proc.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if cancel is not None and cancel.is_set() and not cancelled:
+            cancelled = True
+            _kill_group(proc, signal.SIGTERM)
+        elif stall_timeout and time.monotonic() - last_activity[0] > stall_timeout and not stalled:
+            stalled = True
+            _kill_group(proc, signal.SIGTERM)
+        if (stalled or cancelled) and proc.poll() is None:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc, signal.SIGKILL)
+    _kill_group(proc, signal.SIGKILL)  # an ssh left behind in the group must not linger
+    for t in readers:
+        t.join(timeout=10)
+    stderr_all = b"".join(err_parts).decode("utf-8", "replace")
+    run = _Run(
+        exit_code=proc.returncode,
+        stdout=b"".join(out_tail).decode("utf-8", "replace"),
+        stderr=stderr_all[-TAIL_CHARS:],
+        stderr_log=stderr_all,
+        stalled=stalled,
+        cancelled=cancelled,
+        lines=itemized[0],
+        bytes_seen=seen[0],
+        log_truncated=err_size[0] >= LOG_CHARS,
+    )
+    return run
+
+
+_NOISE = (
+    "Could not chdir to home directory",
+    "Warning: Permanently added",
+    "** WARNING: connection is not using",
+)
+
+
+def main_complaint(stderr: str) -> str:
+    """The line of rsync's stderr that says what went wrong (not the login noise, not the echoes)."""
+    lines = [
+        line.strip()
+        for line in stderr.splitlines()
+        if line.strip() and not line.strip().startswith(_NOISE)
+    ]
+    ssh_said = [
+        ln
+        for ln in lines
+        if ln.startswith("ssh:") or "host key" in ln or "Permission denied (" in ln
+    ]
+    if ssh_said:
+        return ssh_said[0]
+    for line in lines:
+        if line.startswith("rsync:") and "connection unexpectedly closed" not in line:
+            return line
+    return next(
+        (ln for ln in lines if not ln.startswith("rsync error:")), lines[0] if lines else ""
+    )
+
+
+def verify_local(job: Job) -> tuple[int, str | None]:
+    """Compare the local copy with the inventory: (differences, description of the first few)."""
+    problems: list[str] = []
+    count = 0
+    root = job.dest_dir
+    for rel, size, mtime, kind in job.expected:
+        path = root + b"/" + rel
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            count += 1
+            if len(problems) < 3:
+                problems.append(f"{os.fsdecode(rel)!r} missing")
+            continue
+        except OSError as exc:
+            count += 1
+            if len(problems) < 3:
+                problems.append(f"{os.fsdecode(rel)!r}: {exc.strerror}")
+            continue
+        want_link = kind == "symlink"
+        if want_link != stat.S_ISLNK(st.st_mode) or (
+            not want_link and not stat.S_ISREG(st.st_mode)
+        ):
+            count += 1
+            if len(problems) < 3:
+                problems.append(f"{os.fsdecode(rel)!r} is not a {kind}")
+        elif st.st_size != size or int(st.st_mtime) != mtime:
+            count += 1
+            if len(problems) < 3:
+                problems.append(
+                    f"{os.fsdecode(rel)!r} has size {st.st_size} and mtime {int(st.st_mtime)}, "
+                    f"the inventory {size} and {mtime}"
+                )
+    return count, ("; ".join(problems) if problems else None)
+
+
+def run_job(job: Job, on_progress: ProgressFn | None = None, cancel: Any = None) -> TransferResult:
+    """Copy one EPN and check the copy; the result says what happened and why."""
+    started = datetime.now(UTC)
+    progress = (lambda done: on_progress(job.epn, done)) if on_progress is not None else None
+    if not job.dry_run:
+        # Create the folders here: two rsyncs with --mkpath racing for the same parent can fail with EEXIST.
+        folder = os.path.dirname(job.dest_dir)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            if job.temp_dir is not None:
+                folder = job.temp_dir
+                shutil.rmtree(job.temp_dir, ignore_errors=True)  # what a killed attempt left behind
+                _make_temp_dir(job.temp_dir)
+        except OSError as exc:
+            now = datetime.now(UTC)
+            reason = f"cannot create {os.fsdecode(folder)}: {exc.strerror}"
+            return TransferResult(
+                job.epn, job.attempt, job.token, started, now, job.argv, None, "permanent", reason
+            )
+    try:
+        return _transfer(job, started, progress, cancel)
+    finally:
+        if job.temp_dir is not None:
+            shutil.rmtree(job.temp_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the shared parent, once no transfer uses it
+                os.rmdir(os.path.dirname(job.temp_dir))
+
+
+def _make_temp_dir(path: bytes) -> None:
+    """makedirs that survives another transfer removing the (empty) shared parent at the same moment."""
+    for attempt in range(5):
+        try:
+            os.makedirs(path, exist_ok=True)
+            return
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
+
+
+def _transfer(
+    job: Job, started: datetime, progress: Callable[[int], None] | None, cancel: Any
+) -> TransferResult:
+    run = run_rsync(
+        job.argv,
+        job.stdin,
+        stall_timeout=job.stall_timeout,
+        cancel=cancel,
+        on_progress=progress,
+        count_itemized=job.dry_run,
+    )
+    stats = parse_stats(run.stdout)
+
+    def result(
+        classification: Classification | str, reason: str | None, **extra: Any
+    ) -> TransferResult:
+        log = run.stderr_log + ("\n[stderr truncated]" if run.log_truncated else "")
+        return TransferResult(
+            epn=job.epn,
+            attempt=job.attempt,
+            token=job.token,
+            started_at=started,
+            finished_at=datetime.now(UTC),
+            argv=job.argv,
+            exit_code=run.exit_code,
+            classification=classification,
+            reason=reason,
+            bytes_transferred=stats.bytes_transferred,
+            files_transferred=stats.files_transferred,
+            stdout_tail=run.stdout[-2000:],
+            stderr_tail=run.stderr,
+            stderr_log=log,
+            **extra,
+        )
+
+    if run.error:
+        return result("permanent", run.error)
+    if run.cancelled:
+        return result("cancelled", "interrupted")
+    kind = classify(run.exit_code, run.stderr)
+    if run.stalled:
+        return result(
+            "retryable",
+            f"no progress for {job.stall_timeout:g} s: rsync killed by the stall watchdog",
+        )
+    if kind != "ok":
+        said = main_complaint(run.stderr)
+        return result(kind, describe_exit(run.exit_code) + (f" ({said[:300]})" if said else ""))
+    if job.dry_run:
+        return result("ok", None, changes=run.lines)
+    if stats.regular_total == 0 and job.regular_files > 0:
+        return result(
+            "verify",
+            f"the source listed no files but the inventory has {job.regular_files}: is it mounted?",
+        )
+    differences, problems = verify_local(job)
+    if differences:
+        return result(
+            "verify", f"verify: {differences} files differ from the inventory ({problems})"
+        )
+    if job.check_argv is not None:
+        check = run_rsync(
+            job.check_argv, job.stdin, stall_timeout=None, cancel=cancel, count_itemized=True
+        )
+        what = "checksum check" if job.check_checksum else "check against the source"
+        if check.cancelled:
+            return result("cancelled", "interrupted")
+        if check.exit_code != 0:
+            return result(
+                classify(check.exit_code, check.stderr),
+                f"{what}: " + describe_exit(check.exit_code),
+            )
+        if check.lines and job.check_checksum:
+            return result(
+                "verify", f"verify: {check.lines} files differ from the source by checksum"
+            )
+        if check.lines:
+            return result(
+                "changed",
+                f"the source changed during the transfer ({check.lines} files differ now): "
+                "walk it again (asynchy walk --refresh) and it will be copied again",
+            )
+    return result("ok", None)

@@ -1,0 +1,713 @@
+"""`asynchy sync` end to end: the real rsync over the real sshd, real SQLite, real signals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import FIXED_MTIME, rows, write_file
+from sshd import Sshd
+from trees import HOSTILE_NAMES, build_epns
+
+
+def tree_digest(root: Path) -> dict[bytes, str]:
+    """sha256 of every file (and target of every symlink) under root, by path relative to root."""
+    out: dict[bytes, str] = {}
+    base = bytes(root)
+    for dirpath, dirnames, filenames in os.walk(base):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, base)
+            if os.path.islink(path):
+                out[rel] = "link:" + os.readlink(path).hex()
+            else:
+                with open(path, "rb") as fh:
+                    out[rel] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("ASYNCHY_")}
+
+
+@pytest.fixture
+def env(sshd: Sshd, served: Path, tmp_path: Path, write_config: Any) -> dict[str, Path]:
+    """A config for the sshd fixture serving ``served``; dest and db in tmp_path."""
+    dest = tmp_path / "vault"
+    dest.mkdir()
+    db = tmp_path / "files.db"
+    conf = write_config(sshd.settings(src_prefix=str(served), db=str(db), dest=str(dest)))
+    return {"conf": conf, "db": db, "dest": dest, "src": served, "tmp": tmp_path}
+
+
+def walk(cli: Any, env: dict[str, Path], *args: str) -> None:
+    result = cli("--config", str(env["conf"]), "walk", *args)
+    assert result.exit_code == 0, result.stdout + result.stderr
+
+
+def sync(cli: Any, env: dict[str, Path], *args: str) -> Any:
+    return cli("--config", str(env["conf"]), "sync", *args)
+
+
+def statuses(env: dict[str, Path]) -> dict[str, str]:
+    return dict(rows(env["db"], "SELECT epn, status FROM epns"))
+
+
+def spawn_sync(env: dict[str, Path], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "asynchy", "--config", str(env["conf"]), "sync", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+
+
+def wait_until(predicate: Any, timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_copies_are_byte_identical_and_recorded(cli: Any, env: dict[str, Path]) -> None:
+    build_epns(env["src"], 4, 25, subdirs=3, size=3000)
+    os.symlink("d0/f000000.dat", env["src"] / "20000a" / "link")
+    os.utime(env["src"] / "20000a" / "link", (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
+    walk(cli, env)
+    result = sync(cli, env)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(
+        "sync finished: 4 EPNs complete, 0 failed, 0 skipped, 0 cancelled, "
+    )
+    for epn in ("20000a", "20001b", "20002c", "20003d"):
+        assert tree_digest(env["dest"] / epn) == tree_digest(env["src"] / epn)
+    assert set(statuses(env).values()) == {"complete"}
+    got = rows(
+        env["db"],
+        "SELECT epn, attempts, failures, bytes_transferred, dest_path, claim_owner, lease_until "
+        "FROM epns ORDER BY epn",
+    )
+    assert got[0] == ("20000a", 1, 0, 75000, str(env["dest"] / "20000a"), None, None)
+    transfers = rows(
+        env["db"],
+        "SELECT epn, attempt, exit_code, classification, outcome, files_transferred, "
+        "bytes_transferred, worker_id IS NOT NULL, host, pid > 0, argv FROM transfers "
+        "ORDER BY epn",
+    )
+    assert [t[:7] for t in transfers] == [
+        (epn, 1, 0, "ok", "complete", 25, 75000) for epn in ("20000a", "20001b", "20002c", "20003d")
+    ]
+    argv = json.loads(transfers[0][10])
+    assert argv[0] == "rsync" and "-e" in argv and "20000a" not in " ".join(argv)
+    assert rows(env["db"], "SELECT status FROM workers") == [("finished",)]
+    # Nothing left to do: a second run selects nothing and succeeds.
+    again = sync(cli, env, "--json")
+    assert again.exit_code == 0
+    assert json.loads(again.stdout)["selected"] == 0
+
+
+def test_order_and_limit(cli: Any, env: dict[str, Path]) -> None:
+    for n, epn in enumerate(["30000a", "30001a", "30002a", "30003a", "30004a"]):
+        write_file(env["src"] / epn / "x", b"x", FIXED_MTIME + [3, 1, 4, 0, 2][n] * 100)
+    walk(cli, env)
+    result = sync(cli, env, "--limit", "2", "--order", "desc", "--json")
+    assert result.exit_code == 0
+    assert sorted(json.loads(result.stdout)["complete"]) == ["30000a", "30002a"]  # the two newest
+    result = sync(cli, env, "--limit", "2", "--order", "ASC", "--json")
+    assert sorted(json.loads(result.stdout)["complete"]) == [
+        "30001a",
+        "30003a",
+    ]  # the two oldest left
+    result = sync(cli, env, "--limit", "1", "--threads", "1", "--order", "Desc", "--json")
+    assert json.loads(result.stdout)["complete"] == ["30004a"]
+    assert sorted(p.name for p in env["dest"].iterdir()) == [
+        "30000a",
+        "30001a",
+        "30002a",
+        "30003a",
+        "30004a",
+    ]
+
+
+def test_threads_and_processes_give_the_same_database(
+    cli: Any, env: dict[str, Path], tmp_path: Path, write_config: Any, sshd: Sshd
+) -> None:
+    build_epns(env["src"], 5, 10, subdirs=2)
+
+    def run(mode: list[str]) -> list[tuple[Any, ...]]:
+        name = "processes" if mode else "threads"
+        dest = tmp_path / name
+        dest.mkdir()
+        conf = write_config(
+            sshd.settings(
+                src_prefix=str(env["src"]), db=str(tmp_path / f"{name}.db"), dest=str(dest)
+            ),
+            name=f"{name}.yaml",
+        )
+        assert cli("--config", str(conf), "walk").exit_code == 0
+        result = cli("--config", str(conf), "sync", "--threads", "3", *mode)
+        assert result.exit_code == 0, result.stdout + result.stderr
+        assert tree_digest(dest) == tree_digest(env["src"])
+        return rows(
+            tmp_path / f"{name}.db",
+            "SELECT e.epn, e.status, e.attempts, e.failures, e.bytes_transferred, "
+            "t.attempt, t.exit_code, t.classification, t.outcome, t.files_transferred, t.bytes_transferred "
+            "FROM epns e JOIN transfers t ON t.epn = e.epn ORDER BY e.epn",
+        )
+
+    assert run([]) == run(["--parallel"])
+
+
+def test_dry_run_changes_nothing(cli: Any, env: dict[str, Path]) -> None:
+    build_epns(env["src"], 2, 3)
+    walk(cli, env)
+    before = (
+        rows(env["db"], "SELECT * FROM epns ORDER BY epn"),
+        rows(env["db"], "SELECT count(*) FROM workers"),
+    )
+    result = sync(cli, env, "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("sync dry run: 2 EPNs checked, 8 items would be transferred")
+    assert list(env["dest"].iterdir()) == []
+    after = (
+        rows(env["db"], "SELECT * FROM epns ORDER BY epn"),
+        rows(env["db"], "SELECT count(*) FROM workers"),
+    )
+    assert after == before
+    assert rows(env["db"], "SELECT count(*) FROM transfers") == [(0,)]
+
+
+def test_destination_map_and_mapped_only(
+    cli: Any, env: dict[str, Path], write_config: Any, sshd: Sshd
+) -> None:
+    """destinations: 12282 -> ny79 puts 12282a at dest/ny79/12282a (HPC ASSyncy's epn_cap_map)."""
+    for epn in ("12282a", "12282b", "99999z"):
+        write_file(env["src"] / epn / "f", b"f")
+    elsewhere = env["tmp"] / "elsewhere"
+    conf = write_config(
+        sshd.settings(
+            src_prefix=str(env["src"]),
+            db=str(env["db"]),
+            dest=str(env["dest"]),
+            destinations={"12282": "ny79", "99999": str(elsewhere)},
+        ),
+        name="map.yaml",
+    )
+    env = {**env, "conf": conf}
+    walk(cli, env)
+    result = sync(cli, env, "--epn", "12282a", "--epn", "12282b")
+    assert result.exit_code == 0, result.stderr
+    assert (env["dest"] / "ny79" / "12282a" / "f").read_bytes() == b"f"
+    assert (env["dest"] / "ny79" / "12282b" / "f").exists()
+    assert rows(env["db"], "SELECT dest_path FROM epns WHERE epn = '12282a'") == [
+        (str(env["dest"] / "ny79" / "12282a"),)
+    ]
+    result = sync(cli, env)
+    assert (elsewhere / "99999z" / "f").exists()  # an absolute mapping
+
+
+def test_mapped_only_skips_unmapped(cli: Any, env: dict[str, Path]) -> None:
+    for epn in ("12282a", "55555a"):
+        write_file(env["src"] / epn / "f", b"f")
+    walk(cli, env)
+    result = sync(cli, env, "--mapped-only", "--destinations", "12282=ny79")
+    assert result.exit_code == 0, result.stderr
+    assert "skipped: 55555a: no destination mapping (--mapped-only)" in result.stdout
+    assert statuses(env) == {"12282a": "complete", "55555a": "pending"}
+    assert (env["dest"] / "ny79" / "12282a").is_dir()
+
+
+def test_hostile_names_copied_exactly_and_nothing_runs(cli: Any, env: dict[str, Path]) -> None:
+    """EPN and file names with shell and glob characters, newlines, non-UTF-8: exact copies inside dest."""
+    epns = [b"$(touch PWNED-epn) x", b"-rf", b"*", b"[ab]\n\xff"]
+    for epn in epns:
+        for i, name in enumerate(HOSTILE_NAMES):
+            write_file(Path(os.fsdecode(bytes(env["src"]) + b"/" + epn + b"/" + name)), b"h" * i)
+    # A decoy that a glob or a shell would pick up: it must not be copied.
+    write_file(env["src"] / "ab" / "decoy", b"no")
+    walk(cli, env)
+    result = sync(
+        cli,
+        env,
+        "--epn",
+        "$(touch PWNED-epn) x",
+        "--epn",
+        "-rf",
+        "--epn",
+        "*",
+        "--epn",
+        "[ab]\n\\xff",
+    )
+    assert result.exit_code == 0, result.stdout + result.stderr
+    for epn in epns:
+        src = Path(os.fsdecode(bytes(env["src"]) + b"/" + epn))
+        dst = Path(os.fsdecode(bytes(env["dest"]) + b"/" + epn))
+        assert tree_digest(dst) == tree_digest(src)
+    assert sorted(os.listdir(bytes(env["dest"]))) == sorted(epns)
+    assert not list(Path("/").glob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
+    assert not list(env["tmp"].glob("PWNED*")) and not list(env["src"].glob("PWNED*"))
+
+
+# ------------------------------------------------------------------ failures and their classes
+def test_unknown_host_key_is_permanent_and_does_not_hang(
+    cli: Any, env: dict[str, Path], write_config: Any, sshd: Sshd
+) -> None:
+    build_epns(env["src"], 1, 2)
+    walk(cli, env)  # the walk used the right known_hosts
+    kh = env["tmp"] / "empty_known_hosts"
+    kh.write_text("")
+    conf = write_config(
+        sshd.settings(
+            src_prefix=str(env["src"]),
+            db=str(env["db"]),
+            dest=str(env["dest"]),
+            known_hosts=str(kh),
+        ),
+        name="nokey.yaml",
+    )
+    started = time.monotonic()
+    result = cli("--config", str(conf), "sync")
+    assert time.monotonic() - started < 30
+    assert result.exit_code == 3
+    assert (
+        "failed: 20000a: rsync exit 255: ssh failed (No ED25519 host key is known for"
+        in result.stdout
+    )
+    assert rows(env["db"], "SELECT status, last_error_class, last_exit_code FROM epns") == [
+        ("failed", "permanent", 255)
+    ]
+    assert kh.read_text() == ""
+    # A permanent failure is not retried by later runs (it needs `asynchy reset` once fixed).
+    assert json.loads(sync(cli, env, "--json").stdout)["selected"] == 0
+
+
+def test_destination_not_writable(cli: Any, env: dict[str, Path]) -> None:
+    from helpers import read_only_dir
+
+    build_epns(env["src"], 1, 2)
+    walk(cli, env)
+    with read_only_dir(env["dest"]):
+        result = sync(cli, env)
+    assert result.exit_code == 3
+    assert rows(env["db"], "SELECT status FROM epns") == [("failed",)]
+    assert "Permission denied" in result.stdout or "Operation not permitted" in result.stdout
+    assert rows(env["db"], "SELECT outcome FROM transfers") == [("failed",)]
+
+
+def test_unreadable_source_file_is_partial_then_quarantined(cli: Any, env: dict[str, Path]) -> None:
+    """rsync exit 23 is never complete; after --max-attempts failures in a row the EPN is quarantined."""
+    build_epns(env["src"], 1, 3)
+    walk(cli, env)
+    os.chmod(env["src"] / "20000a" / "f000001.dat", 0o000)
+    for n in (1, 2):
+        result = sync(cli, env, "--max-attempts", "3")
+        assert result.exit_code == 3
+        assert rows(
+            env["db"], "SELECT status, failures, last_exit_code, last_error_class FROM epns"
+        ) == [("failed", n, 23, "partial")]
+    result = sync(cli, env, "--max-attempts", "3")
+    assert "quarantined: 20000a: rsync exit 23" in result.stdout
+    assert rows(env["db"], "SELECT status, failures, attempts FROM epns") == [("quarantined", 3, 3)]
+    assert json.loads(sync(cli, env, "--json", "--max-attempts", "3").stdout)["selected"] == 0
+    assert rows(env["db"], "SELECT attempt, outcome FROM transfers ORDER BY id") == [
+        (1, "failed"),
+        (2, "failed"),
+        (3, "quarantined"),
+    ]
+
+
+def test_retry_within_a_run(cli: Any, env: dict[str, Path]) -> None:
+    build_epns(env["src"], 1, 2)
+    walk(cli, env)
+    os.chmod(env["src"] / "20000a" / "f000000.dat", 0o000)
+    result = sync(cli, env, "--retry", "2")
+    assert result.exit_code == 3
+    assert rows(env["db"], "SELECT attempt, exit_code, outcome FROM transfers ORDER BY id") == [
+        (1, 23, "retry"),
+        (2, 23, "retry"),
+        (3, 23, "failed"),
+    ]
+    assert rows(env["db"], "SELECT status, failures, claim_owner FROM epns") == [
+        ("failed", 3, None)
+    ]
+
+
+def test_checksum_verification_catches_what_quick_check_misses(
+    cli: Any, env: dict[str, Path]
+) -> None:
+    """A stale local file with the same size and mtime: rsync skips it; only --verify checksum notices."""
+    write_file(env["src"] / "40000a" / "data.bin", b"good data", FIXED_MTIME)
+    walk(cli, env)
+    write_file(env["dest"] / "40000a" / "data.bin", b"BAD! data", FIXED_MTIME)
+    result = sync(cli, env, "--verify", "checksum")
+    assert result.exit_code == 3
+    assert "verify: 1 files differ from the source by checksum" in result.stdout
+    assert rows(env["db"], "SELECT status, last_error_class FROM epns") == [("failed", "verify")]
+    # Without the checksum, the same situation passes the size and mtime check - which is why it exists.
+    result = sync(cli, env)
+    assert result.exit_code == 0
+    assert (env["dest"] / "40000a" / "data.bin").read_bytes() == b"BAD! data"
+
+
+def test_missing_source_files_are_not_a_success(cli: Any, env: dict[str, Path]) -> None:
+    """The inventory says the EPN has data, the source has none (unmounted): failed, never complete."""
+    build_epns(env["src"], 1, 3)
+    walk(cli, env)
+    for f in (env["src"] / "20000a").iterdir():
+        f.unlink()
+    result = sync(cli, env)
+    assert result.exit_code == 3
+    assert "the source listed no files but the inventory has 3" in result.stdout
+    assert rows(env["db"], "SELECT status FROM epns") == [("failed",)]
+
+
+def test_file_changed_since_the_walk_fails_verification(cli: Any, env: dict[str, Path]) -> None:
+    build_epns(env["src"], 1, 3)
+    walk(cli, env)
+    write_file(env["src"] / "20000a" / "f000001.dat", b"grew since the walk", FIXED_MTIME + 1)
+    result = sync(cli, env)
+    assert result.exit_code == 3
+    assert "verify: 1 files differ from the inventory" in result.stdout
+    assert "f000001.dat" in result.stdout
+
+
+def test_rsync_too_old_is_refused(
+    cli: Any, env: dict[str, Path], write_config: Any, sshd: Sshd
+) -> None:
+    fake = env["tmp"] / "old-rsync"
+    fake.write_text("#!/bin/sh\necho 'rsync  version 3.2.7  protocol version 31'\n")
+    fake.chmod(0o755)
+    build_epns(env["src"], 1, 1)
+    walk(cli, env)
+    conf = write_config(
+        sshd.settings(
+            src_prefix=str(env["src"]), db=str(env["db"]), dest=str(env["dest"]), rsync=str(fake)
+        ),
+        name="old.yaml",
+    )
+    result = cli("--config", str(conf), "sync")
+    assert result.exit_code == 2
+    assert "is rsync 3.2.7; asynchy needs >= 3.4.1" in result.stderr
+    assert rows(env["db"], "SELECT status FROM epns") == [("pending",)]
+
+
+def test_missing_dest_is_a_config_error(cli: Any, env: dict[str, Path]) -> None:
+    build_epns(env["src"], 1, 1)
+    walk(cli, env)
+    result = sync(cli, env, "--dest", str(env["tmp"] / "nope"))
+    assert result.exit_code == 2
+    assert "is not an existing folder" in result.stderr
+
+
+# ------------------------------------------------------------------ processes, signals, crashes
+def big_epns(src: Path, names: list[str], mib: int = 8) -> None:
+    """EPNs with one large file each (sparse on the source: cheap to make, real bytes on the wire)."""
+    for name in names:
+        path = src / name / "big.raw"
+        path.parent.mkdir(parents=True)
+        with open(path, "wb") as fh:
+            fh.truncate(mib * 2**20)
+        os.utime(path, (FIXED_MTIME, FIXED_MTIME))
+        write_file(src / name / "small.txt", b"s")
+
+
+def rsyncs_into(dest: Path) -> list[int]:
+    from helpers import processes_matching
+
+    return [
+        pid
+        for pid in processes_matching(str(dest))
+        if b"rsync" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
+def test_kill_9_mid_transfer_then_rerun(cli: Any, env: dict[str, Path]) -> None:
+    """kill -9 of asynchy: nothing is marked complete that is not, rsync does not live on, the next run finishes."""
+    big_epns(env["src"], ["50000a", "50001a"])
+    walk(cli, env)
+    proc = spawn_sync(env, "--bwlimit", "1000", "--threads", "2")
+    wait_until(lambda: len(rsyncs_into(env["dest"])) >= 2, what="rsync to start")
+    wait_until(lambda: any(env["dest"].rglob("*big.raw*")), what="bytes to arrive")
+    proc.kill()
+    proc.wait()
+    wait_until(lambda: not rsyncs_into(env["dest"]), timeout=10, what="orphan rsyncs to die")
+    assert set(statuses(env).values()) == {"running"}
+    assert rows(env["db"], "SELECT count(*) FROM transfers") == [(0,)]
+    assert not (env["dest"] / "50000a" / "big.raw").exists() or (
+        (env["dest"] / "50000a" / "big.raw").stat().st_size < 8 * 2**20
+    )
+    result = sync(cli, env)  # same host, owner dead: its claims are taken back at once
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "took back 2 EPNs" in result.stderr
+    assert set(statuses(env).values()) == {"complete"}
+    assert tree_digest(env["dest"]) == tree_digest(env["src"])
+    assert rows(env["db"], "SELECT status FROM workers ORDER BY started_at, status") == [
+        ("dead",),
+        ("finished",),
+    ]
+
+
+def test_killing_the_rsync_child_is_retried(cli: Any, env: dict[str, Path]) -> None:
+    big_epns(env["src"], ["51000a"])
+    walk(cli, env)
+    killed: list[int] = []
+
+    def killer() -> None:
+        wait_until(lambda: bool(rsyncs_into(env["dest"])), what="rsync to start")
+        time.sleep(0.5)
+        pid = min(rsyncs_into(env["dest"]))
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    result = sync(cli, env, "--bwlimit", "4000", "--retry", "1")
+    t.join()
+    assert killed
+    assert result.exit_code == 0, result.stdout
+    got = rows(
+        env["db"], "SELECT attempt, exit_code, classification, outcome FROM transfers ORDER BY id"
+    )
+    assert got[0][2:] == ("retryable", "retry") and got[0][1] in (-9, 12, 20)
+    assert got[1] == (2, 0, "ok", "complete")
+    assert tree_digest(env["dest"]) == tree_digest(env["src"])
+
+
+def test_sshd_stopped_mid_run_is_retryable_and_the_next_run_completes(
+    cli: Any, served_base: Path, served: Path, tmp_path: Path, write_config: Any
+) -> None:
+    server = Sshd(served_base / "own-sshd").start()
+    try:
+        dest = tmp_path / "vault"
+        dest.mkdir()
+        env = {
+            "conf": write_config(
+                server.settings(src_prefix=str(served), db=str(tmp_path / "f.db"), dest=str(dest))
+            ),
+            "db": tmp_path / "f.db",
+            "dest": dest,
+            "src": served,
+            "tmp": tmp_path,
+        }
+        big_epns(served, ["52000a"])
+        walk(cli, env)
+
+        def outage() -> None:
+            wait_until(lambda: bool(rsyncs_into(dest)), what="rsync to start")
+            time.sleep(0.5)
+            server.kill_sessions()
+            server.stop()
+
+        t = threading.Thread(target=outage)
+        t.start()
+        result = sync(cli, env, "--bwlimit", "2000")
+        t.join()
+        assert result.exit_code == 3
+        assert rows(env["db"], "SELECT status, last_error_class FROM epns") == [
+            ("failed", "retryable")
+        ]
+        server.restart()
+        result = sync(cli, env)
+        assert result.exit_code == 0, result.stdout
+        assert tree_digest(dest) == tree_digest(served)
+    finally:
+        server.stop()
+
+
+def test_stall_watchdog_kills_a_silent_transfer(
+    cli: Any, sshd: Sshd, served: Path, tmp_path: Path, write_config: Any
+) -> None:
+    """The link goes silent (no RST, no FIN): the watchdog kills rsync after --stall-timeout."""
+    from tcpproxy import Proxy
+
+    big_epns(served, ["53000a"])
+    dest = tmp_path / "vault"
+    dest.mkdir()
+    with Proxy(sshd.port) as proxy:
+        conf = write_config(
+            sshd.settings(
+                src_prefix=str(served),
+                db=str(tmp_path / "f.db"),
+                dest=str(dest),
+                port=proxy.port,
+                known_hosts=str(sshd.known_hosts_via(proxy.port)),
+            )
+        )
+        env = {"conf": conf, "db": tmp_path / "f.db", "dest": dest, "src": served, "tmp": tmp_path}
+        walk(cli, env)
+
+        def freeze() -> None:
+            wait_until(lambda: any(dest.rglob("*big.raw*")), what="bytes to arrive")
+            proxy.freeze()
+
+        t = threading.Thread(target=freeze)
+        t.start()
+        started = time.monotonic()
+        result = sync(cli, env, "--bwlimit", "1000", "--stall-timeout", "3")
+        t.join()
+        assert time.monotonic() - started < 30
+    assert result.exit_code == 3
+    assert "no progress for 3 s: rsync killed by the stall watchdog" in result.stdout
+    assert rows(env["db"], "SELECT status, last_error_class FROM epns") == [("failed", "retryable")]
+    assert not rsyncs_into(dest)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_cancels_releases_and_exits_130(
+    env: dict[str, Path], cli: Any, sig: signal.Signals
+) -> None:
+    big_epns(env["src"], ["54000a", "54001a"])
+    write_file(env["src"] / "54002a" / "x", b"x")
+    walk(cli, env)
+    proc = spawn_sync(env, "--bwlimit", "1000", "--threads", "2", "--order", "ASC")
+    wait_until(lambda: len(rsyncs_into(env["dest"])) >= 2, what="rsync to start")
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "sync interrupted: 0 EPNs complete" in out
+    assert not rsyncs_into(env["dest"])
+    got = rows(env["db"], "SELECT epn, status, attempts, claim_owner FROM epns ORDER BY epn")
+    assert got == [
+        ("54000a", "pending", 0, None),
+        ("54001a", "pending", 0, None),
+        ("54002a", "pending", 0, None),
+    ]
+    assert (
+        rows(env["db"], "SELECT outcome, classification FROM transfers")
+        == [("cancelled", "cancelled")] * 2
+    )
+    assert rows(env["db"], "SELECT status FROM workers") == [("interrupted",)]
+    result = sync(cli, env)
+    assert result.exit_code == 0
+    assert tree_digest(env["dest"]) == tree_digest(env["src"])
+
+
+def test_second_interrupt_exits_at_once(env: dict[str, Path], cli: Any) -> None:
+    big_epns(env["src"], ["55000a"], mib=32)
+    walk(cli, env)
+    proc = spawn_sync(env, "--bwlimit", "500", "--parallel", "--threads", "1")
+    wait_until(lambda: bool(rsyncs_into(env["dest"])), what="rsync to start")
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=15)
+    assert proc.returncode == 130
+    wait_until(lambda: not rsyncs_into(env["dest"]), timeout=10, what="rsync to die with asynchy")
+    assert statuses(env) != {"55000a": "complete"}
+
+
+def test_two_sync_processes_never_copy_the_same_epn(env: dict[str, Path], cli: Any) -> None:
+    build_epns(env["src"], 12, 3, size=200_000)
+    walk(cli, env)
+    procs = [spawn_sync(env, "--threads", "2", "--bwlimit", "4000") for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert set(statuses(env).values()) == {"complete"}
+    per_epn = rows(
+        env["db"], "SELECT epn, count(*), count(DISTINCT worker_id) FROM transfers GROUP BY epn"
+    )
+    assert len(per_epn) == 12 and all(n == 1 for _, n, _ in per_epn)
+    done = [json.loads(p) for p in []]  # (each summary is printed as text)
+    del done
+    assert rows(env["db"], "SELECT count(DISTINCT worker_id) FROM transfers")[0][0] in (1, 2)
+    assert tree_digest(env["dest"]) == tree_digest(env["src"])
+
+
+def test_source_file_growing_during_transfer_is_not_complete(
+    cli: Any, env: dict[str, Path]
+) -> None:
+    big_epns(env["src"], ["56000a"])
+    walk(cli, env)
+    big = env["src"] / "56000a" / "big.raw"
+
+    def grow() -> None:
+        wait_until(lambda: any(env["dest"].rglob("*big.raw*")), what="bytes to arrive")
+        with open(big, "ab") as fh:
+            fh.write(b"more data written by the experiment\n" * 1000)
+
+    t = threading.Thread(target=grow)
+    t.start()
+    result = sync(cli, env, "--bwlimit", "2000")
+    t.join()
+    assert result.exit_code == 3
+    assert (
+        "changed: 56000a: the source changed during the transfer (1 files differ now)"
+        in result.stdout
+    )
+    assert rows(env["db"], "SELECT status, last_error_class, failures FROM epns") == [
+        ("changed", "changed", 0)
+    ]
+    # Not picked again until a walk has seen the new content ...
+    assert json.loads(sync(cli, env, "--json").stdout)["selected"] == 0
+    walk(cli, env, "--refresh")
+    result = sync(cli, env)
+    assert result.exit_code == 0, result.stdout
+    assert tree_digest(env["dest"]) == tree_digest(env["src"])
+
+
+def test_progress_bar_advances_within_a_large_file(env: dict[str, Path]) -> None:
+    """On a terminal: a bytes bar whose total is known up front and that moves while one big file copies."""
+    import fcntl
+    import pty
+    import re
+    import struct
+    import termios
+
+    big_epns(env["src"], ["57000a"], mib=6)
+    subprocess.run(
+        [sys.executable, "-m", "asynchy", "--config", str(env["conf"]), "walk"],
+        check=True,
+        capture_output=True,
+        env=_env(),
+    )
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "asynchy",
+            "--config",
+            str(env["conf"]),
+            "sync",
+            "--bwlimit",
+            "1500",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=_env(),
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait()
+    os.close(master)
+    assert proc.returncode == 0
+    shown = b"".join(chunks).decode(errors="replace")
+    assert "sync 1 EPNs" in shown and "/6.00M" in shown
+    seen = {float(m) for m in re.findall(r"\b(\d+(?:\.\d+)?)M/6\.00M", shown)}
+    assert len(seen) >= 3, shown  # several distinct positions while the one big file was copied
+    assert "running 1" in shown
