@@ -155,7 +155,7 @@ def heartbeat(db: Database, worker: WorkerId, lease: float) -> int:
     return int(result.rowcount)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -173,7 +173,7 @@ def reclaim_dead_local(db: Database) -> int:
         rows = conn.execute(
             select(w.worker_id, w.pid).where(w.host == host, w.status == "running")
         ).all()
-        dead = [wid for wid, pid in rows if pid != os.getpid() and not _pid_alive(pid)]
+        dead = [wid for wid, pid in rows if pid != os.getpid() and not pid_alive(pid)]
         if not dead:
             return 0
         conn.execute(

@@ -101,7 +101,9 @@ def _settings(ctx: click.Context, **command_values: Any) -> Any:
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="Level of the log file [config: log_level; default INFO].",
 )
-@click.option("--rsync", metavar="PATH", help="The rsync program, >= 3.4.1 [config: rsync; default rsync].")
+@click.option(
+    "--rsync", metavar="PATH", help="The rsync program, >= 3.4.1 [config: rsync; default rsync]."
+)
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 @click.option(
     "-q", "--quiet", is_flag=True, help="No progress bars, only errors and the final summary."
@@ -508,6 +510,46 @@ def sync_cmd(ctx: click.Context, /, as_json: bool, **kw: Any) -> None:
     if summary.interrupted:
         ctx.exit(int(ExitCode.INTERRUPTED))
     if summary.failed:
+        ctx.exit(int(ExitCode.PARTIAL))
+
+
+# ---------------------------------------------------------------------------- demo
+@cli.command("demo")
+@click.option(
+    "--dir",
+    "folder",
+    default="asynchy-demo",
+    show_default=True,
+    metavar="DIR",
+    help="Folder for the made-up facility, the copies and the database (new or a previous demo).",
+)
+@click.pass_context
+def demo_cmd(ctx: click.Context, /, folder: str) -> None:
+    """Try asynchy end to end on this machine: make a small facility, walk it, sync it.
+
+    Needs only rsync. Everything goes into one folder, with a config file
+    (as.yaml) for trying the other commands on it.
+
+    \b
+    Example:
+        asynchy demo
+        asynchy --config asynchy-demo/as.yaml walk --refresh
+    """
+    from asynchy import demo, render
+
+    _settings(ctx)
+    result = demo.run(Path(folder))
+    click.echo(f"made-up facility: {result.folder / 'facility'}")
+    click.echo(render.walk_summary(result.walked.as_dict()))
+    click.echo(render.sync_summary(result.synced.as_dict()))
+    states = ", ".join(f"{n} {status}" for status, n in sorted(result.statuses.items()))
+    click.echo(f"inventory {result.folder / 'demo.db'}: {states}")
+    click.echo(f"copies in {result.folder / 'vault'}; next, try:")
+    click.echo(
+        f"  sqlite3 {result.folder / 'demo.db'} 'select epn, status, size, file_count from epns'"  # noqa: S608
+    )
+    click.echo(f"  asynchy --config {result.folder / 'as.yaml'} sync --dry-run")
+    if result.synced.failed:
         ctx.exit(int(ExitCode.PARTIAL))
 
 

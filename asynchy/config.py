@@ -10,7 +10,6 @@ text into typed, frozen values and explains what is wrong when it cannot.
 
 from __future__ import annotations
 
-import difflib
 import getpass
 import os
 import tempfile
@@ -293,6 +292,8 @@ def read_config_file(path: Path, *, must_exist: bool) -> dict[str, Any]:
     for key, raw in data.items():
         name = str(key)
         if name not in KEYS:
+            import difflib
+
             hint = difflib.get_close_matches(name, list(KEYS), n=1)
             advice = f"did you mean '{hint[0]}'?" if hint else f"known keys: {', '.join(KEYS)}"
             raise ConfigError(f"config file {path}: unknown key '{name}' ({advice})")

@@ -41,6 +41,11 @@ class RsyncOptions:
     retry: int = 0  # also ssh ConnectionAttempts = retry + 1
     io_timeout: int = 600  # rsync --timeout (the watchdog is the real guard)
     old_rsync: bool = False  # < 3.4.3: add --no-inc-recursive (CVE-2026-43620 workaround)
+    control_dir: str | None = None  # ssh connection sharing: one master connection per pool worker
+
+
+SLOT = "@slot@"  # replaced by each pool worker with its own name (see transfer.with_slot)
+CONTROL_PERSIST = 30  # seconds an idle shared ssh connection stays up
 
 
 def parse_version(text: str) -> tuple[int, int, int] | None:
@@ -116,10 +121,26 @@ def ssh_command(target: SshTarget, opts: RsyncOptions) -> str:
         "-o",
         "ClearAllForwardings=yes",
     ]
+    if opts.control_dir is not None:
+        # One ssh connection per pool worker, reused by its transfers and their checks; it closes itself
+        # when idle.  The socket lives in a private folder that sync creates and removes.
+        words += [
+            "-o",
+            "ControlMaster=auto",
+            "-o",
+            f"ControlPersist={CONTROL_PERSIST}",
+            "-o",
+            f"ControlPath={_rsh_quote(opts.control_dir, 'control folder')}/{SLOT}",
+        ]
     if target.keypath is not None:
         words += ["-i", _rsh_quote(str(target.keypath), "keypath"), "-o", "IdentitiesOnly=yes"]
     words += ["-l", _rsh_quote(target.user, "user")]
     return " ".join(words)
+
+
+def close_master_argv(control_path: str) -> list[str]:
+    """ssh -O exit: end a shared connection (after a failure, and when sync ends)."""
+    return ["ssh", "-o", f"ControlPath={control_path}", "-O", "exit", "asynchy-shared-connection"]
 
 
 def remote_base(target: SshTarget | None, prefix: str) -> str:

@@ -11,19 +11,18 @@ exit code 130; a second one exits at once.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import heapq
 import logging
-import multiprocessing
 import os
 import queue
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -36,7 +35,7 @@ from asynchy.destinations import dest_base
 from asynchy.errors import ConfigError
 from asynchy.names import decode_name
 from asynchy.rsync import RsyncOptions, files_from, rsync_argv, rsync_version, temp_dir_for
-from asynchy.transfer import Job, TransferResult, run_job
+from asynchy.transfer import Job, TransferResult, close_master, run_job
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +119,8 @@ def _init_process_worker(progress_queue: Any, cancel: Any) -> None:
     global _WORKER_PROGRESS, _WORKER_CANCEL
     _WORKER_PROGRESS, _WORKER_CANCEL = progress_queue, cancel
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import ctypes
+
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() == 1:  # the parent died before prctl took effect
@@ -138,7 +139,10 @@ class _Pool:
         self.events = events
         self.parallel = parallel
         self._relay: threading.Thread | None = None
-        if parallel:
+        if parallel:  # imported only here: start-up time matters (docs/benchmarks.md)
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
             ctx = multiprocessing.get_context("spawn")
             self._mp_queue = ctx.Queue()
             self.cancel: Any = ctx.Event()
@@ -235,6 +239,31 @@ class _Heartbeat(threading.Thread):
                 log.warning("heartbeat failed (leases not renewed): %s", exc)
 
 
+CONTROL_PREFIX = "asynchy-ssh-"
+
+
+def _close_control_dir(path: str) -> None:
+    for name in os.listdir(path):
+        close_master(os.path.join(path, name))
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _sweep_control_dirs() -> None:
+    """Close what a killed sync left behind: its shared ssh connections and their folder."""
+    base = tempfile.gettempdir()
+    for name in os.listdir(base):
+        if not name.startswith(CONTROL_PREFIX):
+            continue
+        path = os.path.join(base, name)
+        try:
+            pid = int(name[len(CONTROL_PREFIX) :].split("-", 1)[0])
+            if os.stat(path).st_uid != os.geteuid() or claims.pid_alive(pid):
+                continue
+        except (ValueError, OSError):
+            continue
+        _close_control_dir(path)
+
+
 def _job_for(
     planned: claims.Planned,
     claimed: claims.Claim | None,
@@ -271,6 +300,7 @@ def _job_for(
         stdin=files_from(raw),
         dest_dir=os.fsencode(base) + b"/" + raw,
         temp_dir=os.fsencode(temp) if temp is not None else None,
+        control_dir=ropts.control_dir,
         expected=expected,
         regular_files=sum(1 for x in expected if x[3] == "file"),
         check_argv=check_argv,
@@ -317,7 +347,13 @@ def sync(
     events: queue.Queue[Any] = queue.Queue()
     pool = _Pool(opts.threads, opts.parallel, events)
     status = "finished"
+    control_dir: str | None = None
     try:
+        if target is not None:
+            # A private folder for the shared ssh connections (see rsync.ssh_command).
+            _sweep_control_dirs()
+            control_dir = tempfile.mkdtemp(prefix=f"{CONTROL_PREFIX}{os.getpid()}-")
+            ropts = replace(ropts, control_dir=control_dir)
         with _Stop(pool.cancel.set) as stop:
             _loop(db, target, opts, ropts, worker, pool, events, stop, summary, progress)
             summary.interrupted = stop.requested
@@ -329,6 +365,8 @@ def sync(
         raise
     finally:
         pool.shutdown()
+        if control_dir is not None:
+            _close_control_dir(control_dir)
         if heart is not None:
             heart.stopped.set()
         if worker is not None:
@@ -461,7 +499,7 @@ def _loop(
         done_item = running.pop(epn)
         try:
             result: TransferResult = fut.result()
-        except BrokenProcessPool:
+        except BrokenExecutor:  # a --parallel worker process died (kill -9, OOM)
             result = _failed_result(done_item.job, "the worker process died")
         except Exception as exc:  # a bug in the worker: record it, keep going
             log.exception("transfer of EPN %s failed unexpectedly", epn)

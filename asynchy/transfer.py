@@ -19,15 +19,24 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from asynchy.rsync import Classification, classify, describe_exit, parse_stats, progress_bytes
+from asynchy.rsync import (
+    SLOT,
+    Classification,
+    classify,
+    close_master_argv,
+    describe_exit,
+    parse_stats,
+    progress_bytes,
+)
 
 TAIL_CHARS = 8000  # of stdout and of stderr kept in the transfers table
 LOG_CHARS = 4 * 2**20  # of stderr kept for the log file
 SETPRIV = shutil.which("setpriv")
+PROGRESS_EVERY = 0.25  # seconds between progress reports of one rsync
 
 ProgressFn = Callable[[str, int], None]
 
@@ -44,6 +53,7 @@ class Job:
     expected: tuple[tuple[bytes, int, int, str], ...]  # (path in the EPN, size, mtime, kind)
     regular_files: int  # regular files the inventory lists (an empty source is not a success)
     temp_dir: bytes | None = None  # rsync --temp-dir: emptied before and removed after each attempt
+    control_dir: str | None = None  # where this run's shared ssh connections live
     check_argv: tuple[str, ...] | None = (
         None  # the dry run that compares the source now with the copy
     )
@@ -127,6 +137,7 @@ def run_rsync(
     err_size = [0]
     itemized = [0]
     seen = [0]
+    last_report = [0.0]
 
     def read_stdout() -> None:
         assert proc.stdout is not None
@@ -149,7 +160,9 @@ def run_rsync(
                 done = progress_bytes(piece)
                 if done is not None:
                     seen[0] = done
-                    if on_progress is not None:
+                    now = time.monotonic()
+                    if on_progress is not None and now - last_report[0] >= PROGRESS_EVERY:
+                        last_report[0] = now
                         on_progress(done)
 
     def read_stderr() -> None:
@@ -176,23 +189,24 @@ def run_rsync(
     except (BrokenPipeError, OSError):
         pass
     stalled = cancelled = False
-    while True:
-        try:
-            proc.wait(timeout=0.5)
-            break
-        except subprocess.TimeoutExpired:
-            pass
+    finished = threading.Event()
+
+    def wait_for_exit() -> None:
+        proc.wait()
+        finished.set()
+
+    waiter = threading.Thread(target=wait_for_exit, daemon=True)
+    waiter.start()
+    while not finished.wait(0.5):  # wakes twice a second, no busy polling
         if cancel is not None and cancel.is_set() and not cancelled:
             cancelled = True
             _kill_group(proc, signal.SIGTERM)
         elif stall_timeout and time.monotonic() - last_activity[0] > stall_timeout and not stalled:
             stalled = True
             _kill_group(proc, signal.SIGTERM)
-        if (stalled or cancelled) and proc.poll() is None:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc, signal.SIGKILL)
+        if (stalled or cancelled) and not finished.wait(5):
+            _kill_group(proc, signal.SIGKILL)
+    waiter.join()
     _kill_group(proc, signal.SIGKILL)  # an ssh left behind in the group must not linger
     for t in readers:
         t.join(timeout=10)
@@ -276,8 +290,42 @@ def verify_local(job: Job) -> tuple[int, str | None]:
     return count, ("; ".join(problems) if problems else None)
 
 
+def slot_name() -> str:
+    """This pool worker's name: its shared ssh connection is ``<control_dir>/<slot>``."""
+    return f"{os.getpid()}-{threading.get_ident() % 1_000_000}"
+
+
+def with_slot(argv: tuple[str, ...] | None, slot: str) -> tuple[str, ...] | None:
+    return None if argv is None else tuple(a.replace(SLOT, slot) for a in argv)
+
+
+def close_master(control_path: str) -> None:
+    """End a shared ssh connection (its socket may not exist: then nothing happens)."""
+    if os.path.exists(control_path):
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(
+                close_master_argv(control_path), capture_output=True, timeout=10, check=False
+            )
+
+
 def run_job(job: Job, on_progress: ProgressFn | None = None, cancel: Any = None) -> TransferResult:
     """Copy one EPN and check the copy; the result says what happened and why."""
+    control_dir = job.control_dir
+    if control_dir is not None:
+        slot = slot_name()
+        argv = with_slot(job.argv, slot)
+        assert argv is not None
+        job = replace(job, argv=argv, check_argv=with_slot(job.check_argv, slot))
+        result = _run_job(job, on_progress, cancel)
+        if result.classification in ("retryable", "permanent", "cancelled"):
+            close_master(
+                os.path.join(control_dir, slot)
+            )  # the next attempt starts a fresh connection
+        return result
+    return _run_job(job, on_progress, cancel)
+
+
+def _run_job(job: Job, on_progress: ProgressFn | None, cancel: Any) -> TransferResult:
     started = datetime.now(UTC)
     progress = (lambda done: on_progress(job.epn, done)) if on_progress is not None else None
     if not job.dry_run:

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -116,6 +117,11 @@ def test_copies_are_byte_identical_and_recorded(cli: Any, env: dict[str, Path]) 
     argv = json.loads(transfers[0][10])
     assert argv[0] == "rsync" and "-e" in argv and "20000a" not in " ".join(argv)
     assert rows(env["db"], "SELECT status FROM workers") == [("finished",)]
+    # The shared ssh connections are closed and their private folder is gone.
+    from helpers import processes_matching
+
+    assert not list(Path(tempfile.gettempdir()).glob(f"asynchy-ssh-{os.getpid()}-*"))
+    assert not processes_matching(f"asynchy-ssh-{os.getpid()}-")
     # Nothing left to do: a second run selects nothing and succeeds.
     again = sync(cli, env, "--json")
     assert again.exit_code == 0

@@ -1,0 +1,284 @@
+"""Sync benchmark: `asynchy sync --threads 2` vs `xargs -P 2 rsync` vs the MeRC asynchy loop, in one run.
+
+One command (it starts its own sshd on loopback):
+
+    python benchmarks/bench_sync.py --write docs/benchmarks.md
+
+Tree: 12 EPNs (~1.5 GB): 300 small files each (1-60 KiB) and one 128 MiB file
+in 11 of them, random data, served by a loopback OpenSSH sshd.  Each run
+copies into an empty destination.  asynchy's database is walked before the
+timed part (the walk has its own benchmark); its sync includes verification.
+Reported: medians of wall time; asynchy's own CPU (its Python process, read
+from /proc, not rsync or ssh) against the CPU of the whole run (every process
+on the machine, from /proc/stat); the time from starting `asynchy sync` to
+its first transfer rsync.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
+
+from sshd import Sshd  # noqa: E402
+
+MARK_START = "<!-- bench_sync:start -->"
+MARK_END = "<!-- bench_sync:end -->"
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def make_tree(root: Path) -> list[str]:
+    marker = root / ".complete"
+    epns = [f"{60000 + n}{'ab'[n % 2]}" for n in range(12)]
+    if marker.exists():
+        return epns
+    shutil.rmtree(root, ignore_errors=True)
+    rng = random.Random(1)
+    for n, epn in enumerate(epns):
+        folder = root / epn
+        for i in range(300):
+            path = folder / f"run{i % 3}" / f"img_{i:04d}.cbf"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(os.urandom(rng.randint(1024, 60 * 1024)))
+        if n != 5:
+            with open(folder / "movie.raw", "wb") as fh:
+                for _ in range(128):
+                    fh.write(os.urandom(2**20))
+    for dirpath, _dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o755)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o644)
+    marker.touch()
+    return epns
+
+
+def machine_cpu() -> float:
+    """CPU seconds used by everything on the machine so far (/proc/stat, all but idle and iowait)."""
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]
+    return busy / CLK
+
+
+def own_cpu(pid: int) -> float | None:
+    """utime + stime of one process, its children excluded."""
+    try:
+        parts = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(parts[11]) + int(parts[12])) / CLK
+
+
+def timed(argv: list[str], env: dict[str, str], track_self: bool = False) -> dict[str, float]:
+    cpu0 = machine_cpu()
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            value = own_cpu(proc.pid)
+            if value is not None:
+                samples.append(value)
+            done.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    if track_self:
+        sampler.start()
+    _, status, _usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    done.set()
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{argv[:3]} failed: {err[-3000:]}")
+    result = {"wall": elapsed, "machine_cpu": machine_cpu() - cpu0}
+    if track_self:
+        result["self_cpu"] = max(samples) if samples else 0.0
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="/tmp/asynchy-bench-sync")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--write", metavar="MD")
+    args = parser.parse_args()
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    os.chmod(work, 0o755)
+    src = work / "src"
+    print("generating the tree (kept for later runs)...", flush=True)
+    epns = make_tree(src)
+    total = sum(f.stat().st_size for f in src.rglob("*") if f.is_file() and f.name != ".complete")
+    sshd = Sshd(work / "sshd").start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCHY_")}
+    ssh = (
+        f"ssh -p {sshd.port} -i {sshd.client_key} -o UserKnownHostsFile={sshd.known_hosts} "
+        "-o StrictHostKeyChecking=yes -o BatchMode=yes"
+    )
+    stamp_log = work / "rsync-starts.log"
+    wrapper = work / "rsync-timed"
+    wrapper.write_text(
+        f'#!/bin/sh\ncase "$*" in *--files-from*) date +%s.%N >> {stamp_log};; esac\n'
+        f'exec {shutil.which("rsync")} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    results: dict[str, list[dict[str, float]]] = {"asynchy": [], "xargs": [], "merc": []}
+    startups: list[float] = []
+    try:
+        for run in range(args.runs):
+            for name in ("asynchy", "xargs", "merc"):
+                if name == "merc" and run >= 3:
+                    continue
+                dest = work / "dest"
+                shutil.rmtree(dest, ignore_errors=True)
+                dest.mkdir()
+                subprocess.run(["sync"], check=True)
+                if name == "asynchy":
+                    db = work / "bench.db"
+                    for suffix in ("", "-wal", "-shm"):
+                        Path(str(db) + suffix).unlink(missing_ok=True)
+                    common = [
+                        sys.executable,
+                        "-m",
+                        "asynchy",
+                        "-q",
+                        "--db",
+                        str(db),
+                        "--host",
+                        sshd.host,
+                        "--port",
+                        str(sshd.port),
+                        "--user",
+                        sshd.user,
+                        "--keypath",
+                        str(sshd.client_key),
+                        "--known-hosts",
+                        str(sshd.known_hosts),
+                        "--rsync",
+                        str(wrapper),
+                    ]
+                    subprocess.run(
+                        [*common, "walk", "--src-prefix", str(src)],
+                        check=True,
+                        env=env,
+                        capture_output=True,
+                    )
+                    stamp_log.unlink(missing_ok=True)
+                    t0 = time.time()
+                    r = timed(
+                        [
+                            *common,
+                            "sync",
+                            "--src-prefix",
+                            str(src),
+                            "--dest",
+                            str(dest),
+                            "--threads",
+                            "2",
+                        ],
+                        env,
+                        track_self=True,
+                    )
+                    first = min(float(x) for x in stamp_log.read_text().split())
+                    startups.append(first - t0)
+                elif name == "xargs":
+                    script = (
+                        f"ls {src} | xargs -P 2 -I{{}} rsync -rlt -e '{ssh}' "
+                        f"{sshd.user}@{sshd.host}:{src}/{{}} {dest}/"
+                    )
+                    r = timed(["sh", "-c", script], env)
+                else:
+                    r = timed(
+                        [
+                            sys.executable,
+                            str(ROOT / "benchmarks" / "merc_baseline.py"),
+                            "--ssh",
+                            ssh,
+                            "--source",
+                            f"{sshd.user}@{sshd.host}:{src}",
+                            "--dest",
+                            str(dest),
+                            "--workers",
+                            "2",
+                            *epns,
+                        ],
+                        env,
+                    )
+                copied = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+                assert copied == total, (name, copied, total)
+                results[name].append(r)
+                print(f"run {run + 1} {name}: {r['wall']:.2f} s", flush=True)
+    finally:
+        sshd.stop()
+
+    def med(name: str, key: str = "wall") -> float:
+        return statistics.median(r[key] for r in results[name])
+
+    import platform
+
+    rsync_v = subprocess.run(["rsync", "--version"], capture_output=True, text=True).stdout.split(
+        "\n"
+    )[0]
+    lines = [
+        f"Measured {datetime.date.today().isoformat()} on {platform.node()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, {' '.join(rsync_v.split()[:3])}; {len(epns)} EPNs, "
+        f"{total / 2**30:.2f} GiB.",
+        "",
+        "| measurement | median wall (s) | runs (s) | machine CPU (s, median) |",
+        "|---|---:|---|---:|",
+    ]
+    labels = {
+        "asynchy": "asynchy sync --threads 2",
+        "xargs": "ls \\| xargs -P 2 rsync",
+        "merc": "MeRC asynchy loop",
+    }
+    for name, runs in results.items():
+        walls = ", ".join(f"{r['wall']:.2f}" for r in runs)
+        lines.append(
+            f"| {labels[name]} | {med(name):.2f} | {walls} | {med(name, 'machine_cpu'):.1f} |"
+        )
+    self_share = statistics.median(r["self_cpu"] / r["machine_cpu"] for r in results["asynchy"])
+    lines += [
+        "",
+        "| ratio | measured | target |",
+        "|---|---:|---|",
+        f"| asynchy / xargs rsync, wall time | {med('asynchy') / med('xargs'):.3f} | <= 1.05 |",
+        f"| asynchy's own CPU / all CPU of the run | {100 * self_share:.1f} % | <= 5 % |",
+        f"| start-up to the first rsync (median) | {statistics.median(startups):.3f} s | < 0.3 s |",
+        f"| MeRC loop / asynchy, wall time | {med('merc') / med('asynchy'):.2f} | (> 1: the busy wait costs) |",
+        f"| MeRC loop / asynchy, machine CPU | {med('merc', 'machine_cpu') / med('asynchy', 'machine_cpu'):.2f} | |",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        path = Path(args.write)
+        doc = path.read_text()
+        block = f"{MARK_START}\n{text}\n{MARK_END}"
+        if MARK_START in doc:
+            doc = re.sub(
+                re.escape(MARK_START) + ".*?" + re.escape(MARK_END),
+                lambda _: block,
+                doc,
+                flags=re.S,
+            )
+        else:
+            doc += "\n" + block + "\n"
+        path.write_text(doc)
+        print("written to", path)
+
+
+if __name__ == "__main__":
+    main()
