@@ -138,20 +138,15 @@ class _Pool:
     def __init__(self, threads: int, parallel: bool, events: queue.Queue[Any]) -> None:
         self.events = events
         self.parallel = parallel
+        self.threads = threads
         self._relay: threading.Thread | None = None
         if parallel:  # imported only here: start-up time matters (docs/benchmarks.md)
             import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
 
-            ctx = multiprocessing.get_context("spawn")
-            self._mp_queue = ctx.Queue()
-            self.cancel: Any = ctx.Event()
-            self.executor: Executor = ProcessPoolExecutor(
-                max_workers=threads,
-                mp_context=ctx,
-                initializer=_init_process_worker,
-                initargs=(self._mp_queue, self.cancel),
-            )
+            self._ctx = multiprocessing.get_context("spawn")
+            self._mp_queue = self._ctx.Queue()
+            self.cancel: Any = self._ctx.Event()
+            self.executor: Executor = self._process_pool()
             self._relay = threading.Thread(target=self._relay_progress, daemon=True)
             self._relay.start()
         else:
@@ -159,6 +154,16 @@ class _Pool:
             self.executor = ThreadPoolExecutor(
                 max_workers=threads, thread_name_prefix="asynchy-rsync"
             )
+
+    def _process_pool(self) -> Executor:
+        from concurrent.futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor(
+            max_workers=self.threads,
+            mp_context=self._ctx,
+            initializer=_init_process_worker,
+            initargs=(self._mp_queue, self.cancel),
+        )
 
     def _relay_progress(self) -> None:
         while True:
@@ -169,7 +174,13 @@ class _Pool:
 
     def submit(self, job: Job, tag: Any) -> None:
         if self.parallel:
-            fut: Future[TransferResult] = self.executor.submit(_process_entry, job)
+            try:
+                fut: Future[TransferResult] = self.executor.submit(_process_entry, job)
+            except BrokenExecutor:  # a worker process was killed: start a fresh pool
+                log.warning("a worker process died; starting new worker processes")
+                self.executor.shutdown(wait=False, cancel_futures=True)
+                self.executor = self._process_pool()
+                fut = self.executor.submit(_process_entry, job)
         else:
             events = self.events
             fut = self.executor.submit(

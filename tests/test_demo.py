@@ -17,7 +17,11 @@ def test_demo_walks_and_syncs_a_made_up_facility(cli: Any, tmp_path: Path) -> No
     assert "sync finished: 6 EPNs complete, 0 failed" in result.stdout
     assert tree_digest(folder / "vault") == tree_digest(folder / "facility")
     con = sqlite3.connect(folder / "demo.db")
-    assert con.execute("SELECT count(*), min(status), max(status) FROM epns").fetchone() == (6, "complete", "complete")
+    assert con.execute("SELECT count(*), min(status), max(status) FROM epns").fetchone() == (
+        6,
+        "complete",
+        "complete",
+    )
     # The config it writes works for the other commands.
     again = cli("--config", str(folder / "as.yaml"), "sync", "--json")
     assert again.exit_code == 0 and '"selected": 0' in again.stdout

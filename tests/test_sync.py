@@ -717,3 +717,75 @@ def test_progress_bar_advances_within_a_large_file(env: dict[str, Path]) -> None
     seen = {float(m) for m in re.findall(r"\b(\d+(?:\.\d+)?)M/6\.00M", shown)}
     assert len(seen) >= 3, shown  # several distinct positions while the one big file was copied
     assert "running 1" in shown
+
+
+def test_killing_a_worker_process_loses_nothing(env: dict[str, Path], cli: Any) -> None:
+    """--parallel: kill -9 of a pool process; its EPN is not complete, the run goes on, the next run finishes."""
+    big_epns(env["src"], ["58000a", "58001a"])
+    for n in range(3):
+        write_file(env["src"] / f"5801{n}a" / "x", b"x")
+    walk(cli, env)
+    proc = spawn_sync(env, "--parallel", "--threads", "2", "--bwlimit", "1000")
+    wait_until(lambda: len(rsyncs_into(env["dest"])) >= 2, what="rsync to start")
+    rsync_pid = rsyncs_into(env["dest"])[0]
+    worker = int(Path(f"/proc/{rsync_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert worker != proc.pid
+    os.kill(worker, signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, out + err
+    assert "the worker process died" in out
+    got = statuses(env)
+    assert all(status in ("complete", "failed") for status in got.values())
+    for epn, status in got.items():
+        if status == "complete":
+            assert tree_digest(env["dest"] / epn) == tree_digest(env["src"] / epn)
+    wait_until(lambda: not rsyncs_into(env["dest"]), timeout=10, what="orphan rsyncs to die")
+    result = sync(cli, env)
+    assert result.exit_code == 0, result.stdout
+    assert set(statuses(env).values()) == {"complete"}
+    assert tree_digest(env["dest"]) == tree_digest(env["src"])
+
+
+def test_log_file_holds_rsync_stderr_in_full(cli: Any, env: dict[str, Path]) -> None:
+    build_epns(env["src"], 1, 3)
+    walk(cli, env)
+    for name in ("f000000.dat", "f000001.dat", "f000002.dat"):
+        os.chmod(env["src"] / "20000a" / name, 0o000)
+    log = env["tmp"] / "sync.log"
+    result = cli("--config", str(env["conf"]), "--log-file", str(log), "sync")
+    assert result.exit_code == 3
+    text = log.read_text()
+    assert "rsync stderr for EPN 20000a (attempt 1)" in text
+    for name in ("f000000.dat", "f000001.dat", "f000002.dat"):
+        assert f'"{name}"' in text or name in text
+    assert "EPN 20000a failed: rsync exit 23" in text
+
+
+def test_claim_of_another_host_is_taken_back_only_after_its_lease(
+    cli: Any, env: dict[str, Path]
+) -> None:
+    build_epns(env["src"], 2, 2)
+    walk(cli, env)
+    with sqlite3.connect(env["db"]) as con:
+        con.execute(
+            "INSERT INTO workers (worker_id, host, pid, command, started_at, heartbeat_at, status) "
+            "VALUES ('ghost', 'another-host', 1, 'sync', datetime('now'), datetime('now'), 'running')"
+        )
+        con.execute(
+            "UPDATE epns SET status = 'running', claim_owner = 'ghost', claim_token = 7, "
+            "claimed_from = 'pending', lease_until = datetime('now', '+1 hour') WHERE epn = '20000a'"
+        )
+        con.execute(
+            "UPDATE epns SET status = 'running', claim_owner = 'ghost', claim_token = 3, "
+            "claimed_from = 'pending', lease_until = datetime('now', '-1 minute') WHERE epn = '20001b'"
+        )
+    result = sync(cli, env, "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["complete"] == ["20001b"]  # the expired lease only
+    assert rows(
+        env["db"], "SELECT epn, status, claim_owner, claim_token FROM epns ORDER BY epn"
+    ) == [
+        ("20000a", "running", "ghost", 7),
+        ("20001b", "complete", None, 4),
+    ]
+    assert rows(env["db"], "SELECT claim_token FROM transfers") == [(4,)]
