@@ -96,8 +96,15 @@ def eligible(db: Database, max_attempts: int) -> ColumnElement[bool]:
         e.walk_complete.is_(True),
         or_(
             e.status == "pending",
-            # changed: by a refresh walk (inventory current), not by sync seeing the source move on
-            and_(e.status == "changed", or_(e.changed_at.is_(None), e.walked_at >= e.changed_at)),
+            # changed: unless sync saw the source move on during a transfer and no walk has looked since
+            and_(
+                e.status == "changed",
+                or_(
+                    func.coalesce(e.last_error_class, "") != "changed",
+                    e.changed_at.is_(None),
+                    e.walked_at >= e.changed_at,
+                ),
+            ),
             and_(
                 e.status == "failed",
                 func.coalesce(e.last_error_class, "retryable").in_(RETRYABLE_CLASSES),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -511,6 +512,338 @@ def sync_cmd(ctx: click.Context, /, as_json: bool, **kw: Any) -> None:
         ctx.exit(int(ExitCode.INTERRUPTED))
     if summary.failed:
         ctx.exit(int(ExitCode.PARTIAL))
+
+
+# ---------------------------------------------------------------------------- reporting
+def _format_option(default: str = "table") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "json", "csv"]),
+        default=default,
+        show_default=True,
+        help="table for people (human units, local times); json or csv for scripts (bytes, UTC ISO 8601).",
+    )
+
+
+def _open_existing(ctx: click.Context) -> Any:
+    from asynchy.db import open_database
+
+    settings = _settings(ctx)
+    return settings, open_database(settings.db, create=False)
+
+
+@cli.command("status")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object (keys in docs/reporting.md)."
+)
+@click.pass_context
+def status_cmd(ctx: click.Context, /, as_json: bool) -> None:
+    """Where the repatriation stands, on one screen.
+
+    EPNs and bytes by status, progress, the last walk and sync, throughput
+    and ETA, the most common failures, and the EPNs being copied right now.
+
+    \b
+    Example:
+        asynchy status
+        asynchy status --json | jq .bytes.percent_done
+    """
+    from asynchy import render, reports
+
+    _, db = _open_existing(ctx)
+    try:
+        data = reports.status(db)
+    finally:
+        db.close()
+    click.echo(
+        render.as_json_data(data) if as_json else render.status(data, render.terminal_width())
+    )
+
+
+@cli.command("epns")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    metavar="STATUS",
+    help="Only EPNs in this status (repeatable): pending, running, complete, changed, failed, "
+    "quarantined, skipped.",
+)
+@click.option(
+    "--since", metavar="DATE", help="Only EPNs whose newest file is from this date on (UTC)."
+)
+@click.option(
+    "--until", metavar="DATE", help="Only EPNs whose newest file is before this date (UTC)."
+)
+@click.option("--min-size", metavar="SIZE", help="Only EPNs at least this big, e.g. 10G.")
+@click.option(
+    "--order",
+    type=click.Choice(["ASC", "DESC"], case_sensitive=False),
+    default="ASC",
+    show_default=True,
+    help="Oldest or newest first (by newest file).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="At most this many (0: all).",
+)
+@_format_option()
+@click.pass_context
+def epns_cmd(
+    ctx: click.Context,
+    /,
+    statuses: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    min_size: str | None,
+    order: str,
+    limit: int,
+    fmt: str,
+) -> None:
+    """List EPNs with their status, size, files, newest file, attempts and last error.
+
+    \b
+    Example:
+        asynchy epns --status failed --status quarantined
+        asynchy epns --since 2024-01-01 --min-size 100G --format csv > big.csv
+    """
+    from asynchy import render, reports
+
+    flt = reports.EpnFilter(
+        statuses=statuses,
+        since=reports.parse_when(since, "--since") if since else None,
+        until=reports.parse_when(until, "--until") if until else None,
+        min_size=reports.parse_size(min_size) if min_size else None,
+        order=order.upper(),
+        limit=limit or None,
+    )
+    _, db = _open_existing(ctx)
+    try:
+        items = reports.list_epns(db, flt)
+    finally:
+        db.close()
+    columns = render.EPN_COLUMNS
+    if fmt == "json":
+        click.echo(render.as_json_rows(columns, render.epn_rows(items, human=False)))
+    elif fmt == "csv":
+        click.echo(render.as_csv(columns, render.epn_rows(items, human=False)), nl=False)
+    else:
+        click.echo(
+            render.table(
+                columns,
+                render.epn_rows(items, human=True),
+                width=render.terminal_width(),
+                right={"size", "files", "attempts"},
+            )
+        )
+
+
+@cli.command("show")
+@click.argument("epn")
+@click.option("--json", "as_json", is_flag=True, help="Everything as one JSON object.")
+@click.pass_context
+def show_cmd(ctx: click.Context, /, epn: str, as_json: bool) -> None:
+    """Everything about one EPN: inventory, status, destination, every attempt, walk errors.
+
+    \b
+    Example:
+        asynchy show 12282a
+    """
+    from asynchy import render, reports
+
+    _, db = _open_existing(ctx)
+    try:
+        data = reports.show(db, epn)
+    finally:
+        db.close()
+    click.echo(render.as_json_data(data) if as_json else render.show(data, render.terminal_width()))
+
+
+@cli.command("sql")
+@click.argument("query")
+@_format_option()
+@click.pass_context
+def sql_cmd(ctx: click.Context, /, query: str, fmt: str) -> None:
+    """Run one read-only SQL query against the inventory (anything that writes is refused).
+
+    The views v_epn_progress, v_status_summary, v_daily_transfers and
+    v_failures make common questions short; docs/reporting.md has recipes.
+
+    \b
+    Example:
+        asynchy sql "SELECT * FROM v_daily_transfers ORDER BY day DESC LIMIT 7"
+        asynchy sql "SELECT epn, size FROM epns WHERE status = 'pending'" --format csv
+    """
+    from asynchy import render, sqlquery
+
+    settings = _settings(ctx)
+    columns, rows = sqlquery.run(settings.db, query)
+    if fmt == "json":
+        click.echo(render.as_json_rows(columns, rows))
+    elif fmt == "csv":
+        click.echo(render.as_csv(columns, rows), nl=False)
+    else:
+        click.echo(render.table(columns, rows, width=render.terminal_width()))
+
+
+@cli.command("reset")
+@click.argument("epns", nargs=-1)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    metavar="STATUS",
+    help="Reset every EPN in this status (repeatable): failed, quarantined, skipped, changed.",
+)
+@click.pass_context
+def reset_cmd(ctx: click.Context, /, epns: tuple[str, ...], statuses: tuple[str, ...]) -> None:
+    """Put EPNs back in the queue (status pending); their attempt history is kept.
+
+    \b
+    Example:
+        asynchy reset 12282a 12283b
+        asynchy reset --status quarantined
+    """
+    from asynchy import ops
+
+    _, db = _open_existing(ctx)
+    try:
+        result = ops.reset(db, epns, statuses)
+    finally:
+        db.close()
+    click.echo(f"reset {len(result.done)} EPNs to pending")
+    for epn, why in result.refused.items():
+        click.echo(f"  not reset: {epn}: {why}", err=True)
+    if result.refused and epns:
+        ctx.exit(int(ExitCode.PARTIAL))
+
+
+@cli.command("skip")
+@click.argument("epns", nargs=-1, required=True)
+@click.option(
+    "--reason",
+    default="skipped by an operator",
+    show_default=True,
+    help="Why (shown by show and epns).",
+)
+@click.pass_context
+def skip_cmd(ctx: click.Context, /, epns: tuple[str, ...], reason: str) -> None:
+    """Never transfer these EPNs (until asynchy reset).
+
+    \b
+    Example:
+        asynchy skip 12290a --reason "test data, not to be kept"
+    """
+    from asynchy import ops
+
+    _, db = _open_existing(ctx)
+    try:
+        result = ops.skip(db, epns, reason)
+    finally:
+        db.close()
+    click.echo(f"skipped {len(result.done)} EPNs")
+    for epn, why in result.refused.items():
+        click.echo(f"  not skipped: {epn}: {why}", err=True)
+    if result.refused:
+        ctx.exit(int(ExitCode.PARTIAL))
+
+
+@cli.command("verify")
+@click.option(
+    "--epn",
+    "epns",
+    multiple=True,
+    metavar="EPN",
+    help="Only this EPN (repeatable); default: all complete.",
+)
+@click.option(
+    "--checksum",
+    is_flag=True,
+    help="Also compare every file's content with the source (rsync -c, slow).",
+)
+@click.option("--dest", metavar="PATH", help="Where the copies are [config: dest].")
+@click.option(
+    "--src-prefix", "--src_prefix", "src_prefix", metavar="PATH", help="[config: src_prefix]"
+)
+@click.pass_context
+def verify_cmd(
+    ctx: click.Context,
+    /,
+    epns: tuple[str, ...],
+    checksum: bool,
+    dest: str | None,
+    src_prefix: str | None,
+) -> None:
+    """Check complete EPNs' local copies against the inventory (and the source with --checksum).
+
+    A copy that differs makes its EPN 'changed', so the next sync copies it
+    again.  Exit code 3 when any differs.
+
+    \b
+    Example:
+        asynchy verify
+        asynchy verify --epn 12282a --checksum
+    """
+    from asynchy import ops
+    from asynchy.db import open_database
+
+    settings = _settings(ctx, dest=dest, src_prefix=src_prefix)
+    target_dest = Path(settings.require("dest")).expanduser().resolve()
+    target = None if (settings.is_local or not checksum) else settings.ssh_target()
+    db = open_database(settings.db, create=False)
+    try:
+        result = ops.verify(
+            db,
+            dest=target_dest,
+            epns=epns,
+            checksum=checksum,
+            target=target,
+            src_prefix=settings.src_prefix,
+            destinations=settings.destinations,
+            rsync=settings.rsync,
+        )
+    finally:
+        db.close()
+    for epn, why in result.differ.items():
+        click.echo(f"differs: {epn}: {why}")
+    for epn, why in result.missing.items():
+        click.echo(f"not verified: {epn}: {why}")
+    click.echo(
+        f"verified {len(result.checked)} EPNs: {len(result.checked) - len(result.differ)} match, "
+        f"{len(result.differ)} differ (now 'changed')"
+    )
+    if result.differ or (result.missing and epns):
+        ctx.exit(int(ExitCode.PARTIAL))
+
+
+@cli.command("report")
+@click.option(
+    "--html", "html_path", required=True, metavar="FILE", help="Write the report to this HTML file."
+)
+@click.option("--title", default="asynchy progress", show_default=True, help="Title of the page.")
+@click.pass_context
+def report_cmd(ctx: click.Context, /, html_path: str, title: str) -> None:
+    """Write a self-contained HTML progress report (charts drawn in SVG, no network needed).
+
+    \b
+    Example:
+        asynchy report --html /var/www/asynchy/index.html
+    """
+    from asynchy import html_report
+
+    _, db = _open_existing(ctx)
+    try:
+        try:
+            size = html_report.write(db, html_path, title)
+        except OSError as exc:
+            raise _Exit(f"cannot write {html_path}: {exc.strerror}", int(ExitCode.USAGE)) from None
+    finally:
+        db.close()
+    click.echo(f"wrote {html_path} ({size:,} bytes)")
 
 
 # ---------------------------------------------------------------------------- demo

@@ -28,6 +28,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
+from asynchy import views
 from asynchy.errors import ConfigError, DatabaseError, SchemaError
 from asynchy.models import SCHEMA_HEAD, Base
 
@@ -171,8 +172,15 @@ def read_revision(conn: Connection) -> tuple[str | None, list[str]]:
     return (revs[0] if revs else None), tables
 
 
-def open_database(setting: str, *, migrate: bool = True) -> Database:
-    """Open the inventory; bring an empty or older schema to head unless ``migrate`` is False."""
+def open_database(setting: str, *, migrate: bool = True, create: bool = True) -> Database:
+    """Open the inventory; bring an empty or older schema to head unless ``migrate`` is False.
+
+    ``create=False`` (the reporting commands) refuses a SQLite file that does not exist yet.
+    """
+    if not create and not is_url(setting) and not Path(setting).expanduser().exists():
+        raise ConfigError(
+            f"database {Path(setting).expanduser().resolve()} does not exist: fix db, or run `asynchy walk` first"
+        )
     engine, shown, path = make_engine(setting)
     db = Database(engine=engine, display=shown, path=path)
     if path is not None and not _sqlite_magic_ok(path):
@@ -203,6 +211,106 @@ def open_database(setting: str, *, migrate: bool = True) -> Database:
 def _short(exc: Exception) -> str:
     orig = getattr(exc, "orig", None)
     return str(orig if orig is not None else exc).splitlines()[0]
+
+
+_READ_ACTIONS = {
+    sqlite3.SQLITE_SELECT,
+    sqlite3.SQLITE_READ,
+    sqlite3.SQLITE_FUNCTION,
+    sqlite3.SQLITE_RECURSIVE,
+    sqlite3.SQLITE_TRANSACTION,
+}
+_READ_PRAGMAS = {
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "function_list",
+    "collation_list",
+    "compile_options",
+    "page_count",
+    "page_size",
+    "freelist_count",
+    "user_version",
+    "schema_version",
+    "data_version",
+    "journal_mode",
+    "encoding",
+}
+
+
+def _read_only_authorizer(
+    action: int, arg1: str | None, arg2: str | None, _db: str | None, _src: str | None
+) -> int:
+    """SQLite authorizer of ``asynchy sql``: reading only; no ATTACH (it creates files), no settings changed."""
+    if action in _READ_ACTIONS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _READ_PRAGMAS:
+        reads = arg2 is None or (arg1 or "").lower() in (
+            "table_info",
+            "table_xinfo",
+            "index_list",
+            "index_info",
+            "index_xinfo",
+            "foreign_key_list",
+        )
+        return sqlite3.SQLITE_OK if reads else sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_DENY
+
+
+def open_read_only(setting: str) -> Database:
+    """A connection that cannot write: SQLite opened with mode=ro and query_only; PostgreSQL read-only
+    transactions.  The schema must be current (nothing can be upgraded through it)."""
+    if is_url(setting):
+        engine, shown, _ = make_engine(setting)
+        if engine.dialect.name == "sqlite":
+            engine.dispose()
+            return open_read_only(str(make_url(setting).database))
+
+        @event.listens_for(engine, "begin")
+        def _read_only(conn: Connection) -> None:
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+
+        db = Database(engine=engine, display=shown, path=None)
+    else:
+        path = Path(setting).expanduser().resolve()
+        if not path.exists():
+            raise ConfigError(
+                f"database {path} does not exist: fix db, or run `asynchy walk` first"
+            )
+        if not _sqlite_magic_ok(path):
+            raise SchemaError(f"{path} is not a SQLite database; give another db path")
+        engine = create_engine(
+            "sqlite:///file:" + str(path) + "?mode=ro&uri=true",
+            connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+            dbapi_conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            dbapi_conn.execute("PRAGMA query_only = ON")
+            dbapi_conn.set_authorizer(_read_only_authorizer)
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN")
+
+        db = Database(engine=engine, display=str(path), path=path)
+    try:
+        with engine.connect() as conn:
+            rev, _ = read_revision(conn)
+            conn.rollback()
+    except OperationalError as exc:
+        engine.dispose()
+        raise DatabaseError(f"cannot open database {db.display}: {_short(exc)}") from None
+    if rev != SCHEMA_HEAD:
+        engine.dispose()
+        check_revision(db, rev)
+    return db
 
 
 def migrations_dir() -> Path:
@@ -319,6 +427,8 @@ def _upgrade_locked(db: Database, conn: Connection) -> UpgradeResult:
                 )
             # A new database: build it from the models and record head (no alembic needed).
             Base.metadata.create_all(conn)
+            for statement in views.create_sql(db.dialect):
+                conn.exec_driver_sql(statement)
             conn.execute(
                 text(
                     f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version_num VARCHAR(32) NOT NULL, "

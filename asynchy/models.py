@@ -29,7 +29,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 # SQLite has no date type; asynchy stores UTC as 'YYYY-MM-DD HH:MM:SS' text (whole
 # seconds), which sorts correctly and which SQLite's date functions understand.
@@ -140,6 +140,8 @@ class Epn(Base):
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     claimed_from: Mapped[str | None] = mapped_column(Text)
+    # asynchy skip, revision 0003.
+    skip_reason: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         Index(None, "status", "modified"),

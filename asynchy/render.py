@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import shutil
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
@@ -24,7 +29,10 @@ def human_seconds(s: float) -> str:
     if minutes < 60:
         return f"{minutes} min {sec} s"
     hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min"
+    if hours < 48:
+        return f"{hours} h {minutes} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
 
 
 def walk_summary(summary: dict[str, Any]) -> str:
@@ -96,4 +104,241 @@ def sync_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  {failure['outcome']}: {shown(failure['epn'])}: {shown(failure['reason'])}")
     for epn, why in summary["skipped"].items():
         lines.append(f"  skipped: {shown(epn)}: {why}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ tables and machine formats
+def iso_utc(value: datetime) -> str:
+    """ISO 8601 in UTC with a Z, for JSON and CSV."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def local_time(value: datetime | None) -> str:
+    """Local time for people (the terminal's time zone)."""
+    return value.astimezone().strftime("%Y-%m-%d %H:%M") if value is not None else "-"
+
+
+def short_time(value: datetime | None) -> str:
+    """HH:MM for today (local time), the date too otherwise."""
+    if value is None:
+        return "-"
+    local = value.astimezone()
+    return (
+        local.strftime("%H:%M")
+        if local.date() == datetime.now().astimezone().date()
+        else local_time(value)
+    )
+
+
+def machine(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso_utc(value)
+    if isinstance(value, Decimal):  # PostgreSQL's sum() of integers
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: machine(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [machine(v) for v in value]
+    return value
+
+
+def as_json_data(data: Any) -> str:
+    return json.dumps(machine(data), indent=2, default=str)
+
+
+def as_csv(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if v is None else machine(v) for v in row])
+    return out.getvalue()
+
+
+def as_json_rows(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
+    return as_json_data([dict(zip(columns, row, strict=True)) for row in rows])
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return local_time(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return shown(str(value))
+
+
+def table(
+    columns: list[str],
+    rows: list[tuple[Any, ...]],
+    *,
+    width: int = 80,
+    right: set[str] | None = None,
+) -> str:
+    """A plain text table that fits ``width`` columns (the widest columns are cut with '…')."""
+    right = right or set()
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    while sum(widths) + 2 * (len(widths) - 1) > width and max(widths) > 8:
+        widest = widths.index(max(widths))
+        widths[widest] -= 1
+
+    def fit(text: str, i: int) -> str:
+        if len(text) > widths[i]:
+            text = text[: widths[i] - 1] + "…"
+        return text.rjust(widths[i]) if columns[i] in right else text.ljust(widths[i])
+
+    lines = ["  ".join(fit(c, i) for i, c in enumerate(columns)).rstrip()]
+    lines += ["  ".join(fit(c, i) for i, c in enumerate(row)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def terminal_width() -> int:
+    return min(shutil.get_terminal_size((80, 24)).columns, 160)
+
+
+# ------------------------------------------------------------------ status, epns, show
+def status(data: dict[str, Any], width: int = 80) -> str:
+    lines = [f"asynchy status at {local_time(data['generated_at'])} of {data['database']}"]
+    rows = [
+        (status, v["epns"], human_bytes(v["bytes"]), f"{v['files']:,}")
+        for status, v in sorted(data["epns"]["by_status"].items())
+    ]
+    rows.append(
+        (
+            "total",
+            data["epns"]["total"],
+            human_bytes(data["bytes"]["total"]),
+            f"{data['files']['total']:,}",
+        )
+    )
+    lines.append(
+        table(
+            ["status", "EPNs", "size", "files"], rows, width=width, right={"EPNs", "size", "files"}
+        )
+    )
+    b = data["bytes"]
+    lines.append(
+        f"progress:   {human_bytes(b['done'])} of {human_bytes(b['total'])} done ({b['percent_done']:.1f} %), "
+        f"{human_bytes(b['remaining'])} to go"
+    )
+    walk = data["last_walk"]
+    if walk:
+        took = human_seconds(walk["seconds"]) if walk["seconds"] is not None else "still running"
+        lines.append(
+            f"last walk:  {local_time(walk['started_at'])}, {took}, {walk['status']} "
+            f"({walk['epns_walked']} EPNs, {walk['errors']} errors)"
+        )
+    else:
+        lines.append("last walk:  never (run asynchy walk)")
+    sync = data["last_sync"]
+    if sync:
+        took = human_seconds(sync["seconds"]) if sync["seconds"] is not None else "still running"
+        lines.append(
+            f"last sync:  {local_time(sync['started_at'])}, {took}, {sync['status']} "
+            f"({sync['complete']} complete, {sync['failed']} failed)"
+        )
+    else:
+        lines.append("last sync:  never (run asynchy sync)")
+    t = data["throughput"]
+    eta = data["eta_seconds"]
+    lines.append(
+        f"throughput: {human_bytes(t['last_hour_bytes_per_second'])}/s last hour, "
+        f"{human_bytes(t['last_day_bytes_per_second'])}/s last day"
+    )
+    if eta:
+        lines.append(
+            f"to go:      {human_seconds(eta)} at the last day's rate ({local_time(data['eta_at'])})"
+        )
+    else:
+        lines.append(
+            "to go:      "
+            + ("nothing left to copy" if eta == 0 else "unknown (nothing copied in the last day)")
+        )
+    for n, failure in enumerate(data["top_failures"]):
+        label = "failures:  " if n == 0 else "           "
+        lines.append(
+            f"{label} {failure['epns']:>4}  {shown(failure['reason'] or failure['class'] or '?')}"[
+                :width
+            ]
+        )
+    for n, claim in enumerate(data["active_claims"]):
+        label = "claims:    " if n == 0 else "           "
+        lines.append(
+            f"{label} {shown(claim['epn'])} by {claim['host']}:{claim['pid']} since {short_time(claim['claimed_at'])}, "
+            f"lease until {short_time(claim['lease_until'])}"
+        )
+    return "\n".join(lines)
+
+
+EPN_COLUMNS = ["epn", "status", "size", "files", "modified", "attempts", "last_error"]
+
+
+def epn_rows(items: list[dict[str, Any]], human: bool) -> list[tuple[Any, ...]]:
+    return [
+        tuple(human_bytes(item[c]) if (human and c == "size") else item[c] for c in EPN_COLUMNS)
+        for item in items
+    ]
+
+
+def show(data: dict[str, Any], width: int = 80) -> str:
+    e = data["epn"]
+    lines = [
+        f"EPN {shown(e['epn'])}: {e['status']}"
+        + (f" ({shown(e['skip_reason'])})" if e.get("skip_reason") else "")
+    ]
+    lines.append(
+        f"  inventory:   {e['file_count']:,} files, {human_bytes(e['size'])}, newest file {local_time(e['modified'])}"
+    )
+    lines.append(
+        f"  walked:      {local_time(e['walked_at'])}"
+        + ("" if e["walk_complete"] else " (incomplete: see walk errors)")
+    )
+    lines.append(f"  destination: {shown(e['dest_path'] or '-')}")
+    lines.append(
+        f"  transfers:   {e['attempts']} attempts, {e['failures']} failures in a row, "
+        f"{human_bytes(e['bytes_transferred'])} moved, completed {local_time(e['completed_at'])}"
+    )
+    if e["last_error"]:
+        lines.append(f"  last error:  {shown(e['last_error'])}")
+    if e["status"] == "running":
+        lines.append(
+            f"  claimed by:  {e['claim_owner']} since {local_time(e['claimed_at'])}, "
+            f"lease until {local_time(e['lease_until'])}"
+        )
+    if data["transfers"]:
+        rows = [
+            (
+                x["attempt"],
+                local_time(x["started_at"]),
+                human_seconds(x["seconds"] or 0),
+                "" if x["exit_code"] is None else x["exit_code"],
+                x["classification"],
+                x["outcome"],
+                human_bytes(x["bytes"]),
+            )
+            for x in data["transfers"]
+        ]
+        lines.append("")
+        lines.append(
+            table(
+                ["#", "started", "took", "exit", "class", "outcome", "bytes"],
+                rows,
+                width=width,
+                right={"#", "exit", "bytes"},
+            )
+        )
+        for x in data["transfers"]:
+            if x["reason"] or x["stderr_tail"]:
+                lines.append(f"  attempt {x['attempt']}: {shown(x['reason'] or '')}")
+                for line in (x["stderr_tail"] or "").strip().splitlines()[-5:]:
+                    lines.append(f"    {shown(line)}"[:width])
+    if data["walk_errors"]:
+        lines.append("")
+        lines.append("walk errors:")
+        for err in data["walk_errors"]:
+            lines.append(
+                f"  {shown(err['path'] or '.')}: {shown(err['message'])} ({err['kind']})"[:width]
+            )
     return "\n".join(lines)

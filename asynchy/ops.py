@@ -1,0 +1,201 @@
+"""Day-to-day operations on EPNs: reset, skip, verify."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from asynchy import claims
+from asynchy.config import SshTarget
+from asynchy.db import Database
+from asynchy.destinations import dest_base
+from asynchy.errors import UsageError
+from asynchy.models import epns_table
+from asynchy.names import decode_name
+from asynchy.rsync import RsyncOptions, files_from, rsync_argv, rsync_version
+from asynchy.transfer import Job, run_rsync, verify_local
+
+log = logging.getLogger(__name__)
+e = epns_table.c
+RESETTABLE = ("failed", "quarantined", "skipped", "changed", "complete", "pending")
+
+
+@dataclass
+class Changed:
+    done: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+def _known(conn: Any, epns: Sequence[str]) -> dict[str, Any]:
+    rows = conn.execute(select(e.epn, e.status, e.lease_until).where(e.epn.in_(list(epns)))).all()
+    return {r.epn: r for r in rows}
+
+
+def reset(db: Database, epns: Sequence[str] = (), statuses: Sequence[str] = ()) -> Changed:
+    """Put EPNs back to ``pending`` (history in ``transfers`` is kept); running claims are left alone."""
+    bad = [s for s in statuses if s not in RESETTABLE]
+    if bad:
+        raise UsageError(f"--status {bad[0]!r}: reset takes {', '.join(RESETTABLE[:4])}")
+    if not epns and not statuses:
+        raise UsageError(
+            "name the EPNs to reset, or pass --status failed|quarantined|skipped|changed"
+        )
+    out = Changed()
+    with db.write() as conn:
+        chosen = list(dict.fromkeys(epns))
+        if statuses:
+            chosen += [
+                r[0]
+                for r in conn.execute(
+                    select(e.epn).where(e.status.in_(list(statuses))).order_by(e.epn)
+                )
+            ]
+        known = _known(conn, chosen) if chosen else {}
+        for epn in chosen:
+            row = known.get(epn)
+            if row is None:
+                out.refused[epn] = "not in the inventory"
+            elif row.status == "running":
+                out.refused[epn] = (
+                    "claimed by a running sync (asynchy release --stale frees dead claims)"
+                )
+            else:
+                out.done.append(epn)
+        if out.done:
+            conn.execute(
+                update(epns_table)
+                .where(e.epn.in_(out.done))
+                .values(
+                    status="pending",
+                    failures=0,
+                    last_error=None,
+                    last_error_class=None,
+                    skip_reason=None,
+                    claimed_from=None,
+                )
+            )
+    return out
+
+
+def skip(db: Database, epns: Sequence[str], reason: str) -> Changed:
+    """Mark EPNs never to be transferred (until reset)."""
+    if not epns:
+        raise UsageError("name the EPNs to skip")
+    out = Changed()
+    with db.write() as conn:
+        known = _known(conn, epns)
+        for epn in dict.fromkeys(epns):
+            row = known.get(epn)
+            if row is None:
+                out.refused[epn] = "not in the inventory"
+            elif row.status == "running":
+                out.refused[epn] = "claimed by a running sync"
+            else:
+                out.done.append(epn)
+        if out.done:
+            conn.execute(
+                update(epns_table)
+                .where(e.epn.in_(out.done))
+                .values(status="skipped", skip_reason=reason or "skipped")
+            )
+    return out
+
+
+@dataclass
+class Verified:
+    checked: list[str] = field(default_factory=list)
+    differ: dict[str, str] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)  # named but not verifiable
+
+
+def verify(
+    db: Database,
+    *,
+    dest: Path,
+    epns: Sequence[str] = (),
+    checksum: bool = False,
+    target: SshTarget | None = None,
+    src_prefix: str | None = None,
+    destinations: Any = None,
+    rsync: str = "rsync",
+    on_epn: Callable[[str, bool], None] | None = None,
+) -> Verified:
+    """Check complete EPNs' local copies against the inventory (and the source by checksum).
+
+    A copy that differs makes its EPN ``changed`` (so sync copies it again).
+    """
+    out = Verified()
+    ropts = None
+    if checksum:
+        if not src_prefix:
+            raise UsageError("--checksum compares with the source: src_prefix must be set")
+        version, line = rsync_version(rsync)
+        log.info("using %s", line)
+        ropts = RsyncOptions(rsync=rsync, old_rsync=version < (3, 4, 3))
+    with db.read() as conn:
+        query = select(e.epn, e.status, e.dest_path).where(e.status == "complete").order_by(e.epn)
+        if epns:
+            query = (
+                select(e.epn, e.status, e.dest_path).where(e.epn.in_(list(epns))).order_by(e.epn)
+            )
+        rows = conn.execute(query).all()
+    found = {r.epn for r in rows}
+    for epn in epns:
+        if epn not in found:
+            out.missing[epn] = "not in the inventory"
+    for row in rows:
+        if row.status != "complete":
+            out.missing[row.epn] = f"status {row.status}: only complete EPNs are verified"
+            continue
+        raw = decode_name(row.epn)
+        base = (
+            Path(row.dest_path).parent if row.dest_path else dest_base(row.epn, dest, destinations)
+        )
+        job = Job(
+            epn=row.epn,
+            epn_raw=raw,
+            attempt=0,
+            token=0,
+            argv=(),
+            stdin=files_from(raw),
+            dest_dir=os.fsencode(base) + b"/" + raw,
+            expected=claims.expected_files(db, row.epn),
+            regular_files=0,
+        )
+        count, problems = verify_local(job)
+        reason = f"verify: {count} files differ from the inventory ({problems})" if count else None
+        if reason is None and ropts is not None:
+            assert src_prefix is not None
+            argv = rsync_argv(
+                target=target, prefix=src_prefix, dest_base=base, opts=ropts, check="checksum"
+            )
+            run = run_rsync(
+                tuple(argv), job.stdin, stall_timeout=None, cancel=None, count_itemized=True
+            )
+            if run.exit_code != 0:
+                reason = f"checksum check failed: rsync exit {run.exit_code}: {run.stderr.strip()[-300:]}"
+            elif run.lines:
+                reason = f"verify: {run.lines} files differ from the source by checksum"
+        out.checked.append(row.epn)
+        if reason:
+            out.differ[row.epn] = reason
+            with db.write() as conn:
+                conn.execute(
+                    update(epns_table)
+                    .where(e.epn == row.epn, e.status == "complete")
+                    .values(
+                        status="changed",
+                        changed_at=func.now() if not db.is_sqlite else func.datetime("now"),
+                        last_error=reason,
+                        last_error_class="verify",
+                    )
+                )
+        if on_epn is not None:
+            on_epn(row.epn, reason is None)
+    return out

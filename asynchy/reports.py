@@ -1,0 +1,305 @@
+"""What ``status``, ``epns`` and ``show`` report: plain data read from the database.
+
+Only aggregates kept in ``epns`` are read for ``status``, never the
+``files`` table, so it stays fast on inventories of millions of files.
+Times are timezone-aware UTC datetimes; ``render`` decides how people see them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from asynchy.db import Database
+from asynchy.errors import UsageError
+from asynchy.models import (
+    epns_table,
+    transfers_table,
+    walk_errors_table,
+    walks_table,
+    workers_table,
+)
+
+e = epns_table.c
+t = transfers_table.c
+STATUSES = ("pending", "running", "complete", "changed", "failed", "quarantined", "skipped")
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    return (end - start).total_seconds() if start and end else None
+
+
+def status(db: Database) -> dict[str, Any]:
+    """Everything ``asynchy status`` shows, as one JSON-ready dict (docs/reporting.md lists the keys)."""
+    now = datetime.now(UTC)
+    with db.read() as conn:
+        by_status = {
+            row.status: {"epns": int(row.n), "bytes": int(row.b or 0), "files": int(row.f or 0)}
+            for row in conn.execute(
+                select(
+                    e.status,
+                    func.count().label("n"),
+                    func.sum(e.size).label("b"),
+                    func.sum(e.file_count).label("f"),
+                ).group_by(e.status)
+            )
+        }
+        w = walks_table.c
+        last_walk = (
+            conn.execute(select(walks_table).order_by(w.id.desc()).limit(1)).mappings().first()
+        )
+        k = workers_table.c
+        last_sync = (
+            conn.execute(
+                select(workers_table)
+                .where(k.command == "sync")
+                .order_by(k.started_at.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
+        sync_counts: dict[str, int] = {}
+        if last_sync is not None:
+            sync_counts = {
+                outcome: int(n)
+                for outcome, n in conn.execute(
+                    select(t.outcome, func.count())
+                    .where(t.worker_id == last_sync["worker_id"])
+                    .group_by(t.outcome)
+                )
+            }
+        moved: dict[str, int] = {}
+        for label, span in (("last_hour", timedelta(hours=1)), ("last_day", timedelta(days=1))):
+            moved[label] = int(
+                conn.execute(
+                    select(func.coalesce(func.sum(t.bytes_transferred), 0)).where(
+                        t.finished_at >= now - span
+                    )
+                ).scalar_one()
+            )
+        failures = conn.execute(
+            select(
+                e.last_error_class,
+                e.last_exit_code,
+                func.count().label("n"),
+                func.min(e.last_error),
+            )
+            .where(e.status.in_(("failed", "quarantined")))
+            .group_by(e.last_error_class, e.last_exit_code)
+            .order_by(func.count().desc())
+            .limit(5)
+        ).all()
+        claims = (
+            conn.execute(
+                select(
+                    e.epn, e.claim_owner, e.claimed_at, e.lease_until, k.host, k.pid, k.heartbeat_at
+                )
+                .select_from(epns_table.outerjoin(workers_table, k.worker_id == e.claim_owner))
+                .where(e.status == "running")
+                .order_by(e.claimed_at)
+            )
+            .mappings()
+            .all()
+        )
+    total = sum(v["bytes"] for v in by_status.values())
+    done = by_status.get("complete", {}).get("bytes", 0)
+    skipped = by_status.get("skipped", {}).get("bytes", 0)
+    remaining = total - done - skipped
+    rates = {
+        "last_hour_bytes": moved["last_hour"],
+        "last_hour_bytes_per_second": moved["last_hour"] / 3600,
+        "last_day_bytes": moved["last_day"],
+        "last_day_bytes_per_second": moved["last_day"] / 86400,
+    }
+    rate = rates["last_day_bytes_per_second"] or rates["last_hour_bytes_per_second"]
+    eta = remaining / rate if rate and remaining else (0.0 if not remaining else None)
+    return {
+        "database": db.display,
+        "generated_at": now,
+        "epns": {"total": sum(v["epns"] for v in by_status.values()), "by_status": by_status},
+        "bytes": {
+            "total": total,
+            "done": done,
+            "remaining": remaining,
+            "percent_done": round(100 * done / total, 1) if total else 0.0,
+        },
+        "files": {
+            "total": sum(v["files"] for v in by_status.values()),
+            "done": by_status.get("complete", {}).get("files", 0),
+        },
+        "last_walk": None
+        if last_walk is None
+        else {
+            "id": last_walk["id"],
+            "started_at": last_walk["started_at"],
+            "finished_at": last_walk["finished_at"],
+            "seconds": _seconds(last_walk["started_at"], last_walk["finished_at"]),
+            "status": last_walk["status"],
+            "epns_walked": last_walk["epns_walked"],
+            "files": last_walk["files"],
+            "errors": last_walk["errors"],
+        },
+        "last_sync": None
+        if last_sync is None
+        else {
+            "worker_id": last_sync["worker_id"],
+            "host": last_sync["host"],
+            "started_at": last_sync["started_at"],
+            "finished_at": last_sync["finished_at"],
+            "seconds": _seconds(last_sync["started_at"], last_sync["finished_at"]),
+            "status": last_sync["status"],
+            "complete": sync_counts.get("complete", 0),
+            "failed": sum(sync_counts.get(x, 0) for x in ("failed", "quarantined", "superseded")),
+        },
+        "throughput": rates,
+        "eta_seconds": eta,
+        "eta_at": now + timedelta(seconds=eta) if eta else None,
+        "top_failures": [
+            {"class": cls, "exit_code": code, "epns": int(n), "reason": short_reason(sample)}
+            for cls, code, n, sample in failures
+        ],
+        "active_claims": [
+            {
+                "epn": c["epn"],
+                "worker_id": c["claim_owner"],
+                "host": c["host"],
+                "pid": c["pid"],
+                "claimed_at": c["claimed_at"],
+                "lease_until": c["lease_until"],
+                "heartbeat_at": c["heartbeat_at"],
+            }
+            for c in claims
+        ],
+    }
+
+
+def short_reason(reason: str | None) -> str:
+    """A failure reason without the details that differ between EPNs (counts, file names, stderr)."""
+    if not reason:
+        return ""
+    text = reason.split(" (", 1)[0]
+    return re.sub(r"\b\d+ files\b", "N files", text)
+
+
+# ------------------------------------------------------------------ asynchy epns
+@dataclass(frozen=True)
+class EpnFilter:
+    statuses: tuple[str, ...] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    min_size: int | None = None
+    order: str = "ASC"
+    limit: int | None = 100
+
+
+def parse_when(text: str, option: str) -> datetime:
+    """``2024-05-01`` or ``2024-05-01T10:00`` (UTC unless an offset is given)."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(
+            f"{option} {text!r} is not a date: use YYYY-MM-DD or YYYY-MM-DDTHH:MM"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.I)
+
+
+def parse_size(text: str, option: str = "--min-size") -> int:
+    """``500``, ``10K``, ``1.5G``, ``2TiB`` (powers of 1024)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise UsageError(f"{option} {text!r} is not a size: use e.g. 500, 10K, 1.5G or 2T")
+    unit = m.group(2).lower()
+    power = "kmgtp".index(unit) + 1 if unit else 0
+    return int(float(m.group(1)) * 1024**power)
+
+
+def list_epns(db: Database, f: EpnFilter) -> list[dict[str, Any]]:
+    bad = [s for s in f.statuses if s not in STATUSES]
+    if bad:
+        raise UsageError(f"--status {bad[0]!r} is not a status: use one of {', '.join(STATUSES)}")
+    query = select(
+        e.epn, e.status, e.size, e.file_count, e.modified, e.attempts, e.last_error, e.skip_reason
+    ).order_by((e.modified.asc() if f.order == "ASC" else e.modified.desc()).nulls_last(), e.epn)
+    if f.statuses:
+        query = query.where(e.status.in_(f.statuses))
+    if f.since is not None:
+        query = query.where(e.modified >= f.since)
+    if f.until is not None:
+        query = query.where(e.modified < f.until)
+    if f.min_size is not None:
+        query = query.where(e.size >= f.min_size)
+    if f.limit is not None:
+        query = query.limit(f.limit)
+    with db.read() as conn:
+        return [
+            {
+                "epn": r.epn,
+                "status": r.status,
+                "size": int(r.size),
+                "files": int(r.file_count),
+                "modified": r.modified,
+                "attempts": int(r.attempts),
+                "last_error": r.last_error or r.skip_reason,
+            }
+            for r in conn.execute(query)
+        ]
+
+
+# ------------------------------------------------------------------ asynchy show
+def show(db: Database, epn: str) -> dict[str, Any]:
+    with db.read() as conn:
+        row = conn.execute(select(epns_table).where(e.epn == epn)).mappings().first()
+        if row is None:
+            near = [
+                r[0]
+                for r in conn.execute(
+                    select(e.epn).where(e.epn.like(epn[:5] + "%")).order_by(e.epn).limit(5)
+                )
+            ]
+            hint = f" (similar: {', '.join(near)})" if near else ""
+            raise UsageError(f"EPN {epn!r} is not in the inventory{hint}")
+        transfers = (
+            conn.execute(select(transfers_table).where(t.epn == epn).order_by(t.id))
+            .mappings()
+            .all()
+        )
+        we = walk_errors_table.c
+        errors = (
+            conn.execute(
+                select(we.walk_id, we.path, we.kind, we.message, we.at)
+                .where(we.epn == epn, we.walk_id == row["walk_id"])
+                .order_by(we.id)
+            )
+            .mappings()
+            .all()
+        )
+    info = {k: row[k] for k in row.keys()}  # noqa: SIM118 - RowMapping
+    return {
+        "epn": info,
+        "transfers": [
+            {
+                "attempt": x["attempt"],
+                "started_at": x["started_at"],
+                "finished_at": x["finished_at"],
+                "seconds": _seconds(x["started_at"], x["finished_at"]),
+                "worker": f"{x['host']}:{x['pid']}",
+                "exit_code": x["exit_code"],
+                "classification": x["classification"],
+                "outcome": x["outcome"],
+                "bytes": x["bytes_transferred"],
+                "files": x["files_transferred"],
+                "reason": x["reason"],
+                "stderr_tail": x["stderr_tail"],
+            }
+            for x in transfers
+        ],
+        "walk_errors": [dict(x) for x in errors],
+    }

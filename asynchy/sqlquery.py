@@ -1,0 +1,44 @@
+"""``asynchy sql``: one read-only query, any SQL the database understands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+
+from asynchy.db import open_database, open_read_only
+from asynchy.errors import UsageError
+
+WRITE_HINTS = (
+    "readonly",
+    "read-only",
+    "read only",
+    "query_only",
+    "attempt to write",
+    "not authorized",
+)
+
+
+def run(setting: str, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """(column names, rows) of one statement; anything that would write is refused."""
+    if not sql.strip():
+        raise UsageError('give a query, e.g. asynchy sql "SELECT epn, status FROM epns LIMIT 5"')
+    open_database(setting, create=False).close()  # an older schema is brought up to date first
+    db = open_read_only(setting)
+    try:
+        with db.read() as conn:
+            result = conn.exec_driver_sql(sql)
+            if not result.returns_rows:
+                raise UsageError(
+                    "that statement returns no rows; asynchy sql is for queries (SELECT, WITH)"
+                )
+            return list(result.keys()), [tuple(r) for r in result]
+    except DBAPIError as exc:
+        message = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        if any(h in message.lower() for h in WRITE_HINTS):
+            raise UsageError(
+                f"asynchy sql only reads; the database refused to write ({message})"
+            ) from None
+        raise UsageError(f"the database refused the query: {message}") from None
+    finally:
+        db.close()
