@@ -16,7 +16,7 @@ rsync runs.
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import os
 import secrets
@@ -27,9 +27,12 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
+    Integer,
     Interval,
     and_,
+    bindparam,
     case,
     func,
     insert,
@@ -41,7 +44,7 @@ from sqlalchemy import (
 
 from asynchy.db import Database
 from asynchy.destinations import is_mapped
-from asynchy.models import epns_table, files_table, transfers_table, workers_table
+from asynchy.models import QUEUE_STATUSES, epns_table, files_table, transfers_table, workers_table
 from asynchy.names import decode_name
 from asynchy.transfer import TransferResult
 
@@ -90,10 +93,10 @@ def _now_plus(db: Database, seconds: float) -> ColumnElement[Any]:
     return func.now() + literal(timedelta(seconds=seconds), Interval())
 
 
-def eligible(db: Database, max_attempts: int) -> ColumnElement[bool]:
-    """EPNs sync may take: pending, changed, failed for a retryable cause, or claimed with an expired lease."""
+def _eligible(now: ColumnElement[Any], max_attempts: Any) -> ColumnElement[bool]:
     return and_(
         e.walk_complete.is_(True),
+        e.status.in_(QUEUE_STATUSES),  # lets the database use ix_epns_queue (a partial index)
         or_(
             e.status == "pending",
             # changed: unless sync saw the source move on during a transfer and no walk has looked since
@@ -110,9 +113,27 @@ def eligible(db: Database, max_attempts: int) -> ColumnElement[bool]:
                 func.coalesce(e.last_error_class, "retryable").in_(RETRYABLE_CLASSES),
                 e.failures < max_attempts,
             ),
-            and_(e.status == "running", or_(e.lease_until.is_(None), e.lease_until < _now(db))),
+            and_(e.status == "running", or_(e.lease_until.is_(None), e.lease_until < now)),
         ),
     )
+
+
+def eligible(db: Database, max_attempts: int) -> ColumnElement[bool]:
+    """EPNs sync may take: pending, changed, failed for a retryable cause, or claimed with an expired lease."""
+    return _eligible(_now(db), max_attempts)
+
+
+def _lease_end(sqlite: bool) -> ColumnElement[Any]:
+    """Now plus the lease (bound as ``lease_modifier`` on SQLite, ``lease_interval`` on PostgreSQL)."""
+    if sqlite:
+        return func.datetime("now", bindparam("lease_modifier"))
+    return func.now() + bindparam("lease_interval", type_=Interval())
+
+
+def _lease_params(db: Database, lease: float) -> dict[str, Any]:
+    if db.is_sqlite:
+        return {"lease_modifier": f"+{int(lease)} seconds"}
+    return {"lease_interval": timedelta(seconds=lease)}
 
 
 def _ordering(order: Order) -> list[Any]:
@@ -120,7 +141,7 @@ def _ordering(order: Order) -> list[Any]:
     return [by_time.nulls_last(), e.epn.asc()]
 
 
-def register_worker(db: Database, command: str) -> WorkerId:
+def register_worker(db: Database, command: str, lease: float | None = None) -> WorkerId:
     worker = WorkerId(secrets.token_hex(8), socket.gethostname(), os.getpid())
     with db.write() as conn:
         conn.execute(
@@ -132,6 +153,7 @@ def register_worker(db: Database, command: str) -> WorkerId:
                 started_at=_now(db),
                 heartbeat_at=_now(db),
                 status="running",
+                lease_seconds=int(lease) if lease is not None else None,
             )
         )
     return worker
@@ -204,6 +226,125 @@ def reclaim_dead_local(db: Database) -> int:
     return freed
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    worker_id: str
+    host: str
+    pid: int
+    command: str
+    status: str
+    started_at: Any
+    heartbeat_seconds_ago: float | None
+    lease_seconds: int | None
+    stale: bool
+    claims: list[tuple[str, float | None]]  # (EPN, seconds until the lease ends; negative: expired)
+
+
+def workers(db: Database, *, all_workers: bool = False) -> list[WorkerRow]:
+    """Running workers (and, with all_workers, finished ones) with their claims and lease ages."""
+    w = workers_table.c
+    if db.is_sqlite:
+        age = func.strftime("%s", "now") - func.strftime("%s", w.heartbeat_at)
+        left = func.strftime("%s", e.lease_until) - func.strftime("%s", "now")
+    else:
+        age = func.extract("epoch", func.now() - w.heartbeat_at)
+        left = func.extract("epoch", e.lease_until - func.now())
+    query = select(
+        w.worker_id,
+        w.host,
+        w.pid,
+        w.command,
+        w.status,
+        w.started_at,
+        age.label("age"),
+        w.lease_seconds,
+    ).order_by(w.started_at)
+    if not all_workers:
+        query = query.where(w.status == "running")
+    with db.read() as conn:
+        rows = conn.execute(query).all()
+        held = conn.execute(
+            select(e.claim_owner, e.epn, left.label("left"))
+            .where(e.status == "running")
+            .order_by(e.epn)
+        ).all()
+    by_owner: dict[str, list[tuple[str, float | None]]] = {}
+    for owner, epn, remaining in held:
+        by_owner.setdefault(owner, []).append(
+            (epn, float(remaining) if remaining is not None else None)
+        )
+    out = []
+    for r in rows:
+        ago = float(r.age) if r.age is not None else None
+        stale = (
+            r.status == "running"
+            and ago is not None
+            and r.lease_seconds is not None
+            and ago > r.lease_seconds
+        )
+        out.append(
+            WorkerRow(
+                r.worker_id,
+                r.host,
+                r.pid,
+                r.command,
+                r.status,
+                r.started_at,
+                ago,
+                r.lease_seconds,
+                stale,
+                by_owner.get(r.worker_id, []),
+            )
+        )
+    return out
+
+
+def release_stale(db: Database, *, worker_id: str | None = None) -> tuple[list[str], list[str]]:
+    """Free claims whose lease has expired (or every claim of one worker); returns (EPNs freed, workers marked dead).
+
+    Safe even if the owner is alive after all: its later result is rejected by the fencing token.
+    """
+    w = workers_table.c
+    with db.write() as conn:
+        if worker_id is not None:
+            condition = and_(e.status == "running", e.claim_owner == worker_id)
+        else:
+            condition = and_(
+                e.status == "running", or_(e.lease_until.is_(None), e.lease_until < _now(db))
+            )
+        freed = [r[0] for r in conn.execute(select(e.epn).where(condition).order_by(e.epn))]
+        if freed:
+            conn.execute(
+                update(epns_table)
+                .where(e.epn.in_(freed), condition)
+                .values(
+                    status=func.coalesce(e.claimed_from, "pending"),
+                    claim_owner=None,
+                    lease_until=None,
+                    claimed_from=None,
+                )
+            )
+        if worker_id is not None:
+            dead_condition = w.worker_id == worker_id
+        elif db.is_sqlite:
+            dead_condition = (
+                func.strftime("%s", "now") - func.strftime("%s", w.heartbeat_at) > w.lease_seconds
+            )
+        else:
+            dead_condition = func.extract("epoch", func.now() - w.heartbeat_at) > w.lease_seconds
+        dead = [
+            r[0]
+            for r in conn.execute(select(w.worker_id).where(w.status == "running", dead_condition))
+        ]
+        if dead:
+            conn.execute(
+                update(workers_table)
+                .where(w.worker_id.in_(dead))
+                .values(status="dead", finished_at=_now(db))
+            )
+    return freed, dead
+
+
 def plan(
     db: Database,
     *,
@@ -267,44 +408,71 @@ def plan(
     return out, skipped
 
 
+@functools.lru_cache(maxsize=16)
+def _claim_statement(dialect: str, order: Order, with_candidates: bool) -> Any:
+    """The claim, built once per shape (building SQL expressions costs more than running them)."""
+    sqlite = dialect == "sqlite"
+    now = func.datetime("now") if sqlite else func.now()
+    inner = (
+        select(e.epn)
+        .where(_eligible(now, bindparam("max_attempts")))
+        .order_by(*_ordering(order))
+        .limit(bindparam("n", type_=Integer()))
+    )
+    if with_candidates:
+        inner = inner.where(e.epn.in_(bindparam("candidates", expanding=True)))
+    if not sqlite:
+        inner = inner.with_for_update(skip_locked=True)
+    return (
+        update(epns_table)
+        .where(e.epn.in_(inner.scalar_subquery()))
+        .values(
+            status="running",
+            claim_owner=bindparam("worker_id"),
+            claim_token=e.claim_token + 1,
+            claimed_at=now,
+            lease_until=_lease_end(sqlite),
+            claimed_from=case((e.status == "running", e.claimed_from), else_=e.status),
+        )
+        .returning(e.epn, e.claim_token, e.size, e.file_count, e.attempts, e.failures, e.modified)
+    )
+
+
 def claim(
     db: Database,
     worker: WorkerId,
-    candidates: Sequence[str],
+    candidates: Sequence[str] | None,
     n: int,
     *,
     order: Order,
     max_attempts: int,
     lease: float,
 ) -> list[Claim]:
-    """Atomically take up to n of the candidates (in order) that are still eligible."""
-    if n <= 0 or not candidates:
+    """Atomically take up to n eligible EPNs, in order: any of them, or only from ``candidates``."""
+    if n <= 0 or (candidates is not None and not candidates):
         return []
-    inner = (
-        select(e.epn)
-        .where(e.epn.in_(list(candidates)), eligible(db, max_attempts))
-        .order_by(*_ordering(order))
-        .limit(n)
-    )
-    if not db.is_sqlite:
-        inner = inner.with_for_update(skip_locked=True)
-    stmt = (
-        update(epns_table)
-        .where(e.epn.in_(inner.scalar_subquery()))
-        .values(
-            status="running",
-            claim_owner=worker.worker_id,
-            claim_token=e.claim_token + 1,
-            claimed_at=_now(db),
-            lease_until=_now_plus(db, lease),
-            claimed_from=case((e.status == "running", e.claimed_from), else_=e.status),
-        )
-        .returning(e.epn, e.claim_token, e.size, e.file_count, e.attempts, e.failures, e.modified)
-    )
+    params: dict[str, Any] = {"worker_id": worker.worker_id, "n": n, "max_attempts": max_attempts}
+    params.update(_lease_params(db, lease))
+    if candidates is not None:
+        params["candidates"] = list(candidates)
     with db.write() as conn:
-        rows = list(conn.execute(stmt).all())
-    rank = {epn: i for i, epn in enumerate(candidates)}
-    rows.sort(key=lambda r: rank.get(r.epn, len(rank)))
+        rows = list(
+            conn.execute(_claim_statement(db.dialect, order, candidates is not None), params).all()
+        )
+    if candidates is not None:
+        rank = {epn: i for i, epn in enumerate(candidates)}
+        rows.sort(key=lambda r: rank.get(r.epn, len(rank)))
+    else:
+        newest_first = order == "DESC"
+        rows.sort(
+            key=lambda r: (
+                r.modified is None,
+                (-r.modified.timestamp() if newest_first else r.modified.timestamp())
+                if r.modified
+                else 0,
+                r.epn,
+            )
+        )
     return [
         Claim(
             r.epn,
@@ -334,6 +502,62 @@ def _outcome(result: TransferResult, keep_claim: bool) -> str:
     return "retry" if keep_claim else "failed"
 
 
+@functools.lru_cache(maxsize=32)
+def _record_statement(dialect: str, outcome: str, keep_claim: bool) -> Any:
+    """The fenced update of one attempt's EPN row, built once per shape (values are bound)."""
+    sqlite = dialect == "sqlite"
+    now = func.datetime("now") if sqlite else func.now()
+    fenced = and_(
+        e.epn == bindparam("r_epn"),
+        e.claim_token == bindparam("r_token"),
+        e.claim_owner == bindparam("r_owner"),
+    )
+    values: dict[str, Any] = {
+        "bytes_transferred": e.bytes_transferred + bindparam("r_bytes", type_=BigInteger()),
+        "attempts": e.attempts + int(outcome != "cancelled"),
+    }
+    if outcome == "complete":
+        values.update(
+            status="complete",
+            completed_at=now,
+            failures=0,
+            last_exit_code=bindparam("r_exit"),
+            last_error=None,
+            last_error_class=None,
+            dest_path=bindparam("r_dest"),
+        )
+    elif outcome == "cancelled":
+        values.update(status=func.coalesce(e.claimed_from, "pending"))
+    elif outcome == "changed":  # not a failure: the copy is good but the source moved on
+        values.update(
+            status="changed",
+            changed_at=now,
+            last_exit_code=bindparam("r_exit"),
+            last_error=bindparam("r_reason"),
+            last_error_class="changed",
+        )
+    else:
+        quarantine = e.failures + 1 >= bindparam("r_max_attempts", type_=Integer())
+        values.update(
+            failures=e.failures + 1,
+            last_exit_code=bindparam("r_exit"),
+            last_error=bindparam("r_reason"),
+            last_error_class=bindparam("r_class"),
+            status=case((quarantine, "quarantined"), else_="running" if keep_claim else "failed"),
+        )
+        if (
+            outcome == "retry"
+        ):  # keep the claim for another attempt in this run, unless now quarantined
+            values.update(
+                claim_owner=case((quarantine, None), else_=e.claim_owner),
+                lease_until=case((quarantine, None), else_=_lease_end(sqlite)),
+                claimed_from=case((quarantine, None), else_=e.claimed_from),
+            )
+    if outcome != "retry":
+        values.update(claim_owner=None, lease_until=None, claimed_from=None)
+    return update(epns_table).where(fenced).values(**values).returning(e.status, e.attempts)
+
+
 def record(
     db: Database,
     worker: WorkerId,
@@ -345,88 +569,57 @@ def record(
     dest_path: str,
     lease: float,
 ) -> str:
-    """Write one attempt; returns complete, failed, retry, quarantined, cancelled or superseded."""
+    """Write one attempt; returns complete, failed, retry, quarantined, changed, cancelled or superseded.
+
+    The EPN row changes only if this worker still holds the claim (owner and fencing token match);
+    the attempt is recorded in ``transfers`` either way.
+    """
     outcome = _outcome(result, keep_claim)
-    fenced = and_(
-        e.epn == claimed.epn, e.claim_token == claimed.token, e.claim_owner == worker.worker_id
-    )
-    counted = outcome != "cancelled"
-    values: dict[str, Any] = {
-        "bytes_transferred": e.bytes_transferred + result.bytes_transferred,
-        "attempts": e.attempts + int(counted),
+    params: dict[str, Any] = {
+        "r_epn": claimed.epn,
+        "r_token": claimed.token,
+        "r_owner": worker.worker_id,
+        "r_bytes": result.bytes_transferred,
+        "r_exit": result.exit_code,
+        "r_dest": dest_path,
+        "r_reason": result.reason,
+        "r_class": result.classification,
+        "r_max_attempts": max_attempts,
+        **_lease_params(db, lease),
     }
-    if outcome == "complete":
-        values.update(
-            status="complete",
-            completed_at=_now(db),
-            failures=0,
-            last_exit_code=result.exit_code,
-            last_error=None,
-            last_error_class=None,
-            dest_path=dest_path,
-        )
-    elif outcome == "cancelled":
-        values.update(status=func.coalesce(e.claimed_from, "pending"))
-    elif outcome == "changed":  # not a failure: the copy is good but the source moved on
-        values.update(
-            status="changed",
-            changed_at=_now(db),
-            last_exit_code=result.exit_code,
-            last_error=result.reason,
-            last_error_class="changed",
-        )
-    else:
-        will_quarantine = e.failures + 1 >= max_attempts
-        values.update(
-            failures=e.failures + 1,
-            last_exit_code=result.exit_code,
-            last_error=result.reason,
-            last_error_class=result.classification,
-            status=case(
-                (will_quarantine, "quarantined"), else_="running" if keep_claim else "failed"
-            ),
-        )
-    if outcome == "retry":  # keep the claim for another attempt in this run, unless now quarantined
-        values.update(
-            claim_owner=case((will_quarantine, None), else_=worker.worker_id),
-            lease_until=case((will_quarantine, None), else_=_now_plus(db, lease)),
-            claimed_from=case((will_quarantine, None), else_=e.claimed_from),
-        )
-    else:
-        values.update(claim_owner=None, lease_until=None, claimed_from=None)
+    statement = _record_statement(db.dialect, outcome, keep_claim)
     with db.write() as conn:
-        row = conn.execute(
-            update(epns_table).where(fenced).values(**values).returning(e.status, e.attempts)
-        ).first()
+        row = conn.execute(statement, params).first()
         if row is None:
             final = "superseded"
             attempt = result.attempt
         else:
             final = "quarantined" if row.status == "quarantined" else outcome
-            attempt = int(row.attempts) if counted else result.attempt
+            attempt = int(row.attempts) if outcome != "cancelled" else result.attempt
         conn.execute(
-            insert(transfers_table).values(
-                epn=claimed.epn,
-                attempt=attempt,
-                started_at=result.started_at,
-                finished_at=result.finished_at,
-                worker_id=worker.worker_id,
-                host=worker.host,
-                pid=worker.pid,
-                claim_token=claimed.token,
-                argv=json.loads(json.dumps(list(result.argv))),
-                dest=dest_path,
-                exit_code=result.exit_code,
-                classification="superseded" if final == "superseded" else result.classification,
-                outcome=final,
-                reason=result.reason
-                if final != "superseded"
-                else "the claim was taken over by another worker",
-                bytes_transferred=result.bytes_transferred,
-                files_transferred=result.files_transferred,
-                stdout_tail=result.stdout_tail or None,
-                stderr_tail=result.stderr_tail or None,
-            )
+            insert(transfers_table),
+            {
+                "epn": claimed.epn,
+                "attempt": attempt,
+                "started_at": result.started_at,
+                "finished_at": result.finished_at,
+                "worker_id": worker.worker_id,
+                "host": worker.host,
+                "pid": worker.pid,
+                "claim_token": claimed.token,
+                "argv": list(result.argv),
+                "dest": dest_path,
+                "exit_code": result.exit_code,
+                "classification": "superseded" if final == "superseded" else result.classification,
+                "outcome": final,
+                "reason": "the claim was taken over by another worker"
+                if final == "superseded"
+                else result.reason,
+                "bytes_transferred": result.bytes_transferred,
+                "files_transferred": result.files_transferred,
+                "stdout_tail": result.stdout_tail or None,
+                "stderr_tail": result.stderr_tail or None,
+            },
         )
     return final
 

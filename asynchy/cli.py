@@ -846,6 +846,73 @@ def report_cmd(ctx: click.Context, /, html_path: str, title: str) -> None:
     click.echo(f"wrote {html_path} ({size:,} bytes)")
 
 
+# ---------------------------------------------------------------------------- several hosts
+@cli.command("workers")
+@click.option(
+    "--all", "all_workers", is_flag=True, help="Also finished, interrupted and dead workers."
+)
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+@click.pass_context
+def workers_cmd(ctx: click.Context, /, all_workers: bool, as_json: bool) -> None:
+    """List sync workers (on every host), their claims and how old their leases are.
+
+    A worker whose heartbeat is older than its lease is shown as stale: its
+    claims are taken over by others, or freed by `asynchy release --stale`.
+
+    \b
+    Example:
+        asynchy workers
+    """
+    from asynchy import claims, render
+
+    _, db = _open_existing(ctx)
+    try:
+        rows = claims.workers(db, all_workers=all_workers)
+    finally:
+        db.close()
+    if as_json:
+        click.echo(render.as_json_data([render.workers_dict(r) for r in rows]))
+        return
+    click.echo(render.workers(rows, render.terminal_width()))
+
+
+@cli.command("release")
+@click.option("--stale", is_flag=True, help="Free every claim whose lease has expired.")
+@click.option(
+    "--worker",
+    "worker_id",
+    metavar="ID",
+    help="Free every claim of this worker (e.g. a host that is gone).",
+)
+@click.pass_context
+def release_cmd(ctx: click.Context, /, stale: bool, worker_id: str | None) -> None:
+    """Give claims of dead workers back to the queue.
+
+    Safe even if such a worker is still alive: its late result is refused
+    (fencing token).
+
+    \b
+    Example:
+        asynchy release --stale
+        asynchy release --worker 3f2a9c0d1e4b5a69
+    """
+    from asynchy import claims
+
+    if stale == (worker_id is not None):
+        raise _Exit("give --stale or --worker ID (one of them)", int(ExitCode.USAGE))
+    _, db = _open_existing(ctx)
+    try:
+        freed, dead = claims.release_stale(db, worker_id=worker_id)
+    finally:
+        db.close()
+    click.echo(
+        f"released {len(freed)} claims"
+        + (f": {', '.join(freed)}" if freed and len(freed) <= 10 else "")
+    )
+    if dead:
+        click.echo(f"marked {len(dead)} workers dead: {', '.join(dead)}")
+
+
 # ---------------------------------------------------------------------------- demo
 @cli.command("demo")
 @click.option(

@@ -135,6 +135,16 @@ def make_engine(setting: str) -> tuple[Engine, str, Path | None]:
         except (NoSuchModuleError, ModuleNotFoundError) as exc:
             hint = " (install asynchy[postgres])" if url.get_backend_name() == "postgresql" else ""
             raise ConfigError(f"db {shown}: no driver for this URL{hint}: {exc}") from None
+        if engine.dialect.name == "postgresql":
+
+            @event.listens_for(engine, "connect")
+            def _on_pg_connect(dbapi_conn: Any, _record: Any) -> None:
+                # Like SQLite's synchronous=NORMAL: a database crash may forget the last moments' commits
+                # (a claim, or an EPN marked complete, is then simply done again), never invent one.
+                with dbapi_conn.cursor() as cur:
+                    cur.execute("SET synchronous_commit TO off")
+                dbapi_conn.commit()
+
         return engine, shown, None
     path = Path(setting).expanduser().resolve()
     return _check_sqlite_path(path, str(path))

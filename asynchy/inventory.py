@@ -471,6 +471,12 @@ def _end_walk(db: Database, summary: WalkSummary, message: str | None = None) ->
         )
 
 
+def _analyze(db: Database) -> None:
+    with db.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE epns")
+        conn.commit()
+
+
 def _record_top_issues(db: Database, walk_id: int, issues: list[Issue]) -> None:
     if not issues:
         return
@@ -518,6 +524,10 @@ def walk(
         summary.status = "partial" if summary.error_count else "complete"
         summary.elapsed = time.monotonic() - started
         _end_walk(db, summary)
+        if summary.epns_walked >= 1000 and not db.is_sqlite:
+            _analyze(
+                db
+            )  # fresh statistics, so that sync's claims use the queue index from the start
         return summary
     except (KeyboardInterrupt, Interrupted):
         summary.status = "interrupted"

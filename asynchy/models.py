@@ -29,7 +29,9 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0005"
+QUEUE_STATUSES = ("pending", "changed", "failed", "running")
+QUEUE_CONDITION = "status IN ('pending', 'changed', 'failed', 'running')"
 
 # SQLite has no date type; asynchy stores UTC as 'YYYY-MM-DD HH:MM:SS' text (whole
 # seconds), which sorts correctly and which SQLite's date functions understand.
@@ -147,6 +149,14 @@ class Epn(Base):
         Index(None, "status", "modified"),
         Index(None, "walk_id"),
         Index(None, "claim_owner"),
+        # Revision 0005: the queue sync claims from, in order (complete EPNs drop out of it).
+        Index(
+            "ix_epns_queue",
+            "modified",
+            "epn",
+            postgresql_where=text(QUEUE_CONDITION),
+            sqlite_where=text(QUEUE_CONDITION),
+        ),
     )
 
 
@@ -225,6 +235,8 @@ class Worker(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     status: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'running'"))
+    # Revision 0004: the lease this worker takes (a worker silent for longer is presumed dead).
+    lease_seconds: Mapped[int | None] = mapped_column(Integer)
 
 
 epns_table = cast(Table, Epn.__table__)

@@ -342,3 +342,52 @@ def show(data: dict[str, Any], width: int = 80) -> str:
                 f"  {shown(err['path'] or '.')}: {shown(err['message'])} ({err['kind']})"[:width]
             )
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ workers
+def workers_dict(row: Any) -> dict[str, Any]:
+    return {
+        "worker_id": row.worker_id,
+        "host": row.host,
+        "pid": row.pid,
+        "command": row.command,
+        "status": "stale" if row.stale else row.status,
+        "started_at": row.started_at,
+        "heartbeat_seconds_ago": row.heartbeat_seconds_ago,
+        "lease_seconds": row.lease_seconds,
+        "claims": [{"epn": epn, "lease_seconds_left": left} for epn, left in row.claims],
+    }
+
+
+def workers(rows: list[Any], width: int = 80) -> str:
+    if not rows:
+        return "no running workers"
+    table_rows = []
+    for r in rows:
+        left = [x for _, x in r.claims if x is not None]
+        table_rows.append(
+            (
+                r.worker_id,
+                f"{r.host}:{r.pid}",
+                "stale" if r.stale else r.status,
+                "-"
+                if r.heartbeat_seconds_ago is None
+                else human_seconds(r.heartbeat_seconds_ago) + " ago",
+                len(r.claims),
+                "-"
+                if not left
+                else human_seconds(min(left))
+                if min(left) >= 0
+                else f"expired {human_seconds(-min(left))} ago",
+            )
+        )
+    text = table(
+        ["worker", "host:pid", "status", "heartbeat", "claims", "next lease end"],
+        table_rows,
+        width=width,
+        right={"claims"},
+    )
+    detail = [
+        f"  {r.worker_id}: {', '.join(shown(e) for e, _ in r.claims)}" for r in rows if r.claims
+    ]
+    return text + ("\n" + "\n".join(detail) if detail else "")

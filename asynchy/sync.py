@@ -351,7 +351,7 @@ def sync(
     heart: _Heartbeat | None = None
     if not opts.dry_run:
         claims.reclaim_dead_local(db)
-        worker = claims.register_worker(db, "sync")
+        worker = claims.register_worker(db, "sync", opts.lease)
         summary.worker_id = worker.worker_id
         heart = _Heartbeat(db, worker, opts.lease)
         heart.start()
@@ -428,6 +428,7 @@ def _loop(
         running[item.planned.epn] = item
         pool.submit(item.job, item.planned.epn)
 
+    filtered = opts.epns is not None or opts.mapped_only
     exhausted = False
     while True:
         if not stop.requested:
@@ -440,7 +441,9 @@ def _loop(
                 start(item)
             free = opts.threads - len(running) - len(retries)
             while free > 0 and taken < opts.limit and not exhausted:
-                if not queue_epns:  # others may have taken some of ours: look again once
+                if not queue_epns and (
+                    opts.dry_run or filtered
+                ):  # others may have taken some: look again once
                     more, more_skipped = claims.plan(
                         db,
                         order=opts.order,
@@ -465,20 +468,31 @@ def _loop(
                     del queue_epns[: len(batch)]
                 else:
                     assert worker is not None
+                    # Without --epn or --mapped-only, claim the next eligible EPNs of the whole queue (the plan
+                    # above only sized the progress bar): a long candidate list would slow every claim down.
                     got = claims.claim(
                         db,
                         worker,
-                        queue_epns,
+                        queue_epns if filtered else None,
                         min(free, opts.limit - taken),
                         order=opts.order,
                         max_attempts=opts.max_attempts,
                         lease=opts.lease,
                     )
-                    # Candidates before the last one claimed were taken by others (or became ineligible).
-                    last = max((queue_epns.index(c.epn) for c in got), default=len(queue_epns) - 1)
-                    del queue_epns[: last + 1]
+                    if filtered:
+                        # Candidates before the last one claimed were taken by others (or became ineligible).
+                        last = max(
+                            (queue_epns.index(c.epn) for c in got), default=len(queue_epns) - 1
+                        )
+                        del queue_epns[: last + 1]
+                    elif not got:
+                        exhausted = True
                     batch = got  # type: ignore[assignment]
                     names = [c.epn for c in got]
+                    for c in got:
+                        by_epn.setdefault(
+                            c.epn, claims.Planned(c.epn, c.size, c.file_count, "pending")
+                        )
                 for claimed, name in zip(batch, names, strict=True):
                     planned_row = by_epn[name]
                     job, dest = _job_for(planned_row, claimed, db, target, opts, ropts, 0)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 TEST_USER = "asynchy-test"
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+# sshd dies with the test run even if pytest is killed (no servers left listening).
+SETPRIV = [p, "--pdeathsig", "TERM", "--"] if (p := shutil.which("setpriv")) else []
 
 
 def ensure_test_user() -> pwd.struct_passwd:
@@ -132,7 +134,7 @@ Subsystem sftp {self.subsystem}
             self.known_hosts.write_text(self.host_key_line())
             log = open(self.log, "ab")
             self.proc = subprocess.Popen(
-                [SSHD, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=log
+                [*SETPRIV, SSHD, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=log
             )
             log.close()
             if self._wait_ready():
@@ -160,7 +162,7 @@ Subsystem sftp {self.subsystem}
         assert self.proc is None and self.port
         log = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=log
+            [*SETPRIV, SSHD, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=log
         )
         log.close()
         if not self._wait_ready():
