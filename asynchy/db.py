@@ -16,6 +16,7 @@ newer one, or a database of another tool, is refused.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sqlite3
 from collections.abc import Iterator
@@ -346,11 +347,12 @@ def alembic_config(conn: Connection | None = None) -> Config:
     return cfg
 
 
-def known_revisions() -> set[str]:
+@functools.cache
+def known_revisions() -> frozenset[str]:
     from alembic.script import ScriptDirectory
 
     script = ScriptDirectory.from_config(alembic_config())
-    return {rev.revision for rev in script.walk_revisions()}
+    return frozenset(rev.revision for rev in script.walk_revisions())
 
 
 def check_revision(db: Database, rev: str | None, tables: list[str] | None = None) -> None:

@@ -79,5 +79,37 @@ class SyncBar:
             self._bar = None
 
 
+class MergeBar:
+    """One bar per input: its file rows."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+
+    def start(self, name: str, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        label = name if len(name) <= 30 else "…" + name[-29:]
+        self._bar = tqdm(
+            total=total,
+            unit="row",
+            unit_scale=True,
+            desc=label,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def done(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 def bars_wanted(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()

@@ -391,3 +391,14 @@ def workers(rows: list[Any], width: int = 80) -> str:
         f"  {r.worker_id}: {', '.join(shown(e) for e, _ in r.claims)}" for r in rows if r.claims
     ]
     return text + ("\n" + "\n".join(detail) if detail else "")
+
+
+def merge_summary(data: dict[str, Any]) -> str:
+    lines = [
+        f"merged {len(data['inputs'])} inputs: {data['epns']:,} EPNs ({data['epns_added']:,} new), "
+        f"{data['files_added']:,} files added, {data['files_updated']:,} updated, {data['files_removed']:,} removed; "
+        f"{data['epns_completed']:,} EPNs completed, {data['epns_changed']:,} changed, "
+        f"{data['conflicts_resolved']:,} conflicts resolved, {data['transfers_added']:,} transfers added"
+    ]
+    lines += [f"  {shown(i['path'])}: {i['kind']}" for i in data["inputs"]]
+    return "\n".join(lines)

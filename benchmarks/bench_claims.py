@@ -50,7 +50,11 @@ def new_database(admin: str) -> str:
     name = f"asynchy_bench_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    return make_url(admin).set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+    return (
+        make_url(admin)
+        .set(drivername="postgresql+psycopg", database=name)
+        .render_as_string(hide_password=False)
+    )
 
 
 def drop_database(admin: str, url: str) -> None:
@@ -63,11 +67,29 @@ def drop_database(admin: str, url: str) -> None:
 
 def walk(url: str, tree: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCHY_")}
-    subprocess.run([sys.executable, "-m", "asynchy", "-q", "--db", url, "--host", "local", "walk", "--src-prefix",
-                    str(tree)], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asynchy",
+            "-q",
+            "--db",
+            url,
+            "--host",
+            "local",
+            "walk",
+            "--src-prefix",
+            str(tree),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
 
 
-def queue_worker(url: str, start: multiprocessing.synchronize.Event, out: multiprocessing.Queue) -> None:
+def queue_worker(
+    url: str, start: multiprocessing.synchronize.Event, out: multiprocessing.Queue
+) -> None:
     from datetime import UTC, datetime
 
     from asynchy import claims
@@ -85,7 +107,9 @@ def queue_worker(url: str, start: multiprocessing.synchronize.Event, out: multip
         c = got[0]
         now = datetime.now(UTC)
         result = TransferResult(c.epn, 1, c.token, now, now, ("bench",), 0, "ok", None, 100, 1)
-        claims.record(db, me, c, result, max_attempts=5, keep_claim=False, dest_path="/dev/null", lease=300)
+        claims.record(
+            db, me, c, result, max_attempts=5, keep_claim=False, dest_path="/dev/null", lease=300
+        )
         done += 1
     out.put(done)
     db.close()
@@ -97,14 +121,19 @@ def check_once(url: str) -> tuple[int, int, int]:
     engine = create_engine(url)
     with engine.connect() as conn:
         rows, epns = conn.execute(text("SELECT count(*), count(DISTINCT epn) FROM transfers")).one()
-        complete = conn.execute(text("SELECT count(*) FROM epns WHERE status = 'complete'")).scalar_one()
+        complete = conn.execute(
+            text("SELECT count(*) FROM epns WHERE status = 'complete'")
+        ).scalar_one()
     engine.dispose()
     return int(rows), int(epns), int(complete)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pg", default=os.environ.get("ASYNCHY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument(
+        "--pg",
+        default=os.environ.get("ASYNCHY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
+    )
     parser.add_argument("--workdir", default="/tmp/asynchy-bench-claims")
     parser.add_argument("--write", metavar="MD")
     args = parser.parse_args()
@@ -132,7 +161,9 @@ def main() -> None:
         for p in procs:
             p.join()
         rows, distinct, complete = check_once(url)
-        results.append(("queue alone: claim + record, 4 processes", elapsed, rows, distinct, complete, counts))
+        results.append(
+            ("queue alone: claim + record, 4 processes", elapsed, rows, distinct, complete, counts)
+        )
     finally:
         drop_database(args.pg, url)
 
@@ -146,17 +177,46 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCHY_")}
         t0 = time.perf_counter()
         procs2 = [
-            subprocess.Popen([sys.executable, "-m", "asynchy", "-q", "--db", url, "--host", "local", "sync",
-                              "--src-prefix", str(tree), "--dest", str(dest), "--threads", "2", "--limit",
-                              str(N_EPNS)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "asynchy",
+                    "-q",
+                    "--db",
+                    url,
+                    "--host",
+                    "local",
+                    "sync",
+                    "--src-prefix",
+                    str(tree),
+                    "--dest",
+                    str(dest),
+                    "--threads",
+                    "2",
+                    "--limit",
+                    str(N_EPNS),
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
             for _ in range(4)
         ]
         codes = [p.wait() for p in procs2]
         elapsed = time.perf_counter() - t0
         assert codes == [0, 0, 0, 0], codes
         rows, distinct, complete = check_once(url)
-        results.append(("asynchy sync --threads 2, 4 processes, rsync included", elapsed, rows, distinct, complete,
-                        []))
+        results.append(
+            (
+                "asynchy sync --threads 2, 4 processes, rsync included",
+                elapsed,
+                rows,
+                distinct,
+                complete,
+                [],
+            )
+        )
     finally:
         drop_database(args.pg, url)
 
@@ -170,10 +230,17 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, elapsed, rows, distinct, complete, _ in results:
-        lines.append(f"| {name} | {elapsed:.1f} | {complete / elapsed:,.0f} | {rows:,} | {distinct:,} | {complete:,} |")
-    ok = all(rows == distinct == complete == N_EPNS for _, _, rows, distinct, complete, _ in results)
-    lines += ["", f"No EPN claimed twice: {'yes' if ok else 'NO'} (one transfer row per EPN in both runs). "
-              f"Target: at least 500 claims per second for the queue."]
+        lines.append(
+            f"| {name} | {elapsed:.1f} | {complete / elapsed:,.0f} | {rows:,} | {distinct:,} | {complete:,} |"
+        )
+    ok = all(
+        rows == distinct == complete == N_EPNS for _, _, rows, distinct, complete, _ in results
+    )
+    lines += [
+        "",
+        f"No EPN claimed twice: {'yes' if ok else 'NO'} (one transfer row per EPN in both runs). "
+        f"Target: at least 500 claims per second for the queue.",
+    ]
     text = "\n".join(lines)
     print(text)
     if args.write:
@@ -181,7 +248,12 @@ def main() -> None:
         doc = path.read_text()
         block = f"{MARK_START}\n{text}\n{MARK_END}"
         if MARK_START in doc:
-            doc = re.sub(re.escape(MARK_START) + ".*?" + re.escape(MARK_END), lambda _: block, doc, flags=re.S)
+            doc = re.sub(
+                re.escape(MARK_START) + ".*?" + re.escape(MARK_END),
+                lambda _: block,
+                doc,
+                flags=re.S,
+            )
         else:
             doc += "\n" + block + "\n"
         path.write_text(doc)

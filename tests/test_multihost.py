@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
-
 from sshd import Sshd
 from test_sync import big_epns, rsyncs_into, tree_digest, wait_until
 from trees import build_epns
@@ -30,7 +29,9 @@ def on_host(name: str, argv: list[str]) -> list[str]:
 
 
 @pytest.fixture
-def cluster(sshd: Sshd, served: Path, tmp_path: Path, pg_url: str, write_config: Any) -> dict[str, Any]:
+def cluster(
+    sshd: Sshd, served: Path, tmp_path: Path, pg_url: str, write_config: Any
+) -> dict[str, Any]:
     """A config for hosts sharing one PostgreSQL database; rsync wrapped to count transfer runs."""
     dest = tmp_path / "vault"
     dest.mkdir()
@@ -40,14 +41,18 @@ def cluster(sshd: Sshd, served: Path, tmp_path: Path, pg_url: str, write_config:
         f'#!/bin/sh\ncase "$*" in *--stats*) echo "$(hostname) $$" >> {runs};; esac\nexec rsync "$@"\n'
     )
     wrapper.chmod(0o755)
-    conf = write_config(sshd.settings(src_prefix=str(served), db=pg_url, dest=str(dest), rsync=str(wrapper)))
+    conf = write_config(
+        sshd.settings(src_prefix=str(served), db=pg_url, dest=str(dest), rsync=str(wrapper))
+    )
     return {"conf": conf, "db": pg_url, "dest": dest, "src": served, "runs": runs, "tmp": tmp_path}
 
 
 def asynchy(c: dict[str, Any], host: str, *args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCHY_")}
     argv = [sys.executable, "-m", "asynchy", "--config", str(c["conf"]), *args]
-    return subprocess.Popen(on_host(host, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        on_host(host, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 def run(c: dict[str, Any], host: str, *args: str, timeout: float = 180) -> tuple[int, str, str]:
@@ -64,14 +69,21 @@ def query(c: dict[str, Any], sql: str) -> list[tuple[Any, ...]]:
     return got
 
 
-def test_three_hosts_walk_shards_at_once_into_one_database(cluster: dict[str, Any], tmp_path: Path, cli: Any) -> None:
+def test_three_hosts_walk_shards_at_once_into_one_database(
+    cluster: dict[str, Any], tmp_path: Path, cli: Any
+) -> None:
     build_epns(cluster["src"], 30, 20, subdirs=2)
     procs = [asynchy(cluster, f"walker{k}", "walk", "--shard", f"{k}/3") for k in (1, 2, 3)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outs
     assert query(cluster, "SELECT count(*), count(DISTINCT host) FROM walks") == [(3, 3)]
     reference = tmp_path / "reference.db"
-    assert cli("--db", str(reference), "--host", "local", "walk", "--src-prefix", str(cluster["src"])).exit_code == 0
+    assert (
+        cli(
+            "--db", str(reference), "--host", "local", "walk", "--src-prefix", str(cluster["src"])
+        ).exit_code
+        == 0
+    )
     import sqlite3
 
     with sqlite3.connect(reference) as con:
@@ -83,7 +95,10 @@ def test_three_hosts_walk_shards_at_once_into_one_database(cluster: dict[str, An
 def test_three_hosts_sync_each_epn_exactly_once(cluster: dict[str, Any]) -> None:
     build_epns(cluster["src"], 30, 4, size=50_000)
     assert run(cluster, "walker", "walk")[0] == 0
-    procs = [asynchy(cluster, f"mover{k}", "sync", "--threads", "2", "--bwlimit", "5000") for k in (1, 2, 3)]
+    procs = [
+        asynchy(cluster, f"mover{k}", "sync", "--threads", "2", "--bwlimit", "5000")
+        for k in (1, 2, 3)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outs
     assert query(cluster, "SELECT status, count(*) FROM epns GROUP BY status") == [("complete", 30)]
@@ -93,7 +108,9 @@ def test_three_hosts_sync_each_epn_exactly_once(cluster: dict[str, Any]) -> None
     assert len(rsync_runs) == 30  # one transfer rsync per EPN, over all hosts
     hosts = {line.split()[0] for line in rsync_runs}
     assert hosts <= {"mover1", "mover2", "mover3"}
-    assert query(cluster, "SELECT count(DISTINCT worker_id), count(DISTINCT host) FROM transfers")[0][1] == len(hosts)
+    assert query(cluster, "SELECT count(DISTINCT worker_id), count(DISTINCT host) FROM transfers")[
+        0
+    ][1] == len(hosts)
     assert tree_digest(cluster["dest"]) == tree_digest(cluster["src"])
 
 
@@ -102,21 +119,27 @@ def _stop_group(proc_pid: int, rsync_pid: int, sig: int) -> None:
     os.killpg(rsync_pid, sig)  # rsync leads its own process group (its ssh, its receiver)
 
 
-def test_paused_worker_loses_its_claim_and_its_late_result_is_refused(cluster: dict[str, Any]) -> None:
+def test_paused_worker_loses_its_claim_and_its_late_result_is_refused(
+    cluster: dict[str, Any],
+) -> None:
     big_epns(cluster["src"], ["80000a"], mib=6)
     assert run(cluster, "walker", "walk")[0] == 0
     slow = asynchy(cluster, "moverA", "sync", "--lease", "3", "--bwlimit", "1000")
     wait_until(lambda: bool(rsyncs_into(cluster["dest"])), what="rsync on host A")
     rsync_pid = rsyncs_into(cluster["dest"])[0]
     python_pid = int(Path(f"/proc/{rsync_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    _stop_group(python_pid, rsync_pid, signal.SIGSTOP)  # host A freezes (a VM pause, a long GC, a partition)
+    _stop_group(
+        python_pid, rsync_pid, signal.SIGSTOP
+    )  # host A freezes (a VM pause, a long GC, a partition)
     try:
         time.sleep(4.5)  # longer than the lease
         code, out, err = run(cluster, "moverB", "sync", "--lease", "3", "--json")
         assert code == 0, out + err
         assert json.loads(out)["complete"] == ["80000a"]
     finally:
-        _stop_group(python_pid, rsync_pid, signal.SIGCONT)  # host A wakes up and finishes what it was doing
+        _stop_group(
+            python_pid, rsync_pid, signal.SIGCONT
+        )  # host A wakes up and finishes what it was doing
     out, err = slow.communicate(timeout=120)
     assert "another worker took this EPN over" in out
     assert query(cluster, "SELECT status, claim_owner FROM epns") == [("complete", None)]
@@ -136,7 +159,9 @@ def test_killed_worker_is_finished_by_another_host_after_its_lease(cluster: dict
     python_pid = int(Path(f"/proc/{rsync_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     os.kill(python_pid, signal.SIGKILL)
     doomed.communicate(timeout=30)
-    wait_until(lambda: not rsyncs_into(cluster["dest"]), timeout=10, what="host A's rsync to die with it")
+    wait_until(
+        lambda: not rsyncs_into(cluster["dest"]), timeout=10, what="host A's rsync to die with it"
+    )
     # At once, host B may not take it: host A's lease still runs (B cannot know that A is dead).
     code, out, _ = run(cluster, "moverB", "sync", "--json")
     assert code == 0 and json.loads(out)["selected"] == 0
@@ -152,7 +177,9 @@ def test_killed_worker_is_finished_by_another_host_after_its_lease(cluster: dict
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_workers_and_release_stale(cli: Any, tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+def test_workers_and_release_stale(
+    cli: Any, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     from asynchy import claims
     from asynchy.db import open_database
 
@@ -169,11 +196,18 @@ def test_workers_and_release_stale(cli: Any, tmp_path: Path, backend: str, reque
     time.sleep(2.2)
     result = cli("--db", setting, "workers")
     assert result.exit_code == 0
-    assert f"{gone.worker_id}  " in result.stdout and "stale" in result.stdout and "expired" in result.stdout
+    assert (
+        f"{gone.worker_id}  " in result.stdout
+        and "stale" in result.stdout
+        and "expired" in result.stdout
+    )
     data = json.loads(cli("--db", setting, "workers", "--json").stdout)
     by_id = {w["worker_id"]: w for w in data}
     assert by_id[gone.worker_id]["status"] == "stale" and len(by_id[gone.worker_id]["claims"]) == 2
-    assert by_id[alive.worker_id]["status"] == "running" and by_id[alive.worker_id]["claims"][0]["epn"] == "20002c"
+    assert (
+        by_id[alive.worker_id]["status"] == "running"
+        and by_id[alive.worker_id]["claims"][0]["epn"] == "20002c"
+    )
     result = cli("--db", setting, "release", "--stale")
     assert result.stdout.splitlines() == [
         "released 2 claims: 20000a, 20001b",
