@@ -23,7 +23,7 @@ import secrets
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import (
@@ -44,7 +44,14 @@ from sqlalchemy import (
 
 from asynchy.db import Database
 from asynchy.destinations import is_mapped
-from asynchy.models import QUEUE_STATUSES, epns_table, files_table, transfers_table, workers_table
+from asynchy.models import (
+    QUEUE_STATUSES,
+    UTCDateTime,
+    epns_table,
+    files_table,
+    transfers_table,
+    workers_table,
+)
 from asynchy.names import decode_name
 from asynchy.transfer import TransferResult
 
@@ -115,6 +122,16 @@ def _eligible(now: ColumnElement[Any], max_attempts: Any) -> ColumnElement[bool]
             ),
             and_(e.status == "running", or_(e.lease_until.is_(None), e.lease_until < now)),
         ),
+    )
+
+
+def settled(cutoff: Any) -> ColumnElement[bool]:
+    """EPNs whose newest file is older than ``cutoff`` (an empty EPN: first seen before it).
+
+    ``asynchy watch --settle``: an experiment still being written is not copied half-way."""
+    return or_(
+        and_(e.modified.is_not(None), e.modified <= cutoff),
+        and_(e.modified.is_(None), e.first_seen_at <= cutoff),
     )
 
 
@@ -355,6 +372,7 @@ def plan(
     mapped_only: bool = False,
     destinations: Mapping[str, str] | None = None,
     exclude: Iterable[str] = (),
+    settled_before: datetime | None = None,
 ) -> tuple[list[Planned], dict[str, str]]:
     """The EPNs a sync would take now, in order (nothing is claimed); and why others were left out."""
     skipped: dict[str, str] = {}
@@ -363,6 +381,8 @@ def plan(
         .where(eligible(db, max_attempts))
         .order_by(*_ordering(order))
     )
+    if settled_before is not None:
+        query = query.where(settled(literal(settled_before, UTCDateTime())))
     wanted = set(epns) if epns is not None else None
     if wanted is not None:
         query = query.where(e.epn.in_(sorted(wanted)))
@@ -401,6 +421,10 @@ def plan(
                         )
                     elif row.status == "running":
                         skipped[epn] = "claimed by another asynchy sync"
+                    elif settled_before is not None and row.status in QUEUE_STATUSES:
+                        skipped[epn] = (
+                            "still being written (its newest file is younger than --settle)"
+                        )
                     else:
                         skipped[epn] = (
                             f"status {row.status} (asynchy reset puts it back in the queue)"
@@ -409,7 +433,9 @@ def plan(
 
 
 @functools.lru_cache(maxsize=16)
-def _claim_statement(dialect: str, order: Order, with_candidates: bool) -> Any:
+def _claim_statement(
+    dialect: str, order: Order, with_candidates: bool, settle: bool = False
+) -> Any:
     """The claim, built once per shape (building SQL expressions costs more than running them)."""
     sqlite = dialect == "sqlite"
     now = func.datetime("now") if sqlite else func.now()
@@ -421,6 +447,8 @@ def _claim_statement(dialect: str, order: Order, with_candidates: bool) -> Any:
     )
     if with_candidates:
         inner = inner.where(e.epn.in_(bindparam("candidates", expanding=True)))
+    if settle:
+        inner = inner.where(settled(bindparam("settled_before", type_=UTCDateTime())))
     if not sqlite:
         inner = inner.with_for_update(skip_locked=True)
     return (
@@ -447,6 +475,7 @@ def claim(
     order: Order,
     max_attempts: int,
     lease: float,
+    settled_before: datetime | None = None,
 ) -> list[Claim]:
     """Atomically take up to n eligible EPNs, in order: any of them, or only from ``candidates``."""
     if n <= 0 or (candidates is not None and not candidates):
@@ -455,10 +484,13 @@ def claim(
     params.update(_lease_params(db, lease))
     if candidates is not None:
         params["candidates"] = list(candidates)
+    if settled_before is not None:
+        params["settled_before"] = settled_before
+    statement = _claim_statement(
+        db.dialect, order, candidates is not None, settled_before is not None
+    )
     with db.write() as conn:
-        rows = list(
-            conn.execute(_claim_statement(db.dialect, order, candidates is not None), params).all()
-        )
+        rows = list(conn.execute(statement, params).all())
     if candidates is not None:
         rank = {epn: i for i, epn in enumerate(candidates)}
         rows.sort(key=lambda r: rank.get(r.epn, len(rank)))

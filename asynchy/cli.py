@@ -7,6 +7,7 @@ on stderr and its exit code (see docs/exit-codes.md) in ``AsynchyGroup.invoke``.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any, NoReturn
 import click
 
 from asynchy import __version__
-from asynchy.errors import AsynchyError, ExitCode
+from asynchy.errors import AsynchyError, ConfigError, ExitCode
 
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -59,6 +60,8 @@ def _settings(ctx: click.Context, **command_values: Any) -> Any:
     logs.setup(
         verbose=g.verbose, quiet=g.quiet, log_file=settings.log_file, log_level=settings.log_level
     )
+    for level, note in settings.notes:
+        logging.getLogger("asynchy.config").log(level, "%s", note)
     return settings
 
 
@@ -344,51 +347,179 @@ def walk_cmd(
         ctx.exit(int(ExitCode.PARTIAL))
 
 
+def _format_option(default: str = "table") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "json", "csv"]),
+        default=default,
+        show_default=True,
+        help="table for people (human units, local times); json or csv for scripts (bytes, UTC ISO 8601).",
+    )
+
+
 # ---------------------------------------------------------------------------- sync
+def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float | None:
+    """90, 90s, 30m, 1h, 1h30m, 2d -> seconds."""
+    from asynchy.config import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} {exc}") from None
+
+
+def _batch_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of one sync batch, shared by `sync` and `watch`."""
+    options = [
+        click.option(
+            "--dest", metavar="PATH", help="Local folder the EPNs are copied into [config: dest]."
+        ),
+        click.option(
+            "--src-prefix",
+            "--src_prefix",
+            "src_prefix",
+            metavar="PATH",
+            help="Folder on the source whose sub-folders are EPNs [config: src_prefix].",
+        ),
+        click.option(
+            "--order",
+            type=click.Choice(["ASC", "DESC"], case_sensitive=False),
+            default="ASC",
+            show_default=True,
+            help="Oldest (ASC) or newest (DESC) EPNs first, by their newest file.",
+        ),
+        click.option(
+            "--limit",
+            type=click.IntRange(min=1),
+            default=50,
+            show_default=True,
+            help="EPNs in this run (a watch: in each cycle).",
+        ),
+        click.option(
+            "--retry",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="Retries of a retryable failure within this run (with back-off); also ssh ConnectionAttempts.",
+        ),
+        click.option(
+            "--threads",
+            type=click.IntRange(1, 64),
+            help="EPNs copied at once [config: threads; default 2].",
+        ),
+        click.option(
+            "--parallel",
+            is_flag=True,
+            help="Run the --threads workers as processes instead of threads.",
+        ),
+        click.option(
+            "--partial",
+            is_flag=True,
+            help="Keep partly copied files in .asynchy-partial to resume them.",
+        ),
+        click.option("--compress", is_flag=True, help="Compress data in transit (rsync -z)."),
+        click.option(
+            "--bwlimit",
+            metavar="RATE",
+            help="rsync --bwlimit, e.g. 50M (bytes per second, rsync units).",
+        ),
+        click.option(
+            "--max-attempts",
+            type=click.IntRange(min=1),
+            default=5,
+            show_default=True,
+            help="Failed attempts in a row (over all runs) before an EPN is quarantined.",
+        ),
+        click.option(
+            "--verify",
+            type=click.Choice(["size", "checksum"]),
+            default="size",
+            show_default=True,
+            help="After rsync: compare size and mtime with the inventory; 'checksum' also compares "
+            "content with the source (reads everything again).",
+        ),
+        click.option(
+            "--mapped-only",
+            is_flag=True,
+            help="Skip EPNs whose number has no destinations entry.",
+        ),
+        click.option(
+            "--destinations",
+            metavar="MAP",
+            help="EPN number -> folder, e.g. '12282=ny79,12283=ab12' [config: destinations].",
+        ),
+        click.option(
+            "--stall-timeout",
+            type=click.FloatRange(min=1),
+            default=300,
+            show_default=True,
+            metavar="SECONDS",
+            help="Kill an rsync that shows no progress for this long (counted as a retryable failure).",
+        ),
+        click.option(
+            "--lease",
+            type=click.FloatRange(min=2),
+            default=300,
+            show_default=True,
+            metavar="SECONDS",
+            help="How long a claim lasts without a heartbeat (renewed every third of it).",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0.1),
+            metavar="SECONDS",
+            help="ssh ConnectTimeout [config: timeout; default 30].",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _sync_settings(ctx: click.Context, kw: dict[str, Any], **more: Any) -> Any:
+    return _settings(
+        ctx,
+        dest=kw["dest"],
+        src_prefix=kw["src_prefix"],
+        destinations=kw["destinations"],
+        timeout=kw["timeout"],
+        threads=kw["threads"],
+        **more,
+    )
+
+
+def _sync_options(settings: Any, kw: dict[str, Any], **more: Any) -> Any:
+    """SyncOptions from the batch options and the settings."""
+    from asynchy.sync import SyncOptions
+
+    dest = Path(settings.require("dest")).expanduser().resolve()
+    return SyncOptions(
+        dest=dest,
+        src_prefix=settings.require("src_prefix"),
+        order=kw["order"].upper(),
+        limit=kw["limit"],
+        retry=kw["retry"],
+        threads=settings.threads,
+        parallel=kw["parallel"],
+        partial=kw["partial"],
+        compress=kw["compress"],
+        bwlimit=kw["bwlimit"],
+        max_attempts=kw["max_attempts"],
+        verify=kw["verify"],
+        mapped_only=kw["mapped_only"],
+        stall_timeout=kw["stall_timeout"],
+        lease=kw["lease"],
+        destinations=settings.destinations,
+        rsync=settings.rsync,
+        **more,
+    )
+
+
 @cli.command("sync")
-@click.option(
-    "--dest", metavar="PATH", help="Local folder the EPNs are copied into [config: dest]."
-)
-@click.option(
-    "--src-prefix",
-    "--src_prefix",
-    "src_prefix",
-    metavar="PATH",
-    help="Folder on the source whose sub-folders are EPNs [config: src_prefix].",
-)
-@click.option(
-    "--order",
-    type=click.Choice(["ASC", "DESC"], case_sensitive=False),
-    default="ASC",
-    show_default=True,
-    help="Oldest (ASC) or newest (DESC) EPNs first, by their newest file.",
-)
-@click.option(
-    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="EPNs in this run."
-)
-@click.option(
-    "--retry",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Retries of a retryable failure within this run (with back-off); also ssh ConnectionAttempts.",
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(1, 64),
-    default=2,
-    show_default=True,
-    help="EPNs copied at once.",
-)
-@click.option(
-    "--parallel", is_flag=True, help="Run the --threads workers as processes instead of threads."
-)
-@click.option(
-    "--partial",
-    is_flag=True,
-    help=f"Keep partly copied files in {'.asynchy-partial'} to resume them.",
-)
-@click.option("--compress", is_flag=True, help="Compress data in transit (rsync -z).")
+@_batch_options
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -396,52 +527,10 @@ def walk_cmd(
 )
 @click.option("--epn", "epns", multiple=True, metavar="EPN", help="Only this EPN (repeatable).")
 @click.option(
-    "--bwlimit", metavar="RATE", help="rsync --bwlimit, e.g. 50M (bytes per second, rsync units)."
-)
-@click.option(
-    "--max-attempts",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="Failed attempts in a row (over all runs) before an EPN is quarantined.",
-)
-@click.option(
-    "--verify",
-    type=click.Choice(["size", "checksum"]),
-    default="size",
-    show_default=True,
-    help="After rsync: compare size and mtime with the inventory; 'checksum' also compares content "
-    "with the source (reads everything again).",
-)
-@click.option(
-    "--mapped-only", is_flag=True, help="Skip EPNs whose number has no destinations entry."
-)
-@click.option(
-    "--destinations",
-    metavar="MAP",
-    help="EPN number -> folder, e.g. '12282=ny79,12283=ab12' [config: destinations].",
-)
-@click.option(
-    "--stall-timeout",
-    type=click.FloatRange(min=1),
-    default=300,
-    show_default=True,
-    metavar="SECONDS",
-    help="Kill an rsync that shows no progress for this long (counted as a retryable failure).",
-)
-@click.option(
-    "--lease",
-    type=click.FloatRange(min=2),
-    default=300,
-    show_default=True,
-    metavar="SECONDS",
-    help="How long a claim lasts without a heartbeat (renewed every third of it).",
-)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1),
-    metavar="SECONDS",
-    help="ssh ConnectTimeout [config: timeout; default 30].",
+    "--settle",
+    callback=_duration,
+    metavar="DURATION",
+    help="Only EPNs whose newest file is at least this old, e.g. 1h [default: any].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
@@ -462,44 +551,22 @@ def sync_cmd(ctx: click.Context, /, as_json: bool, **kw: Any) -> None:
     from asynchy import render
     from asynchy.db import open_database
     from asynchy.progress import SyncBar, bars_wanted
-    from asynchy.sync import SyncOptions, sync
+    from asynchy.sync import sync
 
     g: GlobalOptions = ctx.find_object(GlobalOptions)  # type: ignore[assignment]
-    settings = _settings(
-        ctx,
-        dest=kw["dest"],
-        src_prefix=kw["src_prefix"],
-        destinations=kw["destinations"],
-        timeout=kw["timeout"],
-    )
-    dest = Path(settings.require("dest")).expanduser().resolve()
-    prefix = settings.require("src_prefix")
+    settings = _sync_settings(ctx, kw)
     target = None if settings.is_local else settings.ssh_target()
     if kw["epns"]:
         from asynchy.inventory import parse_epn
 
         for name in kw["epns"]:
             parse_epn(name)
-    opts = SyncOptions(
-        dest=dest,
-        src_prefix=prefix,
-        order=kw["order"].upper(),
-        limit=kw["limit"],
-        retry=kw["retry"],
-        threads=kw["threads"],
-        parallel=kw["parallel"],
-        partial=kw["partial"],
-        compress=kw["compress"],
+    opts = _sync_options(
+        settings,
+        kw,
         dry_run=kw["dry_run"],
         epns=tuple(kw["epns"]) or None,
-        bwlimit=kw["bwlimit"],
-        max_attempts=kw["max_attempts"],
-        verify=kw["verify"],
-        mapped_only=kw["mapped_only"],
-        stall_timeout=kw["stall_timeout"],
-        lease=kw["lease"],
-        destinations=settings.destinations,
-        rsync=settings.rsync,
+        settle=kw["settle"],
     )
     db = open_database(settings.db)
     try:
@@ -514,18 +581,220 @@ def sync_cmd(ctx: click.Context, /, as_json: bool, **kw: Any) -> None:
         ctx.exit(int(ExitCode.PARTIAL))
 
 
-# ---------------------------------------------------------------------------- reporting
-def _format_option(default: str = "table") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    return click.option(
-        "--format",
-        "fmt",
-        type=click.Choice(["table", "json", "csv"]),
-        default=default,
-        show_default=True,
-        help="table for people (human units, local times); json or csv for scripts (bytes, UTC ISO 8601).",
+# ---------------------------------------------------------------------------- watch and alerts
+def _alert_options(settings: Any, source: str) -> Any:
+    """AlertOptions from the settings, or None when alert_to is not configured."""
+    from asynchy.alert import options_from_settings
+
+    return options_from_settings(settings, os.environ, source)
+
+
+@cli.command("watch")
+@_batch_options
+@click.option(
+    "--every",
+    callback=_duration,
+    metavar="DURATION",
+    help="Time from the start of one cycle to the next, e.g. 1h [config: every; default 1h].",
+)
+@click.option(
+    "--settle",
+    callback=_duration,
+    metavar="DURATION",
+    help="Copy an EPN once its newest file is this old [config: settle; default 1h].",
+)
+@click.option(
+    "--recent",
+    callback=_duration,
+    default="7d",
+    show_default=True,
+    metavar="DURATION",
+    help="Walk again, each cycle, the EPNs whose newest file is younger than this.",
+)
+@click.option("--once", is_flag=True, help="Run one cycle and exit (for cron or a systemd timer).")
+@click.option("--no-alert", is_flag=True, help="No alert e-mails, even with alert_to configured.")
+@click.option(
+    "--accept-new-host-key",
+    is_flag=True,
+    help="Record the server's host key if known_hosts does not know the host (never a changed key).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print each cycle's summary as a JSON line.")
+@click.pass_context
+def watch_cmd(ctx: click.Context, /, **kw: Any) -> None:
+    """Keep repatriating: walk new and growing EPNs, alert, copy settled ones, sleep, repeat.
+
+    Each cycle walks the new EPNs and those that may still grow, e-mails
+    the EPNs without a destination mapping (when alert_to is configured),
+    and copies one batch (--limit) of the EPNs whose newest file is older
+    than --settle.  One line per cycle.  One watch per database.  SIGTERM or
+    Ctrl+C ends the current cycle cleanly (exit code 130).  See
+    docs/operations.md for a systemd unit, a timer and a crontab line.
+
+    \b
+    Example:
+        asynchy watch --every 1h --settle 2h --limit 20
+        asynchy watch --once
+    """
+    from asynchy import render, watch
+    from asynchy.db import open_database
+    from asynchy.remote.factory import open_tree
+
+    settings = _sync_settings(ctx, kw, every=kw["every"], settle=kw["settle"])
+    target = None if settings.is_local else settings.ssh_target()
+    sync_opts = _sync_options(settings, kw, settle=settings.settle)
+    alert_opts = None if kw["no_alert"] else _alert_options(settings, _source(settings))
+    opts = watch.WatchOptions(
+        sync=sync_opts,
+        every=settings.every,
+        recent=kw["recent"],
+        once=kw["once"],
+        alert=alert_opts,
+        portal=settings.portal,
+        destinations=settings.destinations,
     )
 
+    def tree() -> Any:
+        return open_tree(settings, workers=32, accept_new_host_key=kw["accept_new_host_key"])
 
+    def show(cycle: Any) -> None:
+        line = render.as_json_line(cycle.as_dict()) if kw["as_json"] else watch.cycle_line(cycle)
+        click.echo(line)
+
+    db = open_database(settings.db)
+    try:
+        last = watch.watch(db, tree, target, opts, on_cycle=show)
+    finally:
+        db.close()
+    if not last.ok:
+        ctx.exit(int(ExitCode.ERROR if last.problems else ExitCode.PARTIAL))
+
+
+def _source(settings: Any) -> str:
+    prefix = settings.src_prefix or "?"
+    return prefix if settings.is_local else f"{settings.host}:{prefix}"
+
+
+@cli.command("alert")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the message instead of sending it; record nothing."
+)
+@click.option(
+    "--realert-days",
+    type=click.FloatRange(min=0),
+    metavar="DAYS",
+    help="Name an EPN again when its last alert is older than this [config: realert_days; default never].",
+)
+@click.option(
+    "--src-prefix",
+    "--src_prefix",
+    "src_prefix",
+    metavar="PATH",
+    help="Folder on the source whose sub-folders are EPNs [config: src_prefix].",
+)
+@click.option(
+    "--accept-new-host-key",
+    is_flag=True,
+    help="Record the server's host key if known_hosts does not know the host (never a changed key).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def alert_cmd(
+    ctx: click.Context,
+    /,
+    dry_run: bool,
+    realert_days: float | None,
+    src_prefix: str | None,
+    accept_new_host_key: bool,
+    as_json: bool,
+) -> None:
+    """E-mail the EPNs on the server that no destination mapping claims (once each).
+
+    Lists the EPN folders under src_prefix, keeps those whose EPN number
+    has no `destinations` entry and that no earlier alert named (or, with
+    realert_days, not lately), and sends one message (text and HTML) with
+    each EPN's visit from the facility portal when `portal` is configured.
+    Needs alert_to (and smtp_* settings); see docs/operations.md.
+
+    \b
+    Example:
+        asynchy alert --dry-run
+        asynchy alert --realert-days 7
+    """
+    from asynchy import alert, render
+    from asynchy.db import open_database
+    from asynchy.names import encode_name
+    from asynchy.portal import Portal
+    from asynchy.remote.factory import open_tree
+
+    settings = _settings(ctx, src_prefix=src_prefix, realert_days=realert_days)
+    opts = _alert_options(settings, _source(settings))
+    if opts is None:
+        raise ConfigError(
+            f"alert_to is not set: add 'alert_to: [you@example.org]' to {settings.config_path} "
+            "or set ASYNCHY_ALERT_TO"
+        )
+    tree = open_tree(settings, workers=1, accept_new_host_key=accept_new_host_key)
+    try:
+        top, _ = tree.list_epns()
+    finally:
+        tree.close()
+    names = [encode_name(t.name) for t in top if t.is_dir]
+    db = open_database(settings.db)
+    try:
+        summary = alert.alert(
+            db,
+            names,
+            settings.destinations,
+            opts,
+            portal=Portal(settings.portal) if settings.portal else None,
+            dry_run=dry_run,
+        )
+    finally:
+        db.close()
+    if as_json:
+        click.echo(render.as_json_data(summary.as_dict()))
+    elif dry_run and summary.message is not None:
+        click.echo(summary.message)
+    else:
+        click.echo(render.alert_summary(summary.as_dict()))
+
+
+@cli.command("destinations")
+@click.option("--unmapped", is_flag=True, help="Only EPNs whose number has no destination.")
+@_format_option()
+@click.pass_context
+def destinations_cmd(ctx: click.Context, /, unmapped: bool, fmt: str) -> None:
+    """List the inventory's EPNs with where they go (config `destinations`).
+
+    An EPN number (the digits of `12282a`) mapped to a folder goes to
+    dest/<folder>/<epn>; an unmapped one to dest/<epn>, or nowhere with
+    `sync --mapped-only`.  `asynchy alert` e-mails the unmapped ones.
+
+    \b
+    Example:
+        asynchy destinations --unmapped
+        asynchy destinations --format csv
+    """
+    from asynchy import render, reports
+
+    settings, db = _open_existing(ctx)
+    try:
+        rows = reports.destinations(db, settings.destinations, settings.dest)
+    finally:
+        db.close()
+    if unmapped:
+        rows = [r for r in rows if not r["mapped"]]
+    columns = ["epn", "number", "mapped", "folder", "dest_path", "status"]
+    values = [tuple(r[c] for c in columns) for r in rows]
+    if fmt == "json":
+        click.echo(render.as_json_rows(columns, values))
+    elif fmt == "csv":
+        click.echo(render.as_csv(columns, values), nl=False)
+    else:
+        click.echo(render.table(columns, values) if values else "no EPNs")
+
+
+# ---------------------------------------------------------------------------- reporting
 def _open_existing(ctx: click.Context) -> Any:
     from asynchy.db import open_database
 

@@ -11,7 +11,9 @@ text into typed, frozen values and explains what is wrong when it cannot.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -95,6 +97,144 @@ def _as_destinations(value: Any) -> dict[str, str]:
     return out
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> float:
+    """``90``, ``90s``, ``30m``, ``1h``, ``1h30m``, ``2d`` -> seconds (>= 0)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 90s, 30m, 1h or 2d")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip().replace(" ", "")
+        pos, seconds = 0, 0.0
+        for m in _DURATION_PART.finditer(text):
+            if m.start() != pos:
+                break
+            seconds += float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+            pos = m.end()
+        if not text or pos != len(text):
+            raise ValueError("must be a duration such as 90s, 30m, 1h or 2d")
+    if seconds != seconds or seconds < 0 or seconds == float("inf"):
+        raise ValueError("must be a duration such as 90s, 30m, 1h or 2d")
+    return seconds
+
+
+def _as_interval(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds < 1:
+        raise ValueError("must be at least 1 second, e.g. 30m or 1h")
+    return seconds
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _as_count(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number from 1 to 64")
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ValueError("must be a whole number from 1 to 64") from None
+    if not 1 <= number <= 64:
+        raise ValueError("must be a whole number from 1 to 64")
+    return number
+
+
+def _as_days(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("must be a number of days (0 or more)")
+    try:
+        days = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be a number of days (0 or more)") from None
+    if days != days or days < 0 or days == float("inf"):
+        raise ValueError("must be a number of days (0 or more)")
+    return days
+
+
+def _as_line(value: Any) -> str:
+    text = _as_str(value)
+    if "\n" in text or "\r" in text:
+        raise ValueError("must be one line")
+    return text.strip()
+
+
+def _as_address(value: Any) -> str:
+    from email.utils import parseaddr
+
+    text = _as_line(value)
+    _, address = parseaddr(text)
+    if "@" not in address or " " in address:
+        raise ValueError("must be an e-mail address such as asynchy@example.org")
+    return text
+
+
+def _as_addresses(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    out = tuple(_as_address(item) for item in items if str(item).strip())
+    if not out:
+        raise ValueError("must name at least one e-mail address")
+    return out
+
+
+def _as_portal(value: Any) -> dict[str, Any]:
+    """The facility portal: ``{base_url, equipment: [{id, username, password, client_name,
+    client_password}], visit_days, timeout}``; passwords may instead be ``*_file`` or ``*_env``."""
+    if isinstance(value, str):
+        import yaml
+
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError("must be a mapping (YAML) with base_url and equipment") from None
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping with base_url and equipment")
+    unknown = set(value) - {"base_url", "equipment", "visit_days", "timeout"}
+    if unknown:
+        raise ValueError(
+            f"has unknown entries {sorted(unknown)} (known: base_url, equipment, visit_days, timeout)"
+        )
+    base = value.get("base_url")
+    if not isinstance(base, str) or not base.startswith(("http://", "https://")):
+        raise ValueError("needs base_url, e.g. https://portal.example.org")
+    equipment = value.get("equipment")
+    if not isinstance(equipment, list) or not equipment:
+        raise ValueError("needs a list of equipment entries {id, username, password, ...}")
+    items = []
+    for n, item in enumerate(equipment, 1):
+        if not isinstance(item, dict):
+            raise ValueError(f"equipment entry {n} must be a mapping")
+        entry = {str(k): v for k, v in item.items()}
+        for key in ("id", "username", "client_name"):
+            if entry.get(key) in (None, ""):
+                raise ValueError(f"equipment entry {n} needs {key}")
+        for secret in ("password", "client_password"):
+            given = [k for k in (secret, secret + "_file", secret + "_env") if entry.get(k)]
+            if len(given) != 1:
+                raise ValueError(
+                    f"equipment entry {n} needs exactly one of {secret}, {secret}_file, {secret}_env"
+                )
+        items.append(entry)
+    return {
+        "base_url": base.rstrip("/"),
+        "equipment": items,
+        "visit_days": _as_days(value.get("visit_days", 30)),
+        "timeout": _as_seconds(value.get("timeout", 30)),
+    }
+
+
 def _as_level(value: Any) -> str:
     text = _as_str(value).upper()
     if text not in LOG_LEVELS:
@@ -170,7 +310,69 @@ KEYS: dict[str, KeySpec] = {
             "mapping",
         ),
         KeySpec("rsync", _as_str, "rsync", "the rsync program (>= 3.4.1)", "path"),
+        KeySpec("threads", _as_count, 2, "EPNs copied at once by sync and watch", "integer"),
+        KeySpec("every", _as_interval, 3600.0, "time between two watch cycles", "duration"),
+        KeySpec(
+            "settle",
+            parse_duration,
+            3600.0,
+            "watch copies an EPN once its newest file is this old",
+            "duration",
+        ),
+        KeySpec("alert_to", _as_addresses, None, "who gets the alert e-mails", "addresses"),
+        KeySpec("alert_from", _as_address, None, "sender of the alert e-mails", "address"),
+        KeySpec(
+            "alert_subject", _as_line, "Unknown ownership of EPNs", "subject of the alert e-mails"
+        ),
+        KeySpec(
+            "alert_templates",
+            _as_str,
+            None,
+            "folder with alert.txt.j2 / alert.html.j2 replacing the shipped ones",
+            "path",
+        ),
+        KeySpec(
+            "realert_days",
+            _as_days,
+            None,
+            "alert about an EPN again after this many days (default: never)",
+            "number",
+        ),
+        KeySpec("smtp_host", _as_line, "localhost", "SMTP server for alerts"),
+        KeySpec("smtp_port", _as_port, 25, "SMTP port", "integer"),
+        KeySpec("smtp_starttls", _as_bool, False, "use STARTTLS (certificate checked)", "boolean"),
+        KeySpec(
+            "smtp_user", _as_line, None, "SMTP login (password: ASYNCHY_SMTP_PASSWORD or file)"
+        ),
+        KeySpec(
+            "smtp_password_file",
+            _as_str,
+            None,
+            "file holding the SMTP password (or set ASYNCHY_SMTP_PASSWORD)",
+            "path",
+        ),
+        KeySpec("portal", _as_portal, None, "the facility portal, for visit details", "mapping"),
     )
+}
+
+# Secrets that must never sit in the config file or on a command line.
+SECRET_ENV = {"smtp_password": ENV_PREFIX + "SMTP_PASSWORD"}
+
+# HPC ASSyncy's config keys (mxsync / epnalert), read as asynchy keys.
+HPC_ASSYNCY_KEYS = {
+    "epn_cap_map": "destinations",
+    "key-file": "keypath",
+    "destination-root-path": "dest",
+    "max-tasks": "threads",
+    "log-level": "log_level",
+    "epnalert-email-to": "alert_to",
+    "epnalert-email-from": "alert_from",
+    "epnalert-template-folder": "alert_templates",
+}
+HPC_ASSYNCY_IGNORED = {
+    "ignore": "import its EPNs once with `asynchy merge {value}`; asynchy records transfers in the database",
+    "epnalert-template-text": "asynchy's templates are alert.txt.j2 and alert.html.j2 in alert_templates",
+    "epnalert-template-html": "asynchy's templates are alert.txt.j2 and alert.html.j2 in alert_templates",
 }
 
 
@@ -206,6 +408,21 @@ class Settings:
     timeout: float = 30.0
     destinations: Mapping[str, str] | None = None
     rsync: str = "rsync"
+    threads: int = 2
+    every: float = 3600.0
+    settle: float = 3600.0
+    alert_to: tuple[str, ...] | None = None
+    alert_from: str | None = None
+    alert_subject: str = "Unknown ownership of EPNs"
+    alert_templates: str | None = None
+    realert_days: float | None = None
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    smtp_user: str | None = None
+    smtp_password_file: str | None = None
+    portal: Mapping[str, Any] | None = None
+    notes: tuple[tuple[int, str], ...] = ()  # (log level, text): HPC ASSyncy keys read or ignored
     config_path: Path = field(default_factory=lambda: Path(DEFAULT_CONFIG).expanduser())
     config_exists: bool = False
     origin: Mapping[str, str] = field(default_factory=dict)
@@ -257,8 +474,66 @@ def default_config_path(env: Mapping[str, str]) -> tuple[Path, bool]:
     return Path(DEFAULT_CONFIG).expanduser(), False
 
 
+def _from_hpc_assyncy(
+    data: dict[str, Any], path: Path
+) -> tuple[dict[str, Any], list[tuple[int, str]]]:
+    """HPC ASSyncy's keys as asynchy keys (docs/configuration.md lists them); notes say what was done."""
+    out = {str(k): v for k, v in data.items()}
+    notes: list[tuple[int, str]] = []
+
+    def take(old: str, new: str, value: Any) -> None:
+        if new in out and out[new] is not None:
+            raise ConfigError(
+                f"config file {path}: both '{old}' (HPC ASSyncy) and '{new}' are set: keep '{new}'"
+            )
+        out[new] = value
+        notes.append((logging.INFO, f"config file {path}: HPC ASSyncy key '{old}' read as '{new}'"))
+
+    for old, new in HPC_ASSYNCY_KEYS.items():
+        if old in out:
+            take(old, new, out.pop(old))
+    if "sync-frequency-hours" in out:
+        hours = out.pop("sync-frequency-hours")
+        try:
+            take("sync-frequency-hours", "every", float(hours) * 3600)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"config file {path}: key 'sync-frequency-hours' must be a number of hours, got {hours!r}"
+            ) from None
+    if "log-files" in out:
+        files = out.pop("log-files")
+        take("log-files", "log_file", files.get("sync") if isinstance(files, dict) else files)
+    if "epnalert-smtp" in out:
+        server = str(out.pop("epnalert-smtp"))
+        host, _, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
+        take("epnalert-smtp", "smtp_host", host)
+        if port:
+            out.setdefault("smtp_port", port)
+    if "beamline" in out:
+        beamline = str(out.pop("beamline")).strip("/")
+        if out.get("src_prefix") is None:
+            take("beamline", "src_prefix", f"/data/{beamline}")
+    if "base-url" in out or "equipment" in out:
+        portal = {"base_url": out.pop("base-url", None), "equipment": out.pop("equipment", None)}
+        if "visit-day-range" in out:
+            portal["visit_days"] = out.pop("visit-day-range")
+        take("base-url/equipment", "portal", portal)
+    for old, why in HPC_ASSYNCY_IGNORED.items():
+        if old in out:
+            value = out.pop(old)
+            text = f"config file {path}: HPC ASSyncy key '{old}' is not used: "
+            notes.append((logging.WARNING, text + why.format(value=value)))
+    return out, notes
+
+
 def read_config_file(path: Path, *, must_exist: bool) -> dict[str, Any]:
     """Parse and validate the YAML file; returns {} for an absent optional file."""
+    return _read_config_file(path, must_exist=must_exist)[0]
+
+
+def _read_config_file(
+    path: Path, *, must_exist: bool
+) -> tuple[dict[str, Any], list[tuple[int, str]]]:
     import yaml  # deferred: only commands that read the config pay for it
 
     try:
@@ -268,7 +543,7 @@ def read_config_file(path: Path, *, must_exist: bool) -> dict[str, Any]:
             raise ConfigError(
                 f"config file {path} does not exist: create it with `asynchy init --config_path {path}`"
             ) from None
-        return {}
+        return {}, []
     except IsADirectoryError:
         raise ConfigError(f"config file {path} is a folder, not a file") from None
     except PermissionError:
@@ -283,14 +558,20 @@ def read_config_file(path: Path, *, must_exist: bool) -> dict[str, Any]:
         problem = getattr(exc, "problem", None) or "cannot be parsed"
         raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
     if data is None:
-        return {}
+        return {}, []
     if not isinstance(data, dict):
         raise ConfigError(
             f"config file {path} must hold 'key: value' lines, not a {type(data).__name__}"
         )
+    data, notes = _from_hpc_assyncy(data, path)
     values: dict[str, Any] = {}
     for key, raw in data.items():
         name = str(key)
+        if name in SECRET_ENV:
+            raise ConfigError(
+                f"config file {path}: key '{name}' is not allowed (a password in a config file is read by "
+                f"anyone who can read the file): set {SECRET_ENV[name]} or {name}_file instead"
+            )
         if name not in KEYS:
             import difflib
 
@@ -300,7 +581,28 @@ def read_config_file(path: Path, *, must_exist: bool) -> dict[str, Any]:
         if raw is None:
             continue
         values[name] = _parse(KEYS[name], raw, f"config file {path}: key '{name}'")
-    return values
+    if _holds_passwords(values.get("portal")) and _readable_by_others(path):
+        notes.append(
+            (
+                logging.WARNING,
+                f"config file {path} holds portal passwords and can be read by other users: "
+                f"chmod 600 {path}, or use password_file / password_env",
+            )
+        )
+    return values, notes
+
+
+def _holds_passwords(portal: Any) -> bool:
+    return bool(portal) and any(
+        e.get("password") or e.get("client_password") for e in portal["equipment"]
+    )
+
+
+def _readable_by_others(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & 0o044)
+    except OSError:
+        return False
 
 
 def _parse(spec: KeySpec, raw: Any, where: str) -> Any:
@@ -325,7 +627,7 @@ def load_settings(
         path, explicit = Path(config_path).expanduser(), True
     else:
         path, explicit = default_config_path(env)
-    file_values = read_config_file(path, must_exist=explicit)
+    file_values, notes = _read_config_file(path, must_exist=explicit)
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for name, spec in KEYS.items():
@@ -338,7 +640,13 @@ def load_settings(
         elif name in file_values:
             values[name] = file_values[name]
             origin[name] = f"config file {path}"
-    return Settings(**values, config_path=path, config_exists=path.is_file(), origin=origin)
+    return Settings(
+        **values,
+        notes=tuple(notes),
+        config_path=path,
+        config_exists=path.is_file(),
+        origin=origin,
+    )
 
 
 def render_config(values: Mapping[str, Any]) -> str:

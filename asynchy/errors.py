@@ -86,3 +86,15 @@ class PartialFailure(AsynchyError):
     """A run finished, but some items failed; the summary has already been shown."""
 
     exit_code = ExitCode.PARTIAL
+
+
+class Busy(AsynchyError):
+    """Another asynchy process holds what this one needs (e.g. a second watch on one database)."""
+
+
+class PortalError(AsynchyError):
+    """The facility portal could not be asked; an alert still goes out, without visit details."""
+
+
+class AlertError(AsynchyError):
+    """An alert e-mail could not be sent (the SMTP server refused it or cannot be reached)."""

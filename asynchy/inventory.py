@@ -97,6 +97,9 @@ class WalkOptions:
     workers: int = 32
     retries: int = 5  # reconnects in a row without progress before giving up
     backoff: float = 1.0  # seconds before the first reconnect; doubles, at most 30 s
+    # asynchy watch: also walk again EPNs whose newest file is newer than this, or whose folder
+    # changed after their last walk (they may still be growing).
+    recent: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,11 +554,13 @@ def walk(
 
 def _select_epns(db: Database, tree: Tree, opts: WalkOptions, summary: WalkSummary) -> list[bytes]:
     listed: list[bytes]
+    folder_mtime: dict[bytes, int] = {}
     if opts.epns is not None:
         listed = list(dict.fromkeys(parse_epn(e) for e in opts.epns))
     else:
         top, issues = tree.list_epns()
         listed = [t.name for t in top if t.is_dir]
+        folder_mtime = {t.name: t.mtime for t in top if t.is_dir}
         _record_top_issues(db, summary.walk_id, issues)
         summary.error_count += len(issues)
         summary.errors.extend(
@@ -564,12 +569,21 @@ def _select_epns(db: Database, tree: Tree, opts: WalkOptions, summary: WalkSumma
     if opts.shard is not None:
         listed = [e for e in listed if opts.shard.owns(e)]
     listed.sort()
+    e = epns_table.c
     with db.read() as conn:
-        rows = conn.execute(select(epns_table.c.epn, epns_table.c.walk_complete)).all()
-    complete = {epn for epn, done in rows if done}
+        rows = conn.execute(select(e.epn, e.walk_complete, e.walked_at, e.modified)).all()
+    complete = {r.epn for r in rows if r.walk_complete}
+    if opts.recent is not None:  # growing EPNs are looked at again: keep them out of "complete"
+        recent = opts.recent
+        for r in rows:
+            moved = folder_mtime.get(decode_name(r.epn))
+            if (r.modified is not None and r.modified > recent) or (
+                moved is not None and r.walked_at is not None and moved >= r.walked_at.timestamp()
+            ):
+                complete.discard(r.epn)
     if opts.epns is None:
         seen = {encode_name(e) for e in listed}
-        known = (decode_name(epn) for epn, _ in rows)
+        known = (decode_name(r.epn) for r in rows)
         summary.epns_gone = sum(
             1
             for raw in known

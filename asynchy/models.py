@@ -29,7 +29,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 QUEUE_STATUSES = ("pending", "changed", "failed", "running")
 QUEUE_CONDITION = "status IN ('pending', 'changed', 'failed', 'running')"
 
@@ -239,9 +239,41 @@ class Worker(Base):
     lease_seconds: Mapped[int | None] = mapped_column(Integer)
 
 
+class Visit(Base):
+    """Revision 0006: a visit (experiment) as the facility portal describes it, cached for reports."""
+
+    __tablename__ = "visits"
+
+    epn: Mapped[str] = mapped_column(Text, primary_key=True)
+    equipment_id: Mapped[str] = mapped_column(Text, nullable=False)
+    start_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    end_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    principal_first_names: Mapped[str | None] = mapped_column(Text)
+    principal_last_name: Mapped[str | None] = mapped_column(Text)
+    principal_email: Mapped[str | None] = mapped_column(Text)
+    data_scientists: Mapped[list[dict[str, str]]] = mapped_column(JSON, nullable=False)
+    fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class Alert(Base):
+    """Revision 0006: one EPN named in one alert e-mail that was sent (asynchy alert)."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    epn: Mapped[str] = mapped_column(Text, nullable=False)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    recipients: Mapped[str] = mapped_column(Text, nullable=False)
+    subject: Mapped[str] = mapped_column(Text, nullable=False)
+
+    __table_args__ = (Index(None, "epn", "sent_at"),)
+
+
 epns_table = cast(Table, Epn.__table__)
 transfers_table = cast(Table, Transfer.__table__)
 workers_table = cast(Table, Worker.__table__)
 files_table = cast(Table, File.__table__)
 walks_table = cast(Table, Walk.__table__)
 walk_errors_table = cast(Table, WalkError.__table__)
+visits_table = cast(Table, Visit.__table__)
+alerts_table = cast(Table, Alert.__table__)

@@ -402,3 +402,29 @@ def merge_summary(data: dict[str, Any]) -> str:
     ]
     lines += [f"  {shown(i['path'])}: {i['kind']}" for i in data["inputs"]]
     return "\n".join(lines)
+
+
+def as_json_line(data: Any) -> str:
+    """One JSON object on one line (a stream of them, e.g. a watch's cycles)."""
+    return json.dumps(machine(data), default=str)
+
+
+def alert_summary(data: dict[str, Any]) -> str:
+    unmapped, alerted = len(data["unmapped"]), len(data["alerted"])
+    if not alerted:
+        line = (
+            f"no alert needed: {unmapped} unmapped EPNs on the server, all named in earlier alerts"
+        )
+        if not unmapped:
+            line = "no alert needed: every EPN on the server has a destination mapping"
+    else:
+        line = (
+            f"alert sent naming {alerted} EPNs ({unmapped} unmapped on the server, "
+            f"{data['already_alerted']} named before): {', '.join(shown(e) for e in data['alerted'][:10])}"
+            + (" ..." if alerted > 10 else "")
+        )
+    lines = [line]
+    if data["refused_recipients"]:
+        lines.append("  refused by the SMTP server: " + ", ".join(data["refused_recipients"]))
+    lines += [f"  portal: {p}" for p in data["portal_errors"]]
+    return "\n".join(lines)

@@ -8,6 +8,7 @@ Times are timezone-aware UTC datetimes; ``render`` decides how people see them.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -303,3 +304,31 @@ def show(db: Database, epn: str) -> dict[str, Any]:
         ],
         "walk_errors": [dict(x) for x in errors],
     }
+
+
+def destinations(
+    db: Database, mapping: Mapping[str, str] | None, dest: str | None
+) -> list[dict[str, Any]]:
+    """Every EPN of the inventory with its EPN number, its mapping and where sync puts it."""
+    from pathlib import Path
+
+    from asynchy.destinations import dest_path, epn_number, is_mapped
+
+    base = Path(dest).expanduser() if dest else Path("<dest>")
+    with db.read() as conn:
+        rows = conn.execute(select(e.epn, e.status).order_by(e.epn)).all()
+    out = []
+    for epn, status_ in rows:
+        number = epn_number(epn)
+        mapped = is_mapped(epn, mapping)
+        out.append(
+            {
+                "epn": epn,
+                "number": number,
+                "mapped": mapped,
+                "folder": (mapping or {}).get(number or "") if mapped else None,
+                "dest_path": str(dest_path(epn, base, mapping)),
+                "status": status_,
+            }
+        )
+    return out

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, Protocol
@@ -63,6 +63,7 @@ class SyncOptions:
     lease: float = 300.0
     destinations: Mapping[str, str] | None = None
     rsync: str = "rsync"
+    settle: float | None = None  # seconds: only EPNs whose newest file is at least this old
 
 
 class SyncProgress(Protocol):
@@ -400,6 +401,9 @@ def _loop(
     summary: SyncSummary,
     progress: SyncProgress | None,
 ) -> None:
+    settled_before = (
+        datetime.now(UTC) - timedelta(seconds=opts.settle) if opts.settle is not None else None
+    )
     planned, skipped = claims.plan(
         db,
         order=opts.order,
@@ -408,6 +412,7 @@ def _loop(
         epns=opts.epns,
         mapped_only=opts.mapped_only,
         destinations=opts.destinations,
+        settled_before=settled_before,
     )
     summary.skipped.update(skipped)
     by_epn = {p.epn: p for p in planned}
@@ -453,6 +458,7 @@ def _loop(
                         mapped_only=opts.mapped_only,
                         destinations=opts.destinations,
                         exclude=seen,
+                        settled_before=settled_before,
                     )
                     summary.skipped.update({k: v for k, v in more_skipped.items() if k not in seen})
                     for p in more:
@@ -478,6 +484,7 @@ def _loop(
                         order=opts.order,
                         max_attempts=opts.max_attempts,
                         lease=opts.lease,
+                        settled_before=settled_before,
                     )
                     if filtered:
                         # Candidates before the last one claimed were taken by others (or became ineligible).

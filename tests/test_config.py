@@ -274,3 +274,176 @@ def test_init_uses_global_config_option(cli: Any, tmp_path: Path) -> None:
     result = cli("--config", str(path), "--host", "global-host", "init")
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(path.read_text())["host"] == "global-host"
+
+
+def test_new_keys_from_the_environment(write_config: Any) -> None:
+    env = {
+        "ASYNCHY_THREADS": "4",
+        "ASYNCHY_EVERY": "30m",
+        "ASYNCHY_SETTLE": "1h30m",
+        "ASYNCHY_ALERT_TO": "a@x.example, b@x.example",
+        "ASYNCHY_ALERT_FROM": "Asynchy <asynchy@x.example>",
+        "ASYNCHY_REALERT_DAYS": "7",
+        "ASYNCHY_SMTP_HOST": "mail.x.example",
+        "ASYNCHY_SMTP_PORT": "587",
+        "ASYNCHY_SMTP_STARTTLS": "yes",
+        "ASYNCHY_PORTAL": "{base_url: 'https://portal.x.example/', equipment: [{id: 3, username: u, "
+        "password_env: PORTAL_PW, client_name: c, client_password_file: /run/secret}]}",
+    }
+    s = settings_from(write_config({}), env)
+    assert (s.threads, s.every, s.settle, s.realert_days) == (4, 1800.0, 5400.0, 7.0)
+    assert s.alert_to == ("a@x.example", "b@x.example")
+    assert (s.alert_from, s.smtp_host, s.smtp_port, s.smtp_starttls) == (
+        "Asynchy <asynchy@x.example>",
+        "mail.x.example",
+        587,
+        True,
+    )
+    assert s.portal is not None and s.portal["base_url"] == "https://portal.x.example"
+    assert s.portal["visit_days"] == 30 and s.portal["equipment"][0]["password_env"] == "PORTAL_PW"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90),
+        ("90s", 90),
+        ("30m", 1800),
+        ("1h", 3600),
+        ("1h30m", 5400),
+        ("2d", 172800),
+        ("1w", 604800),
+        ("0", 0),
+        (45, 45),
+        ("1.5h", 5400),
+    ],
+)
+def test_durations(text: Any, seconds: float) -> None:
+    from asynchy.config import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "1x", "h", "-5", "1h soon", "nan"])
+def test_bad_durations(text: str) -> None:
+    from asynchy.config import parse_duration
+
+    with pytest.raises(ValueError, match="must be a duration such as 90s, 30m, 1h or 2d"):
+        parse_duration(text)
+
+
+def test_an_hpc_assyncy_config_keeps_working(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """mxsync / epnalert's YAML, unchanged: read as asynchy keys, the unused ones named."""
+    path = tmp_path / "assyncy.yml"
+    path.write_text(
+        """
+host: sftp.synchrotron.example
+key-file: /home/mx/.ssh/id_ed25519
+beamline: mx2
+destination-root-path: /srv/vault
+epn_cap_map:
+  "12282": ny79
+  "12283": ab12
+sync-frequency-hours: 6
+max-tasks: 4
+log-level: debug
+log-files: {sync: /var/log/mxsync.log, epnalert: /var/log/epnalert.log, email: /var/log/email.log}
+ignore: /etc/assyncy/ignore.yml
+base-url: https://portal.synchrotron.example
+visit-day-range: 14
+equipment:
+  - {id: 7, username: mxuser, password: pw, client_name: assyncy, client_password: cpw}
+epnalert-email-to: [ops@uni.example]
+epnalert-email-from: assyncy@uni.example
+epnalert-smtp: smtp.uni.example:587
+epnalert-template-folder: /etc/assyncy/templates
+epnalert-template-text: alert.txt
+"""
+    )
+    os.chmod(path, 0o600)
+    s = load_settings(config_path=path, env={}, options={})
+    assert (s.host, s.keypath, s.src_prefix, s.dest) == (
+        "sftp.synchrotron.example",
+        "/home/mx/.ssh/id_ed25519",
+        "/data/mx2",
+        "/srv/vault",
+    )
+    assert s.destinations == {"12282": "ny79", "12283": "ab12"}
+    assert (s.every, s.threads, s.log_level, s.log_file) == (
+        21600.0,
+        4,
+        "DEBUG",
+        "/var/log/mxsync.log",
+    )
+    assert (s.alert_to, s.alert_from, s.smtp_host, s.smtp_port) == (
+        ("ops@uni.example",),
+        "assyncy@uni.example",
+        "smtp.uni.example",
+        587,
+    )
+    assert s.alert_templates == "/etc/assyncy/templates"
+    assert (
+        s.portal is not None
+        and s.portal["visit_days"] == 14
+        and s.portal["equipment"][0]["id"] == 7
+    )
+    notes = [text for _, text in s.notes]
+    assert f"config file {path}: HPC ASSyncy key 'epn_cap_map' read as 'destinations'" in notes
+    assert any(
+        "'ignore' is not used: import its EPNs once with `asynchy merge /etc/assyncy/ignore.yml`"
+        in n
+        for n in notes
+    )
+    assert not any("can be read by other users" in n for n in notes)  # mode 0600
+    os.chmod(path, 0o644)
+    s = load_settings(config_path=path, env={}, options={})
+    assert any(
+        "holds portal passwords and can be read by other users: chmod 600" in n for _, n in s.notes
+    )
+
+
+def test_an_hpc_assyncy_key_and_its_asynchy_key_together(write_config: Any) -> None:
+    path = write_config({"epn_cap_map": {"1": "a"}, "destinations": {"2": "b"}})
+    with pytest.raises(
+        ConfigError, match="both 'epn_cap_map' \\(HPC ASSyncy\\) and 'destinations' are set"
+    ):
+        load_settings(config_path=path, env={}, options={})
+
+
+@pytest.mark.parametrize(
+    ("portal", "message"),
+    [
+        ({"equipment": []}, "needs base_url"),
+        ({"base_url": "ftp://x", "equipment": [{}]}, "needs base_url"),
+        ({"base_url": "https://x"}, "needs a list of equipment entries"),
+        (
+            {
+                "base_url": "https://x",
+                "equipment": [{"id": 1, "username": "u", "client_name": "c"}],
+            },
+            "equipment entry 1 needs exactly one of password, password_file, password_env",
+        ),
+        (
+            {
+                "base_url": "https://x",
+                "equipment": [
+                    {
+                        "id": 1,
+                        "username": "u",
+                        "client_name": "c",
+                        "password": "p",
+                        "password_env": "P",
+                        "client_password": "c",
+                    }
+                ],
+            },
+            "needs exactly one of password",
+        ),
+        ({"base_url": "https://x", "equipment": [], "colour": 1}, "unknown entries \\['colour'\\]"),
+    ],
+)
+def test_bad_portal_config(write_config: Any, portal: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(config_path=write_config({"portal": portal}), env={}, options={})

@@ -1,0 +1,358 @@
+"""``asynchy watch``: continuous repatriation, one cycle every ``every`` seconds.
+
+A cycle: a walk of the new EPNs and of the ones that may still be growing
+(newest file younger than ``recent``, or folder changed since their last
+walk); an alert about unmapped EPNs (when ``alert_to`` is configured); one
+sync batch of the EPNs that have *settled* (newest file older than
+``settle``), so that an experiment still being written is not copied half-way.
+A later change makes a copied EPN ``changed`` and it is copied again.
+
+One watch per database: a lock (a file beside a SQLite database, an advisory
+lock on PostgreSQL) that the operating system or the server drops when the
+process dies, so a crash never leaves a stale lock behind.  SIGTERM or Ctrl+C
+ends the cycle cleanly (the walk records what it finished, running transfers
+give their claims back) and the watch exits with code 130.
+
+A cycle that fails (the server cannot be reached, the SMTP server refuses)
+is logged and the next one runs as planned; mistakes in the configuration stop
+the watch in its first cycle, and a changed host key always stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, text
+
+from asynchy import claims, inventory
+from asynchy.alert import AlertOptions, AlertSummary, alert, check_templates
+from asynchy.config import SshTarget
+from asynchy.db import Database
+from asynchy.errors import AsynchyError, Busy, ExitCode, HostKeyChanged, Interrupted
+from asynchy.models import epns_table
+from asynchy.names import encode_name
+from asynchy.portal import Portal
+from asynchy.remote.base import Tree
+from asynchy.render import human_bytes
+from asynchy.signals import terminate_as_interrupt
+from asynchy.sync import SyncOptions, SyncSummary, sync
+
+log = logging.getLogger(__name__)
+
+PG_LOCK_KEY = 0x61737977  # "asyw": pg_try_advisory_lock key, per database
+
+
+@dataclass(frozen=True, slots=True)
+class WatchOptions:
+    sync: SyncOptions  # its settle is the watch's
+    every: float = 3600.0
+    recent: float = 7 * 86400.0
+    once: bool = False
+    walk_workers: int = 32
+    alert: AlertOptions | None = None
+    portal: Mapping[str, Any] | None = None
+    destinations: Mapping[str, str] | None = None
+
+
+@dataclass
+class CycleSummary:
+    number: int
+    started: datetime
+    walked: int = 0
+    new: int = 0
+    changed: int = 0
+    walk_errors: int = 0
+    alerted: int = 0
+    complete: int = 0
+    failed: int = 0
+    bytes: int = 0
+    waiting: int = 0  # EPNs in the queue that have not settled yet
+    elapsed: float = 0.0
+    interrupted: bool = False
+    problems: list[str] = field(default_factory=list)
+    next_at: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not (self.problems or self.failed or self.walk_errors or self.interrupted)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "cycle": self.number,
+            "started": self.started.isoformat(),
+            "walked": self.walked,
+            "new": self.new,
+            "changed": self.changed,
+            "walk_errors": self.walk_errors,
+            "alerted": self.alerted,
+            "complete": self.complete,
+            "failed": self.failed,
+            "bytes": self.bytes,
+            "waiting_to_settle": self.waiting,
+            "elapsed_seconds": round(self.elapsed, 3),
+            "interrupted": self.interrupted,
+            "problems": self.problems,
+            "next_cycle": self.next_at.isoformat() if self.next_at else None,
+        }
+
+
+# ------------------------------------------------------------------ one watch per database
+@contextlib.contextmanager
+def instance_lock(db: Database) -> Iterator[None]:
+    """Hold the database's watch lock, or raise Busy naming who holds it."""
+    me = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "since": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    if db.path is None:
+        with _pg_lock(db, me):
+            yield
+        return
+    path = Path(str(db.path) + ".watch-lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise Busy(f"cannot create the watch lock {path}: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe(Path(path).read_text(encoding="utf-8", errors="replace"))
+            raise Busy(
+                f"another asynchy watch ({holder}) is using {db.display}: stop it first, or leave this one out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(me) + "\n").encode())
+        yield
+    finally:
+        os.close(fd)  # drops the lock; the file stays (removing it would race with a new holder)
+
+
+def _describe(content: str) -> str:
+    try:
+        data = json.loads(content)
+        return f"pid {data['pid']} on {data['host']}, since {data['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+@contextlib.contextmanager
+def _pg_lock(db: Database, me: Mapping[str, Any]) -> Iterator[None]:
+    name = f"asynchy watch pid {me['pid']} on {me['host']}, since {me['since']}"
+    with db.engine.connect() as conn:
+        conn.execute(text("SELECT set_config('application_name', :name, false)"), {"name": name})
+        got = conn.execute(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": PG_LOCK_KEY}
+        ).scalar_one()
+        conn.commit()
+        if not got:
+            holder = conn.execute(
+                text(
+                    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND l.granted AND l.objid = :key "
+                    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                ),
+                {"key": PG_LOCK_KEY},
+            ).scalar()
+            conn.commit()
+            described = str(holder).removeprefix("asynchy watch ") if holder else "holder unknown"
+            raise Busy(
+                f"another asynchy watch ({described}) is using {db.display}: stop it first, or leave this one out"
+            )
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": PG_LOCK_KEY})
+                conn.commit()
+
+
+# ------------------------------------------------------------------ the loop
+def unsettled(db: Database, cutoff: datetime, max_attempts: int) -> int:
+    """EPNs sync would take but for --settle."""
+    with db.read() as conn:
+        return int(
+            conn.execute(
+                select(func.count())
+                .select_from(epns_table)
+                .where(claims.eligible(db, max_attempts), ~claims.settled(cutoff))
+            ).scalar_one()
+        )
+
+
+def watch(
+    db: Database,
+    open_tree: Callable[[], Tree],
+    target: SshTarget | None,
+    opts: WatchOptions,
+    *,
+    on_cycle: Callable[[CycleSummary], None] | None = None,
+) -> CycleSummary:
+    """Run cycles until stopped (or one with ``once``); returns the last cycle's summary."""
+    if opts.alert is not None:  # a broken template or SMTP setting stops us now, not at 3 am
+        check_templates(opts.alert.templates)
+        opts.alert.smtp.check()
+    portal = Portal(opts.portal) if opts.portal else None
+    stop = threading.Event()
+    number = 0
+    with instance_lock(db), terminate_as_interrupt():
+        log.info(
+            "watch started: every %s, settle %s, database %s",
+            _span(opts.every),
+            _span(opts.sync.settle or 0),
+            db.display,
+        )
+        while True:
+            number += 1
+            started = time.monotonic()
+            cycle = CycleSummary(number, datetime.now(UTC))
+            try:
+                _cycle(db, open_tree, target, opts, portal, cycle, first=number == 1)
+            except KeyboardInterrupt:
+                cycle.interrupted = True
+            cycle.elapsed = time.monotonic() - started
+            if not (opts.once or cycle.interrupted):
+                wait = max(0.0, opts.every - cycle.elapsed)
+                cycle.next_at = datetime.now(UTC) + timedelta(seconds=wait)
+            log.info("%s", cycle_line(cycle))
+            if on_cycle is not None:
+                on_cycle(cycle)
+            if cycle.interrupted:
+                raise Interrupted(f"watch stopped during cycle {number}")
+            if opts.once:
+                return cycle
+            try:
+                stop.wait(max(0.0, opts.every - (time.monotonic() - started)))
+            except KeyboardInterrupt:
+                raise Interrupted(f"watch stopped after cycle {number}") from None
+
+
+def _fatal(exc: AsynchyError, first: bool) -> bool:
+    """Stop the watch?  A changed host key always; a configuration mistake in the first cycle."""
+    return isinstance(exc, HostKeyChanged) or (first and exc.exit_code == ExitCode.USAGE)
+
+
+def _cycle(
+    db: Database,
+    open_tree: Callable[[], Tree],
+    target: SshTarget | None,
+    opts: WatchOptions,
+    portal: Portal | None,
+    cycle: CycleSummary,
+    *,
+    first: bool,
+) -> None:
+    now = datetime.now(UTC)
+    # 1. walk: new EPNs, and those that may still grow
+    try:
+        with db.read() as conn:
+            before = int(conn.execute(select(func.count()).select_from(epns_table)).scalar_one())
+        walked = inventory.walk(
+            db,
+            open_tree(),
+            inventory.WalkOptions(
+                recent=now - timedelta(seconds=opts.recent), workers=opts.walk_workers
+            ),
+        )
+        with db.read() as conn:
+            after = int(conn.execute(select(func.count()).select_from(epns_table)).scalar_one())
+        cycle.walked, cycle.new, cycle.changed = (
+            walked.epns_walked,
+            after - before,
+            walked.epns_changed,
+        )
+        cycle.walk_errors = walked.error_count
+    except Interrupted:
+        raise KeyboardInterrupt from None
+    except AsynchyError as exc:
+        if _fatal(exc, first):
+            raise
+        cycle.problems.append(f"walk: {exc}")
+        log.error("walk failed: %s; no alert or sync this cycle", exc)  # noqa: TRY400 - one line
+        return  # the source cannot be listed: copying now would only burn attempts
+    # 2. alert about EPNs nobody owns
+    if opts.alert is not None:
+        try:
+            result = _alert(db, open_tree, opts, portal)
+            cycle.alerted = len(result.alerted) if result.sent else 0
+            cycle.problems.extend(f"portal: {p}" for p in result.portal_errors)
+        except AsynchyError as exc:
+            if _fatal(exc, first):
+                raise
+            cycle.problems.append(f"alert: {exc}")
+            log.error("alert failed: %s", exc)  # noqa: TRY400 - expected: one line
+    # 3. one sync batch of settled EPNs
+    try:
+        synced: SyncSummary = sync(db, target, opts.sync)
+    except AsynchyError as exc:
+        if _fatal(exc, first):
+            raise
+        cycle.problems.append(f"sync: {exc}")
+        log.error("sync failed: %s", exc)  # noqa: TRY400 - expected: one line
+        return
+    cycle.complete, cycle.failed, cycle.bytes = (
+        len(synced.complete),
+        len(synced.failed),
+        synced.bytes,
+    )
+    cutoff = datetime.now(UTC) - timedelta(seconds=opts.sync.settle or 0)
+    cycle.waiting = unsettled(db, cutoff, opts.sync.max_attempts)
+    if synced.interrupted:
+        raise KeyboardInterrupt
+
+
+def _alert(
+    db: Database, open_tree: Callable[[], Tree], opts: WatchOptions, portal: Portal | None
+) -> AlertSummary:
+    assert opts.alert is not None
+    tree = open_tree()
+    try:
+        top, _ = tree.list_epns()
+    finally:
+        tree.close()
+    names = [encode_name(t.name) for t in top if t.is_dir]
+    return alert(db, names, opts.destinations, opts.alert, portal=portal)
+
+
+def _span(value: float) -> str:
+    seconds = round(value)
+    if seconds and seconds % 86400 == 0:
+        return f"{seconds // 86400}d"
+    if seconds and seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds and seconds % 60 == 0:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
+def cycle_line(c: CycleSummary) -> str:
+    """The one line each cycle logs."""
+    parts = [
+        f"watch cycle {c.number}: walked {c.walked} EPNs ({c.new} new, {c.changed} changed"
+        + (f", {c.walk_errors} errors)" if c.walk_errors else ")"),
+        f"alerted {c.alerted}",
+        f"copied {c.complete} ({human_bytes(c.bytes)}), {c.failed} failed",
+        f"{c.waiting} settling",
+        f"in {c.elapsed:.1f} s",
+    ]
+    line = "; ".join(parts)
+    if c.problems:
+        line += "; problems: " + " | ".join(c.problems)
+    if c.interrupted:
+        line += "; interrupted"
+    elif c.next_at is not None:
+        line += f"; next at {c.next_at.astimezone().strftime('%H:%M:%S')}"
+    return line

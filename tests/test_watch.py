@@ -1,0 +1,257 @@
+"""`asynchy watch` end to end: cycles against the real sshd with the real rsync, settling,
+one watch per database (SQLite and PostgreSQL), signals, failures that skip a cycle."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import FIXED_MTIME, rows, write_file
+from sshd import Sshd
+from test_sync import big_epns, rsyncs_into, tree_digest, wait_until
+
+
+@pytest.fixture
+def env(sshd: Sshd, served: Path, tmp_path: Path, write_config: Any) -> dict[str, Any]:
+    dest = tmp_path / "vault"
+    dest.mkdir()
+    db = tmp_path / "files.db"
+    values = sshd.settings(src_prefix=str(served), db=str(db), dest=str(dest))
+    return {"conf": write_config(values), "values": values, "db": db, "dest": dest, "src": served}
+
+
+class Watch:
+    """`asynchy watch` in its own process; its stdout lines (one per cycle) arrive in a queue."""
+
+    def __init__(self, conf: Path, *args: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCHY_")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "asynchy", "--config", str(conf), "watch", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        assert self.proc.stdout is not None
+        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self.lines.put(line)
+
+    def cycle(self, timeout: float = 60) -> dict[str, Any]:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            self.proc.kill()
+            raise AssertionError(
+                "no cycle line: " + (self.proc.stderr.read() if self.proc.stderr else "")
+            ) from None
+        return json.loads(line)
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=60)
+        return self.proc.returncode, self.proc.stderr.read() if self.proc.stderr else ""
+
+
+def set_mtime(root: Path, when: float) -> None:
+    for path in root.rglob("*"):
+        os.utime(path, (when, when))
+
+
+def test_two_cycles_a_growing_epn_is_copied_once_it_has_settled(env: dict[str, Any]) -> None:
+    src, dest = env["src"], env["dest"]
+    for i in range(3):
+        write_file(src / "50000a" / f"run1/img_{i}.cbf", b"old experiment %d" % i)
+    now = time.time()
+    for i in range(2):  # the experiment running now: its newest file is 10 s old
+        write_file(src / "50001b" / f"img_{i}.cbf", b"being written %d" % i, mtime=now - 10)
+    watch = Watch(env["conf"], "--every", "8s", "--settle", "60s", "--json")
+    try:
+        first = watch.cycle()
+        assert (first["cycle"], first["walked"], first["new"], first["complete"]) == (1, 2, 2, 1)
+        assert first["waiting_to_settle"] == 1 and first["problems"] == []
+        assert tree_digest(dest / "50000a") == tree_digest(src / "50000a")
+        assert not (dest / "50001b").exists()  # not copied half-way
+        assert dict(rows(env["db"], "SELECT epn, status FROM epns")) == {
+            "50000a": "complete",
+            "50001b": "pending",
+        }
+        # Before the next cycle: the experiment writes its last file and ends (two minutes ago, say),
+        # and a file is added to the old one, which was already copied.
+        write_file(src / "50001b" / "img_2.cbf", b"the last frame")
+        set_mtime(src / "50001b", time.time() - 120)
+        write_file(src / "50000a" / "late-notes.txt", b"added after the copy")
+        second = watch.cycle()
+        assert (
+            second["cycle"],
+            second["complete"],
+            second["changed"],
+            second["waiting_to_settle"],
+        ) == (2, 2, 2, 0)
+        for epn in ("50000a", "50001b"):
+            assert tree_digest(dest / epn) == tree_digest(src / epn)
+        assert dict(rows(env["db"], "SELECT epn, status FROM epns")) == {
+            "50000a": "complete",
+            "50001b": "complete",
+        }
+        assert rows(env["db"], "SELECT epn, count(*) FROM transfers GROUP BY epn ORDER BY epn") == [
+            ("50000a", 2),
+            ("50001b", 1),
+        ]
+        assert rows(env["db"], "SELECT file_count FROM epns WHERE epn = '50001b'") == [(3,)]
+    finally:
+        code, stderr = watch.stop()  # while it sleeps
+    assert code == 130, stderr
+    assert "Traceback" not in stderr
+    assert rows(env["db"], "SELECT DISTINCT status FROM workers") == [("finished",)]
+
+
+def test_sigterm_during_a_transfer_ends_the_cycle_cleanly(env: dict[str, Any]) -> None:
+    big_epns(env["src"], ["51000a", "51001b"])
+    watch = Watch(env["conf"], "--every", "1h", "--bwlimit", "1000", "--threads", "2")
+    wait_until(lambda: len(rsyncs_into(env["dest"])) >= 2, what="rsync to start")
+    code, stderr = watch.stop()
+    assert code == 130, stderr
+    line = watch.lines.get(timeout=5)
+    assert (
+        line.startswith("watch cycle 1: walked 2 EPNs (2 new, 0 changed)")
+        and "; interrupted" in line
+    )
+    wait_until(lambda: not rsyncs_into(env["dest"]), timeout=10, what="rsyncs to stop")
+    assert rows(env["db"], "SELECT DISTINCT status FROM epns") == [
+        ("pending",)
+    ]  # claims given back
+    assert rows(env["db"], "SELECT status FROM workers") == [("interrupted",)]
+
+
+def test_one_watch_per_database(cli: Any, env: dict[str, Any]) -> None:
+    (env["src"] / "52000a").mkdir()
+    watch = Watch(env["conf"], "--every", "1h", "--json")
+    try:
+        watch.cycle()
+        second = cli("--config", str(env["conf"]), "watch", "--once")
+        assert second.exit_code == 1
+        assert second.stderr.strip().startswith(
+            f"Error: another asynchy watch (pid {watch.proc.pid} on {socket.gethostname()}, since "
+        )
+        assert second.stderr.strip().endswith(
+            f"is using {env['db']}: stop it first, or leave this one out"
+        )
+    finally:
+        code, _ = watch.stop(signal.SIGINT)
+    assert code == 130
+    # The lock went with the process: the next watch runs.
+    again = cli("--config", str(env["conf"]), "watch", "--once")
+    assert again.exit_code == 0, again.stderr
+
+
+def test_one_watch_per_postgresql_database(
+    cli: Any, pg_url: str, tmp_path: Path, write_config: Any
+) -> None:
+    src = tmp_path / "src"
+    write_file(src / "53000a" / "x.cbf", b"x")
+    (tmp_path / "vault").mkdir()
+    conf = write_config(
+        {"host": "local", "src_prefix": str(src), "dest": str(tmp_path / "vault"), "db": pg_url}
+    )
+    watch = Watch(conf, "--every", "1h", "--json")
+    try:
+        assert watch.cycle()["complete"] == 1
+        second = cli("--config", str(conf), "watch", "--once")
+        assert second.exit_code == 1
+        assert (
+            f"another asynchy watch (pid {watch.proc.pid} on {socket.gethostname()}, since "
+            in second.stderr
+        )
+    finally:
+        code, _ = watch.stop()
+    assert code == 130
+    assert cli("--config", str(conf), "watch", "--once").exit_code == 0
+
+
+def test_an_unreachable_server_skips_the_cycle_without_burning_attempts(
+    cli: Any, env: dict[str, Any], write_config: Any
+) -> None:
+    write_file(env["src"] / "54000a" / "x.cbf", b"x")
+    assert cli("--config", str(env["conf"]), "walk").exit_code == 0
+    with socket.socket() as probe:  # a port where nobody listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    down = write_config({**env["values"], "port": port, "timeout": 3}, name="down.yaml")
+    result = cli("--config", str(down), "watch", "--once")
+    assert result.exit_code == 1
+    assert "; problems: walk: " in result.stdout and "no alert or sync this cycle" in result.stderr
+    assert rows(env["db"], "SELECT status, attempts, failures FROM epns") == [("pending", 0, 0)]
+    assert rows(env["db"], "SELECT count(*) FROM transfers") == [(0,)]
+
+
+def test_configuration_mistakes_stop_the_watch_at_once(
+    cli: Any, env: dict[str, Any], write_config: Any, tmp_path: Path
+) -> None:
+    (env["src"] / "55000a").mkdir()
+    no_dest = write_config({**env["values"], "dest": str(tmp_path / "missing")}, name="nodest.yaml")
+    result = cli("--config", str(no_dest), "watch")
+    assert result.exit_code == 2
+    assert (
+        result.stderr.strip()
+        == f"Error: dest {tmp_path / 'missing'} is not an existing folder: create it or fix dest"
+    )
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "alert.txt.j2").write_text("{% if %}")
+    broken = write_config(
+        {**env["values"], "alert_to": ["ops@site.example"], "alert_templates": str(templates)},
+        name="tpl.yaml",
+    )
+    result = cli("--config", str(broken), "watch")
+    assert result.exit_code == 2
+    assert f"alert template {templates / 'alert.txt.j2'} line 1:" in result.stderr
+    assert rows(env["db"], "SELECT count(*) FROM walks") == [(1,)]  # only the first config's walk
+    bad_every = cli("--config", str(env["conf"]), "watch", "--every", "soon")
+    assert bad_every.exit_code == 2
+    assert (
+        "Invalid value for '--every': 'soon' must be a duration such as 90s, 30m, 1h or 2d"
+        in bad_every.stderr
+    )
+
+
+def test_sync_settle_leaves_young_epns_for_later(
+    cli: Any, tmp_path: Path, write_config: Any
+) -> None:
+    src = tmp_path / "src"
+    write_file(src / "56000a" / "old.cbf", b"old", mtime=FIXED_MTIME)
+    write_file(src / "56001b" / "new.cbf", b"new", mtime=time.time() - 30)
+    (src / "56002c").mkdir()  # empty: settles an hour after it was first seen
+    (tmp_path / "vault").mkdir()
+    conf = write_config(
+        {
+            "host": "local",
+            "src_prefix": str(src),
+            "dest": str(tmp_path / "vault"),
+            "db": str(tmp_path / "f.db"),
+        }
+    )
+    assert cli("--config", str(conf), "walk").exit_code == 0
+    result = cli("--config", str(conf), "sync", "--settle", "10m", "--json")
+    assert json.loads(result.stdout)["complete"] == ["56000a"]
+    explicit = cli("--config", str(conf), "sync", "--settle", "10m", "--epn", "56001b", "--json")
+    assert json.loads(explicit.stdout)["skipped"] == {
+        "56001b": "still being written (its newest file is younger than --settle)"
+    }
+    assert sorted(json.loads(cli("--config", str(conf), "sync", "--json").stdout)["complete"]) == [
+        "56001b",
+        "56002c",
+    ]
