@@ -31,7 +31,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from asynchy import views
 from asynchy.errors import ConfigError, DatabaseError, SchemaError
-from asynchy.models import SCHEMA_HEAD, Base
+from asynchy.models import SCHEMA_HEAD, metadata
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -438,7 +438,7 @@ def _upgrade_locked(db: Database, conn: Connection) -> UpgradeResult:
                     "give another db, or import it with `asynchy merge`"
                 )
             # A new database: build it from the models and record head (no alembic needed).
-            Base.metadata.create_all(conn)
+            metadata.create_all(conn)
             for statement in views.create_sql(db.dialect):
                 conn.exec_driver_sql(statement)
             conn.execute(

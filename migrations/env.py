@@ -9,10 +9,10 @@ autogenerate a revision against a scratch database.
 from alembic import context
 from sqlalchemy import create_engine
 
-from asynchy.models import Base
+from asynchy.models import metadata
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = metadata
 
 
 def run_offline() -> None:

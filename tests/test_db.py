@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 
 from asynchy.db import alembic_config, known_revisions, open_database, schema_status
 from asynchy.errors import ConfigError, SchemaError
-from asynchy.models import SCHEMA_HEAD, Base
+from asynchy.models import SCHEMA_HEAD, metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,7 +58,7 @@ def _schema_diff(url: str) -> list[Any]:
 
     engine = create_engine(url)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
     engine.dispose()
     return list(diff)
 
