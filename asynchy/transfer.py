@@ -37,6 +37,9 @@ TAIL_CHARS = 8000  # of stdout and of stderr kept in the transfers table
 LOG_CHARS = 4 * 2**20  # of stderr kept for the log file
 SETPRIV = shutil.which("setpriv")
 PROGRESS_EVERY = 0.25  # seconds between progress reports of one rsync
+# rsync writes each progress update at once (--outbuf=N, so the stall watchdog sees it); reading
+# them in batches, after a short pause, costs a fraction of the CPU of waking for every line.
+READ_PAUSE = 0.05
 
 ProgressFn = Callable[[str, int], None]
 
@@ -130,6 +133,7 @@ def run_rsync(
         )
     except OSError as exc:
         return _Run(None, "", "", "", False, False, error=f"cannot run {argv[0]}: {exc.strerror}")
+    finished = threading.Event()  # set when rsync has exited
     last_activity = [time.monotonic()]
     out_tail: deque[bytes] = deque()
     out_size = [0]
@@ -164,6 +168,8 @@ def run_rsync(
                     if on_progress is not None and now - last_report[0] >= PROGRESS_EVERY:
                         last_report[0] = now
                         on_progress(done)
+            if len(chunk) < 65536:  # the pipe holds 64 KiB: rsync does not wait for us meanwhile
+                finished.wait(READ_PAUSE)  # but rsync's end is read at once
 
     def read_stderr() -> None:
         assert proc.stderr is not None
@@ -189,7 +195,6 @@ def run_rsync(
     except (BrokenPipeError, OSError):
         pass
     stalled = cancelled = False
-    finished = threading.Event()
 
     def wait_for_exit() -> None:
         proc.wait()
