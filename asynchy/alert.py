@@ -35,7 +35,9 @@ from asynchy.db import Database
 from asynchy.destinations import epn_number, is_mapped
 from asynchy.errors import AlertError, ConfigError, PortalError
 from asynchy.models import alerts_table, visits_table
+from asynchy.names import encode_name
 from asynchy.portal import Person, Portal, Visit
+from asynchy.remote.base import Tree
 
 log = logging.getLogger(__name__)
 
@@ -422,6 +424,15 @@ def alert(
         )
     log.info("alert sent to %s naming %d EPNs", ", ".join(opts.to), len(todo))
     return summary
+
+
+def epns_on_server(tree: Tree) -> list[str]:
+    """The EPN folders the source lists now (stored-name form); the tree is closed."""
+    try:
+        top, _ = tree.list_epns()
+    finally:
+        tree.close()
+    return [encode_name(t.name) for t in top if t.is_dir]
 
 
 def options_from_settings(

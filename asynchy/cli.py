@@ -722,7 +722,6 @@ def alert_cmd(
     """
     from asynchy import alert, render
     from asynchy.db import open_database
-    from asynchy.names import encode_name
     from asynchy.portal import Portal
     from asynchy.remote.factory import open_tree
 
@@ -733,12 +732,9 @@ def alert_cmd(
             f"alert_to is not set: add 'alert_to: [you@example.org]' to {settings.config_path} "
             "or set ASYNCHY_ALERT_TO"
         )
-    tree = open_tree(settings, workers=1, accept_new_host_key=accept_new_host_key)
-    try:
-        top, _ = tree.list_epns()
-    finally:
-        tree.close()
-    names = [encode_name(t.name) for t in top if t.is_dir]
+    names = alert.epns_on_server(
+        open_tree(settings, workers=1, accept_new_host_key=accept_new_host_key)
+    )
     db = open_database(settings.db)
     try:
         summary = alert.alert(

@@ -1252,79 +1252,72 @@ def _merge_streamed(
 ) -> None:
     """PostgreSQL target: every input is read here and streamed in batches, all in one transaction."""
     with db.engine.connect() as conn, conn.begin():
-        if True:
-            conn.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
-            raw = conn.connection.driver_connection
-            sql = _Sql(raw, postgres=True)
-            _temp_tables(sql)
-            candidates: dict[str, list[EpnCandidate]] = {}
-            e = epns_table.c
-            for row in conn.execute(
-                select(*[getattr(e, c) for c in ASYNCHY_EPN_COLUMNS])
-            ).mappings():
-                data = dict(row)
-                data["status"] = data["status"] or "pending"
-                _collect(candidates, [EpnCandidate(src=0, **data)])
-            with_files = {r[0] for r in conn.execute(text(_HOLDING.format(schema="")))}
-            for c in (x for cands in candidates.values() for x in cands):
-                c.has_files = c.epn in with_files
-            loaded: Loaded = []
-            for i, source in enumerate(sources, 1):
-                if source.kind == "ignore-yml":
-                    _collect(
-                        candidates,
-                        _candidates_of(sqlite3.connect(":memory:"), "main", source, i, zone, None),
-                    )
-                    continue
-                src_con = _open_ro(source.path)
-                try:
-                    total = (
-                        _expected_rows(src_con, "main", source) if "files" in source.tables else 0
-                    )
-                    if progress is not None:
-                        progress.start(source.name, total)
-                    aggregates = None
-                    if source.kind == "asynchy":
-                        cols = _file_columns(source)
+        conn.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
+        raw = conn.connection.driver_connection
+        sql = _Sql(raw, postgres=True)
+        _temp_tables(sql)
+        candidates: dict[str, list[EpnCandidate]] = {}
+        e = epns_table.c
+        for row in conn.execute(select(*[getattr(e, c) for c in ASYNCHY_EPN_COLUMNS])).mappings():
+            data = dict(row)
+            data["status"] = data["status"] or "pending"
+            _collect(candidates, [EpnCandidate(src=0, **data)])
+        with_files = {r[0] for r in conn.execute(text(_HOLDING.format(schema="")))}
+        for c in (x for cands in candidates.values() for x in cands):
+            c.has_files = c.epn in with_files
+        loaded: Loaded = []
+        for i, source in enumerate(sources, 1):
+            if source.kind == "ignore-yml":
+                _collect(
+                    candidates,
+                    _candidates_of(sqlite3.connect(":memory:"), "main", source, i, zone, None),
+                )
+                continue
+            src_con = _open_ro(source.path)
+            try:
+                total = _expected_rows(src_con, "main", source) if "files" in source.tables else 0
+                if progress is not None:
+                    progress.start(source.name, total)
+                aggregates = None
+                if source.kind == "asynchy":
+                    cols = _file_columns(source)
 
-                        def rows(
-                            c: sqlite3.Connection = src_con, s: int = i, q: str = cols
-                        ) -> Iterator[tuple[Any, ...]]:
-                            cur = c.execute(f"SELECT {q} FROM files")
-                            while chunk := cur.fetchmany(BATCH):
-                                if progress is not None:
-                                    progress.advance(len(chunk))
-                                for epn, path, size, modified, kind in chunk:
-                                    yield (s, epn, path, size, _aware(modified), kind)
+                    def rows(
+                        c: sqlite3.Connection = src_con, s: int = i, q: str = cols
+                    ) -> Iterator[tuple[Any, ...]]:
+                        cur = c.execute(f"SELECT {q} FROM files")
+                        while chunk := cur.fetchmany(BATCH):
+                            if progress is not None:
+                                progress.advance(len(chunk))
+                            for epn, path, size, modified, kind in chunk:
+                                yield (s, epn, path, size, _aware(modified), kind)
 
-                        sql.many(
-                            "INSERT INTO m_rows (src, epn, path, size, modified, kind) VALUES (?, ?, ?, ?, ?, ?)",
-                            rows(),
-                        )
-                        loaded.append(
-                            (
-                                i,
-                                {t: _history_rows(src_con, "main", source, t) for t in HISTORY},
-                            )
-                        )
-                    elif "files" in source.tables:
-                        aggregates = _legacy_rows_into(sql, src_con, i, zone, progress)
-                    _collect(
-                        candidates, _candidates_of(src_con, "main", source, i, zone, aggregates)
+                    sql.many(
+                        "INSERT INTO m_rows (src, epn, path, size, modified, kind) VALUES (?, ?, ?, ?, ?, ?)",
+                        rows(),
                     )
-                finally:
-                    src_con.close()
-                    if progress is not None:
-                        progress.done()
-            p, summary.conflicts = plan(candidates)
-            _count(p, summary, candidates)
-            _plan_tables(sql, p)
-            sql.run(
-                "INSERT INTO m_rows (src, epn, path, size, modified, kind) SELECT 0, f.epn, f.path, f.size, "
-                "f.modified, f.kind FROM files f JOIN m_rank k ON k.src = 0 AND k.epn = f.epn"
-            )
-            _write_epns(conn, db, p, candidates, loaded, summary)
-            _apply_files(sql, p, summary)
+                    loaded.append(
+                        (
+                            i,
+                            {t: _history_rows(src_con, "main", source, t) for t in HISTORY},
+                        )
+                    )
+                elif "files" in source.tables:
+                    aggregates = _legacy_rows_into(sql, src_con, i, zone, progress)
+                _collect(candidates, _candidates_of(src_con, "main", source, i, zone, aggregates))
+            finally:
+                src_con.close()
+                if progress is not None:
+                    progress.done()
+        p, summary.conflicts = plan(candidates)
+        _count(p, summary, candidates)
+        _plan_tables(sql, p)
+        sql.run(
+            "INSERT INTO m_rows (src, epn, path, size, modified, kind) SELECT 0, f.epn, f.path, f.size, "
+            "f.modified, f.kind FROM files f JOIN m_rank k ON k.src = 0 AND k.epn = f.epn"
+        )
+        _write_epns(conn, db, p, candidates, loaded, summary)
+        _apply_files(sql, p, summary)
 
 
 __all__ = ["MergeProgress", "MergeSummary", "Source", "decide", "inspect", "merge"]

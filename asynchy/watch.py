@@ -37,12 +37,11 @@ from typing import Any
 from sqlalchemy import func, select, text
 
 from asynchy import claims, inventory
-from asynchy.alert import AlertOptions, AlertSummary, alert, check_templates
+from asynchy.alert import AlertOptions, AlertSummary, alert, check_templates, epns_on_server
 from asynchy.config import SshTarget
 from asynchy.db import Database
 from asynchy.errors import AsynchyError, Busy, ExitCode, HostKeyChanged, Interrupted
 from asynchy.models import epns_table
-from asynchy.names import encode_name
 from asynchy.portal import Portal
 from asynchy.remote.base import Tree
 from asynchy.render import human_bytes
@@ -318,13 +317,7 @@ def _alert(
     db: Database, open_tree: Callable[[], Tree], opts: WatchOptions, portal: Portal | None
 ) -> AlertSummary:
     assert opts.alert is not None
-    tree = open_tree()
-    try:
-        top, _ = tree.list_epns()
-    finally:
-        tree.close()
-    names = [encode_name(t.name) for t in top if t.is_dir]
-    return alert(db, names, opts.destinations, opts.alert, portal=portal)
+    return alert(db, epns_on_server(open_tree()), opts.destinations, opts.alert, portal=portal)
 
 
 def _span(value: float) -> str:
