@@ -36,7 +36,7 @@ from asynchy.destinations import epn_number, is_mapped
 from asynchy.errors import AlertError, ConfigError, PortalError
 from asynchy.models import alerts_table, visits_table
 from asynchy.names import encode_name
-from asynchy.portal import Person, Portal, Visit
+from asynchy.portal import Person, Portal, Visit, person_from
 from asynchy.remote.base import Tree
 
 log = logging.getLogger(__name__)
@@ -252,30 +252,15 @@ def cached_visits(db: Database, epns: Sequence[str]) -> dict[str, Visit]:
     with db.read() as conn:
         for start in range(0, len(epns), 500):
             for r in conn.execute(select(visits_table).where(v.epn.in_(epns[start : start + 500]))):
-                principal = (
-                    Person(
-                        r.principal_first_names or "",
-                        r.principal_last_name or "",
-                        r.principal_email or "",
-                    )
-                    if (r.principal_first_names or r.principal_last_name or r.principal_email)
-                    else None
-                )
+                names = (r.principal_first_names, r.principal_last_name, r.principal_email)
+                principal = Person(*(n or "" for n in names)) if any(names) else None
                 out[r.epn] = Visit(
                     r.epn,
                     r.equipment_id,
                     r.start_time,
                     r.end_time,
                     principal,
-                    tuple(
-                        Person(
-                            str(p.get("first_names") or ""),
-                            str(p.get("last_name") or ""),
-                            str(p.get("email") or ""),
-                        )
-                        for p in (r.data_scientists or [])
-                        if isinstance(p, dict)
-                    ),
+                    tuple(p for p in map(person_from, r.data_scientists or []) if p is not None),
                 )
     return out
 

@@ -53,6 +53,7 @@ from asynchy.models import (
     workers_table,
 )
 from asynchy.names import decode_name
+from asynchy.processes import pid_alive
 from asynchy.transfer import TransferResult
 
 log = logging.getLogger(__name__)
@@ -199,16 +200,6 @@ def heartbeat(db: Database, worker: WorkerId, lease: float) -> int:
             .values(lease_until=_now_plus(db, lease))
         )
     return int(result.rowcount)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def reclaim_dead_local(db: Database) -> int:

@@ -49,6 +49,7 @@ from asynchy.models import (
     walks_table,
 )
 from asynchy.names import check_component, decode_name, encode_name
+from asynchy.processes import pid_alive
 from asynchy.remote.base import Entry, EpnDone, Files, Issue, Tree
 
 log = logging.getLogger(__name__)
@@ -178,16 +179,6 @@ def read_epn_file(path: str) -> list[str]:
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # A per-connection staging table for EPNs that are re-walked or too large for memory.
@@ -428,7 +419,7 @@ def _start_walk(db: Database, source: str, opts: WalkOptions) -> int:
             )
         ).all()
         for walk_id, pid in stale:
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 conn.execute(
                     update(walks_table)
                     .where(walks_table.c.id == walk_id)

@@ -35,7 +35,6 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, insert, select, text
 from sqlalchemy.exc import DBAPIError
 
-from asynchy import claims
 from asynchy.db import Database, known_revisions, open_database
 from asynchy.errors import DatabaseError, SchemaError, UsageError
 from asynchy.models import (
@@ -48,6 +47,7 @@ from asynchy.models import (
     workers_table,
 )
 from asynchy.names import encode_name
+from asynchy.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -897,7 +897,7 @@ def _busy(db: Database) -> None:
         walking = conn.execute(
             select(walks_table.c.host, walks_table.c.pid).where(walks_table.c.status == "running")
         ).all()
-    live = [(h, p) for h, p in [*running, *walking] if h != host or claims.pid_alive(p)]
+    live = [(h, p) for h, p in [*running, *walking] if h != host or pid_alive(p)]
     if live:
         h, p = live[0]
         raise UsageError(

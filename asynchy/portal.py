@@ -72,7 +72,8 @@ def secret(entry: Mapping[str, Any], key: str, env: Mapping[str, str]) -> str:
     return value
 
 
-def _person(data: Any) -> Person | None:
+def person_from(data: Any) -> Person | None:
+    """A person from the portal's JSON (``first_names``, ``last_name``, ``email``), or None."""
     if not isinstance(data, dict):
         return None
     return Person(
@@ -208,10 +209,12 @@ class Portal:
                     equipment_id=key,
                     start_time=_time(item.get("start_time")),
                     end_time=_time(item.get("end_time")),
-                    principal=_person(item.get("principal_scientist")),
+                    principal=person_from(item.get("principal_scientist")),
                     data_scientists=tuple(
                         p
-                        for p in (_person(s) for s in scientists if isinstance(scientists, list))
+                        for p in (
+                            person_from(s) for s in scientists if isinstance(scientists, list)
+                        )
                         if p is not None
                     ),
                 )

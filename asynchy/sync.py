@@ -34,6 +34,7 @@ from asynchy.db import Database
 from asynchy.destinations import dest_base
 from asynchy.errors import ConfigError
 from asynchy.names import decode_name
+from asynchy.processes import pid_alive
 from asynchy.rsync import RsyncOptions, files_from, rsync_argv, rsync_version, temp_dir_for
 from asynchy.transfer import Job, TransferResult, close_master, run_job
 
@@ -269,7 +270,7 @@ def _sweep_control_dirs() -> None:
         path = os.path.join(base, name)
         try:
             pid = int(name[len(CONTROL_PREFIX) :].split("-", 1)[0])
-            if os.stat(path).st_uid != os.geteuid() or claims.pid_alive(pid):
+            if os.stat(path).st_uid != os.geteuid() or pid_alive(pid):
                 continue
         except (ValueError, OSError):
             continue

@@ -19,7 +19,6 @@ import argparse
 import datetime
 import multiprocessing
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,8 @@ import time
 import uuid
 from pathlib import Path
 
-MARK_START, MARK_END = "<!-- bench_claims:start -->", "<!-- bench_claims:end -->"
+from report import write_block
+
 N_EPNS = 10_000
 
 
@@ -244,20 +244,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        path = Path(args.write)
-        doc = path.read_text()
-        block = f"{MARK_START}\n{text}\n{MARK_END}"
-        if MARK_START in doc:
-            doc = re.sub(
-                re.escape(MARK_START) + ".*?" + re.escape(MARK_END),
-                lambda _: block,
-                doc,
-                flags=re.S,
-            )
-        else:
-            doc += "\n" + block + "\n"
-        path.write_text(doc)
-        print("written to", path)
+        write_block(args.write, "bench_claims", text)
 
 
 if __name__ == "__main__":

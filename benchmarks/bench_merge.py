@@ -15,7 +15,6 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import sqlite3
 import statistics
 import subprocess
@@ -23,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-MARK_START, MARK_END = "<!-- bench_merge:start -->", "<!-- bench_merge:end -->"
+from report import write_block
+
 SHARDS, EPNS, FILES = 10, 100, 1000
 
 
@@ -149,20 +149,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        path = Path(args.write)
-        doc = path.read_text()
-        block = f"{MARK_START}\n{text}\n{MARK_END}"
-        if MARK_START in doc:
-            doc = re.sub(
-                re.escape(MARK_START) + ".*?" + re.escape(MARK_END),
-                lambda _: block,
-                doc,
-                flags=re.S,
-            )
-        else:
-            doc += "\n" + block + "\n"
-        path.write_text(doc)
-        print("written to", path)
+        write_block(args.write, "bench_merge", text)
 
 
 if __name__ == "__main__":

@@ -14,15 +14,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from report import write_block
+
 ROOT = Path(__file__).resolve().parent.parent
-MARK_START, MARK_END = "<!-- bench_status:start -->", "<!-- bench_status:end -->"
 
 
 def build(path: Path, epns: int, files: int) -> None:
@@ -148,20 +148,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        path = Path(args.write)
-        doc = path.read_text()
-        block = f"{MARK_START}\n{text}\n{MARK_END}"
-        if MARK_START in doc:
-            doc = re.sub(
-                re.escape(MARK_START) + ".*?" + re.escape(MARK_END),
-                lambda _: block,
-                doc,
-                flags=re.S,
-            )
-        else:
-            doc += "\n" + block + "\n"
-        path.write_text(doc)
-        print("written to", path)
+        write_block(args.write, "bench_status", text)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import argparse
 import datetime
 import os
 import random
-import re
 import shutil
 import statistics
 import subprocess
@@ -29,13 +28,13 @@ import threading
 import time
 from pathlib import Path
 
+from report import write_block
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 from sshd import Sshd  # noqa: E402
 
-MARK_START = "<!-- bench_sync:start -->"
-MARK_END = "<!-- bench_sync:end -->"
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -264,20 +263,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        path = Path(args.write)
-        doc = path.read_text()
-        block = f"{MARK_START}\n{text}\n{MARK_END}"
-        if MARK_START in doc:
-            doc = re.sub(
-                re.escape(MARK_START) + ".*?" + re.escape(MARK_END),
-                lambda _: block,
-                doc,
-                flags=re.S,
-            )
-        else:
-            doc += "\n" + block + "\n"
-        path.write_text(doc)
-        print("written to", path)
+        write_block(args.write, "bench_sync", text)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import shutil
 import sqlite3
 import statistics
@@ -27,15 +26,14 @@ import sys
 import time
 from pathlib import Path
 
+from report import write_block
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 from sshd import Sshd  # noqa: E402
 from tcpproxy import Proxy  # noqa: E402
 from treegen import make_tree  # noqa: E402
-
-MARK_START = "<!-- bench_walk:start -->"
-MARK_END = "<!-- bench_walk:end -->"
 
 
 def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
@@ -250,20 +248,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        path = Path(args.write)
-        doc = path.read_text() if path.exists() else ""
-        block = f"{MARK_START}\n{text}\n{MARK_END}"
-        if MARK_START in doc:
-            doc = re.sub(
-                re.escape(MARK_START) + ".*?" + re.escape(MARK_END),
-                lambda _: block,
-                doc,
-                flags=re.S,
-            )
-        else:
-            doc += "\n" + block + "\n"
-        path.write_text(doc)
-        print("written to", path)
+        write_block(args.write, "bench_walk", text)
 
 
 if __name__ == "__main__":

@@ -113,3 +113,28 @@ def inventory(db_path: Path) -> dict[str, Any]:
             db_path, "SELECT epn, path, size, modified, kind FROM files ORDER BY epn, path"
         ),
     }
+
+
+def stderr_on_a_terminal(argv: list[str], env: dict[str, str], columns: int) -> tuple[int, str]:
+    """Run argv with stderr on a pseudo-terminal of that width (so progress bars draw); (exit code, what it drew)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait()
+    os.close(master)
+    return proc.returncode, b"".join(chunks).decode(errors="replace")

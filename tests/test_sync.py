@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import FIXED_MTIME, rows, write_file
+from helpers import FIXED_MTIME, rows, stderr_on_a_terminal, write_file
 from sshd import Sshd
 from trees import HOSTILE_NAMES, build_epns
 
@@ -669,11 +669,7 @@ def test_source_file_growing_during_transfer_is_not_complete(
 
 def test_progress_bar_advances_within_a_large_file(env: dict[str, Path]) -> None:
     """On a terminal: a bytes bar whose total is known up front and that moves while one big file copies."""
-    import fcntl
-    import pty
     import re
-    import struct
-    import termios
 
     big_epns(env["src"], ["57000a"], mib=6)
     subprocess.run(
@@ -682,9 +678,7 @@ def test_progress_bar_advances_within_a_large_file(env: dict[str, Path]) -> None
         capture_output=True,
         env=_env(),
     )
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
-    proc = subprocess.Popen(
+    code, shown = stderr_on_a_terminal(
         [
             sys.executable,
             "-m",
@@ -695,24 +689,10 @@ def test_progress_bar_advances_within_a_large_file(env: dict[str, Path]) -> None
             "--bwlimit",
             "1500",
         ],
-        stdout=subprocess.PIPE,
-        stderr=slave,
-        env=_env(),
+        _env(),
+        columns=120,
     )
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    proc.wait()
-    os.close(master)
-    assert proc.returncode == 0
-    shown = b"".join(chunks).decode(errors="replace")
+    assert code == 0
     assert "sync 1 EPNs" in shown and "/6.00M" in shown
     seen = {float(m) for m in re.findall(r"\b(\d+(?:\.\d+)?)M/6\.00M", shown)}
     assert len(seen) >= 3, shown  # several distinct positions while the one big file was copied

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import FIXED_MTIME, inventory, rows, write_file
+from helpers import FIXED_MTIME, inventory, rows, stderr_on_a_terminal, write_file
 from sshd import Sshd
 from tcpproxy import Proxy
 from trees import HOSTILE_NAMES, build_contract_tree, build_epns
@@ -534,50 +534,15 @@ def test_interrupt_exits_130_and_records_it(slow_walk: Any, sig: signal.Signals)
 
 def test_progress_bar_on_a_terminal(slow_walk: Any) -> None:
     """On a terminal stderr shows a bar (EPNs of total, files, bytes); -q shows none."""
-    import fcntl
-    import pty
-    import struct
-    import termios
 
     conf, _db, _expected = slow_walk
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCHY_")}
 
     def stderr_of(*extra: str) -> str:
-        master, slave = pty.openpty()
-        fcntl.ioctl(
-            slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0)
-        )  # a 100-column terminal
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "asynchy",
-                *extra,
-                "--config",
-                str(conf),
-                "walk",
-                "--refresh",
-                "--workers",
-                "4",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=slave,
-            env=env,
-        )
-        os.close(slave)
-        chunks = []
-        while True:
-            try:
-                data = os.read(master, 4096)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-        proc.wait()
-        os.close(master)
-        assert proc.returncode == 0
-        return b"".join(chunks).decode(errors="replace")
+        argv = [sys.executable, "-m", "asynchy", *extra, "--config", str(conf), "walk", "--refresh"]
+        code, shown = stderr_on_a_terminal([*argv, "--workers", "4"], env, columns=100)
+        assert code == 0
+        return shown
 
     shown = stderr_of()
     assert "walk:" in shown and "/60 [" in shown and "EPN/s" in shown
