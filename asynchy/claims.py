@@ -44,6 +44,7 @@ from sqlalchemy import (
 
 from asynchy.db import Database
 from asynchy.destinations import is_mapped
+from asynchy.failures import DATA_CLASSES, LEGACY_RETRYABLE, charged
 from asynchy.models import (
     QUEUE_STATUSES,
     UTCDateTime,
@@ -58,7 +59,8 @@ from asynchy.transfer import TransferResult
 
 log = logging.getLogger(__name__)
 
-RETRYABLE_CLASSES = ("retryable", "partial", "verify")
+# A failed EPN with one of these classes is taken again (after its back-off); see docs/failures.md.
+RETRYABLE_CLASSES = (*DATA_CLASSES, *LEGACY_RETRYABLE)
 Order = Literal["ASC", "DESC"]
 e = epns_table.c
 
@@ -86,6 +88,11 @@ class Claim:
     file_count: int
     attempts: int
     failures: int
+    last_error_class: str | None = None  # 'checksum': the copy was found bad, repair it
+
+    @property
+    def needs_repair(self) -> bool:
+        return self.last_error_class == "checksum"
 
 
 def _now(db: Database) -> ColumnElement[Any]:
@@ -120,6 +127,7 @@ def _eligible(now: ColumnElement[Any], max_attempts: Any) -> ColumnElement[bool]
                 e.status == "failed",
                 func.coalesce(e.last_error_class, "retryable").in_(RETRYABLE_CLASSES),
                 e.failures < max_attempts,
+                or_(e.not_before.is_(None), e.not_before <= now),
             ),
             and_(e.status == "running", or_(e.lease_until.is_(None), e.lease_until < now)),
         ),
@@ -425,7 +433,7 @@ def plan(
 
 @functools.lru_cache(maxsize=16)
 def _claim_statement(
-    dialect: str, order: Order, with_candidates: bool, settle: bool = False
+    dialect: str, order: Order, with_candidates: bool, settle: bool = False, exclude: bool = False
 ) -> Any:
     """The claim, built once per shape (building SQL expressions costs more than running them)."""
     sqlite = dialect == "sqlite"
@@ -440,6 +448,8 @@ def _claim_statement(
         inner = inner.where(e.epn.in_(bindparam("candidates", expanding=True)))
     if settle:
         inner = inner.where(settled(bindparam("settled_before", type_=UTCDateTime())))
+    if exclude:  # EPNs this run already gave up on
+        inner = inner.where(e.epn.not_in(bindparam("exclude", expanding=True)))
     if not sqlite:
         inner = inner.with_for_update(skip_locked=True)
     return (
@@ -453,7 +463,16 @@ def _claim_statement(
             lease_until=_lease_end(sqlite),
             claimed_from=case((e.status == "running", e.claimed_from), else_=e.status),
         )
-        .returning(e.epn, e.claim_token, e.size, e.file_count, e.attempts, e.failures, e.modified)
+        .returning(
+            e.epn,
+            e.claim_token,
+            e.size,
+            e.file_count,
+            e.attempts,
+            e.failures,
+            e.modified,
+            e.last_error_class,
+        )
     )
 
 
@@ -467,8 +486,10 @@ def claim(
     max_attempts: int,
     lease: float,
     settled_before: datetime | None = None,
+    exclude: Iterable[str] = (),
 ) -> list[Claim]:
-    """Atomically take up to n eligible EPNs, in order: any of them, or only from ``candidates``."""
+    """Atomically take up to n eligible EPNs, in order: any of them, or only from ``candidates``;
+    never one of ``exclude``."""
     if n <= 0 or (candidates is not None and not candidates):
         return []
     params: dict[str, Any] = {"worker_id": worker.worker_id, "n": n, "max_attempts": max_attempts}
@@ -477,8 +498,11 @@ def claim(
         params["candidates"] = list(candidates)
     if settled_before is not None:
         params["settled_before"] = settled_before
+    excluded = sorted(set(exclude))
+    if excluded:
+        params["exclude"] = excluded
     statement = _claim_statement(
-        db.dialect, order, candidates is not None, settled_before is not None
+        db.dialect, order, candidates is not None, settled_before is not None, bool(excluded)
     )
     with db.write() as conn:
         rows = list(conn.execute(statement, params).all())
@@ -504,6 +528,7 @@ def claim(
             int(r.file_count),
             int(r.attempts),
             int(r.failures),
+            r.last_error_class,
         )
         for r in rows
     ]
@@ -518,15 +543,35 @@ def expected_files(db: Database, epn: str) -> tuple[tuple[bytes, int, int, str],
 
 
 def _outcome(result: TransferResult, keep_claim: bool) -> str:
-    if result.classification == "ok":
+    """What one attempt does to its EPN row (docs/failures.md): complete, cancelled, retry (the claim
+    is kept for another attempt in this run), released (link, setup: uncharged), changed or failed."""
+    kind = result.classification
+    if kind == "ok":
         return "complete"
-    if result.classification in ("cancelled", "changed"):
-        return result.classification
-    return "retry" if keep_claim else "failed"
+    if kind == "cancelled":
+        return "cancelled"
+    if keep_claim:
+        return "retry"
+    if kind == "changed":
+        return "changed"
+    return "failed" if charged(kind) else "released"
+
+
+def _later(sqlite: bool, name: str) -> ColumnElement[Any]:
+    """Now plus a bound number of seconds, by the database's clock."""
+    if sqlite:
+        return func.datetime("now", bindparam(f"{name}_modifier"))
+    return func.now() + bindparam(f"{name}_interval", type_=Interval())
+
+
+def _later_params(db: Database, name: str, seconds: float) -> dict[str, Any]:
+    if db.is_sqlite:
+        return {f"{name}_modifier": f"+{int(seconds)} seconds"}
+    return {f"{name}_interval": timedelta(seconds=int(seconds))}
 
 
 @functools.lru_cache(maxsize=32)
-def _record_statement(dialect: str, outcome: str, keep_claim: bool) -> Any:
+def _record_statement(dialect: str, outcome: str, is_charged: bool) -> Any:
     """The fenced update of one attempt's EPN row, built once per shape (values are bound)."""
     sqlite = dialect == "sqlite"
     now = func.datetime("now") if sqlite else func.now()
@@ -544,29 +589,36 @@ def _record_statement(dialect: str, outcome: str, keep_claim: bool) -> Any:
             status="complete",
             completed_at=now,
             failures=0,
+            not_before=None,
             last_exit_code=bindparam("r_exit"),
             last_error=None,
             last_error_class=None,
             dest_path=bindparam("r_dest"),
         )
-    elif outcome == "cancelled":
+    elif outcome in ("cancelled", "released"):  # not the EPN's fault: its state stays as it was
         values.update(status=func.coalesce(e.claimed_from, "pending"))
-    elif outcome == "changed":  # not a failure: the copy is good but the source moved on
+    elif outcome == "changed" or (outcome == "retry" and not is_charged):
+        # not a failure: the copy may be good but the source moved on; sync lists it again
         values.update(
-            status="changed",
+            status="changed" if outcome == "changed" else "running",
             changed_at=now,
             last_exit_code=bindparam("r_exit"),
             last_error=bindparam("r_reason"),
             last_error_class="changed",
         )
-    else:
+        if outcome == "retry":
+            values.update(lease_until=_lease_end(sqlite))
+    else:  # a data failure: charged
         quarantine = e.failures + 1 >= bindparam("r_max_attempts", type_=Integer())
         values.update(
             failures=e.failures + 1,
             last_exit_code=bindparam("r_exit"),
             last_error=bindparam("r_reason"),
             last_error_class=bindparam("r_class"),
-            status=case((quarantine, "quarantined"), else_="running" if keep_claim else "failed"),
+            status=case(
+                (quarantine, "quarantined"), else_="running" if outcome == "retry" else "failed"
+            ),
+            not_before=_later(sqlite, "r_wait"),
         )
         if (
             outcome == "retry"
@@ -591,8 +643,10 @@ def record(
     keep_claim: bool,
     dest_path: str,
     lease: float,
+    wait: float = 0.0,
 ) -> str:
-    """Write one attempt; returns complete, failed, retry, quarantined, changed, cancelled or superseded.
+    """Write one attempt; returns complete, failed, retry, quarantined, changed, released, cancelled or
+    superseded.  ``wait``: a data failure's back-off (seconds until ``not_before``).
 
     The EPN row changes only if this worker still holds the claim (owner and fencing token match);
     the attempt is recorded in ``transfers`` either way.
@@ -609,8 +663,9 @@ def record(
         "r_class": result.classification,
         "r_max_attempts": max_attempts,
         **_lease_params(db, lease),
+        **_later_params(db, "r_wait", wait),
     }
-    statement = _record_statement(db.dialect, outcome, keep_claim)
+    statement = _record_statement(db.dialect, outcome, charged(result.classification))
     with db.write() as conn:
         row = conn.execute(statement, params).first()
         if row is None:
@@ -664,3 +719,19 @@ def release(db: Database, worker: WorkerId, claimed: Claim) -> None:
                 claimed_from=None,
             )
         )
+
+
+def release_all(db: Database, worker: WorkerId) -> int:
+    """Give back every claim this worker still holds (a run that must stop: link down, setup, database)."""
+    with db.write() as conn:
+        result = conn.execute(
+            update(epns_table)
+            .where(e.claim_owner == worker.worker_id, e.status == "running")
+            .values(
+                status=func.coalesce(e.claimed_from, "pending"),
+                claim_owner=None,
+                lease_until=None,
+                claimed_from=None,
+            )
+        )
+    return int(result.rowcount)

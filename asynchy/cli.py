@@ -39,6 +39,13 @@ class AsynchyGroup(click.Group):
             raise _Exit(str(exc), int(exc.exit_code)) from None
         except KeyboardInterrupt:
             raise _Exit("interrupted", int(ExitCode.INTERRUPTED)) from None
+        except Exception as exc:
+            if not type(exc).__module__.startswith(("sqlalchemy", "sqlite3", "psycopg")):
+                raise  # anything else is a bug: its traceback is wanted
+            from asynchy.db import as_database_error
+
+            err = as_database_error(exc)
+            raise _Exit(str(err), int(err.exit_code)) from None
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,9 @@ def _settings(ctx: click.Context, **command_values: Any) -> Any:
     options = dict(g.values)
     options.update({k: v for k, v in command_values.items() if v is not None})
     settings = config.load_settings(config_path=g.config_path, env=os.environ, options=options)
+    from asynchy.db import set_busy_timeout
+
+    set_busy_timeout(settings.db_timeout)
     logs.setup(
         verbose=g.verbose, quiet=g.quiet, log_file=settings.log_file, log_level=settings.log_level
     )
@@ -439,7 +449,12 @@ def _batch_options(f: Callable[..., Any]) -> Callable[..., Any]:
             default="size",
             show_default=True,
             help="After rsync: compare size and mtime with the inventory; 'checksum' also compares "
-            "content with the source (reads everything again).",
+            "content with the source (reads everything again) and copies again what differs.",
+        ),
+        click.option(
+            "--checksum",
+            is_flag=True,
+            help="Short for --verify checksum (as `asynchy verify --checksum`).",
         ),
         click.option(
             "--mapped-only",
@@ -508,7 +523,7 @@ def _sync_options(settings: Any, kw: dict[str, Any], **more: Any) -> Any:
         compress=kw["compress"],
         bwlimit=kw["bwlimit"],
         max_attempts=kw["max_attempts"],
-        verify=kw["verify"],
+        verify="checksum" if kw["checksum"] else kw["verify"],
         mapped_only=kw["mapped_only"],
         stall_timeout=kw["stall_timeout"],
         lease=kw["lease"],
@@ -568,16 +583,26 @@ def sync_cmd(ctx: click.Context, /, as_json: bool, **kw: Any) -> None:
         epns=tuple(kw["epns"]) or None,
         settle=kw["settle"],
     )
+    from asynchy.remote.factory import open_tree
+
     db = open_database(settings.db)
     try:
-        summary = sync(db, target, opts, progress=SyncBar(bars_wanted(g.quiet)))
+        summary = sync(
+            db,
+            target,
+            opts,
+            progress=SyncBar(bars_wanted(g.quiet)),
+            open_tree=lambda: open_tree(settings, workers=4),
+        )
     finally:
         db.close()
     data = summary.as_dict()
     click.echo(render.as_json(data) if as_json else render.sync_summary(data))
+    if summary.stop_error is not None:
+        raise summary.stop_error
     if summary.interrupted:
         ctx.exit(int(ExitCode.INTERRUPTED))
-    if summary.failed:
+    if summary.unfinished:
         ctx.exit(int(ExitCode.PARTIAL))
 
 

@@ -303,6 +303,13 @@ KEYS: dict[str, KeySpec] = {
             "seconds",
         ),
         KeySpec(
+            "db_timeout",
+            _as_seconds,
+            60.0,
+            "seconds a command waits for a database another process holds locked",
+            "seconds",
+        ),
+        KeySpec(
             "destinations",
             _as_destinations,
             None,
@@ -406,6 +413,7 @@ class Settings:
     log_file: str | None = None
     log_level: str = "INFO"
     timeout: float = 30.0
+    db_timeout: float = 60.0
     destinations: Mapping[str, str] | None = None
     rsync: str = "rsync"
     threads: int = 2

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
 from asynchy import views
 from asynchy.errors import ConfigError, DatabaseError, SchemaError
@@ -38,7 +38,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BUSY_TIMEOUT_MS = 60_000
+BUSY_TIMEOUT_MS = 60_000  # the default of the db_timeout setting
+_busy_timeout_ms = BUSY_TIMEOUT_MS
+
+
+def set_busy_timeout(seconds: float) -> None:
+    """How long a statement waits for a database another process holds locked (setting db_timeout).
+
+    Set once per process by the command line before it opens a database."""
+    global _busy_timeout_ms
+    _busy_timeout_ms = max(1, int(seconds * 1000))
 VERSION_TABLE = "alembic_version"
 
 
@@ -69,30 +78,85 @@ class Database:
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction: ``BEGIN IMMEDIATE`` on SQLite, committed on success."""
-        with self.engine.connect() as conn:
-            conn = conn.execution_options(asynchy_begin="IMMEDIATE")
-            with conn.begin():
-                yield conn
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(asynchy_begin="IMMEDIATE")
+                with conn.begin():
+                    yield conn
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise as_database_error(exc, self.display) from None
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A read transaction (deferred on SQLite; rolled back at the end)."""
-        with self.engine.connect() as conn, conn.begin() as txn:
-            yield conn
-            txn.rollback()
+    def read(self, *, faults_only: bool = False) -> Iterator[Connection]:
+        """A read transaction (deferred on SQLite; rolled back at the end).
+
+        ``faults_only``: only faults of the database itself become DatabaseError; an error about
+        the statement is raised as it is (``asynchy sql`` reports a user's bad SQL itself)."""
+        try:
+            with self.engine.connect() as conn, conn.begin() as txn:
+                yield conn
+                txn.rollback()
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            fault = database_fault(exc, self.display)
+            if fault is not None:
+                raise fault from None
+            if faults_only:
+                raise
+            raise as_database_error(exc, self.display) from None
 
     def close(self) -> None:
         self.engine.dispose()
 
 
+def as_database_error(exc: BaseException, display: str | None = None) -> DatabaseError:
+    """A SQLAlchemy or sqlite3 error as one line that names the file and the likely fix."""
+    if isinstance(exc, DatabaseError):
+        return exc
+    fault = database_fault(exc, display)
+    if fault is not None:
+        return fault
+    return DatabaseError(f"database {display or 'the database'}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).splitlines() or [type(orig).__name__])[0]
+
+
+def database_fault(exc: BaseException, display: str | None = None) -> DatabaseError | None:
+    """The DatabaseError for a fault of the database itself (damaged, full, locked, read-only, I/O),
+    or None when exc is about the statement (the caller's business, e.g. a user's bad SQL)."""
+    low = _first_line(exc).lower()
+    name = display or "the database"
+    if "malformed" in low or "not a database" in low or "file is encrypted" in low:
+        return DatabaseError(
+            f"{name}: database disk image is malformed: restore it from a backup or "
+            f"`sqlite3 {name} .recover`"
+        )
+    if "disk is full" in low or "no space left" in low:
+        return DatabaseError(f"the disk holding {name} is full: free space there, then run again")
+    if "database is locked" in low or "database table is locked" in low or "busy" in low:
+        return DatabaseError(
+            f"{name} was locked for {_busy_timeout_ms / 1000:g} s by another process (an asynchy, "
+            "or a sqlite3 shell in a transaction): let it finish, then run again (or raise db_timeout)"
+        )
+    if "attempt to write a readonly database" in low or "unable to open database" in low:
+        return DatabaseError(
+            f"{name} cannot be written or opened: make it (and its folder) writable for this user"
+        )
+    if "disk i/o error" in low:
+        return DatabaseError(f"{name}: disk I/O error: check the disk and its mount")
+    return None
+
+
 def _sqlite_engine(path: Path) -> Engine:
-    engine = create_engine(sqlite_url(path), connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    engine = create_engine(sqlite_url(path), connect_args={"timeout": _busy_timeout_ms / 1000})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see the begin hook)
         cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA busy_timeout = {_busy_timeout_ms}")
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
@@ -188,10 +252,18 @@ def open_database(setting: str, *, migrate: bool = True, create: bool = True) ->
 
     ``create=False`` (the reporting commands) refuses a SQLite file that does not exist yet.
     """
-    if not create and not is_url(setting) and not Path(setting).expanduser().exists():
-        raise ConfigError(
-            f"database {Path(setting).expanduser().resolve()} does not exist: fix db, or run `asynchy walk` first"
-        )
+    if not create and not is_url(setting):
+        given = Path(setting).expanduser().resolve()
+        if not given.exists():
+            raise ConfigError(
+                f"database {given} does not exist: fix db, or run `asynchy walk` first"
+            )
+        if (
+            given.is_file() and given.stat().st_size == 0
+        ):  # never written by asynchy: leave it alone
+            raise SchemaError(
+                f"{given} is an empty file, not an asynchy database: fix db, or run `asynchy walk` first"
+            )
     engine, shown, path = make_engine(setting)
     db = Database(engine=engine, display=shown, path=path)
     if path is not None and not _sqlite_magic_ok(path):
@@ -207,12 +279,9 @@ def open_database(setting: str, *, migrate: bool = True, create: bool = True) ->
             else:
                 check_revision(db, rev)
         _ensure_wal(db)
-    except OperationalError as exc:
+    except (SQLAlchemyError, sqlite3.Error) as exc:  # a corrupt, locked or unreadable file
         engine.dispose()
-        raise DatabaseError(f"cannot open database {shown}: {_short(exc)}") from None
-    except sqlite3.DatabaseError as exc:  # raised by PRAGMAs on a corrupt file
-        engine.dispose()
-        raise SchemaError(f"{shown} is not a usable SQLite database: {exc}") from None
+        raise as_database_error(exc, shown) from None
     except BaseException:
         engine.dispose()
         raise
@@ -296,13 +365,13 @@ def open_read_only(setting: str) -> Database:
             raise SchemaError(f"{path} is not a SQLite database; give another db path")
         engine = create_engine(
             "sqlite:///file:" + str(path) + "?mode=ro&uri=true",
-            connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
+            connect_args={"timeout": _busy_timeout_ms / 1000},
         )
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
             dbapi_conn.isolation_level = None
-            dbapi_conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            dbapi_conn.execute(f"PRAGMA busy_timeout = {_busy_timeout_ms}")
             dbapi_conn.execute("PRAGMA query_only = ON")
             dbapi_conn.set_authorizer(_read_only_authorizer)
 

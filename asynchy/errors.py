@@ -50,6 +50,16 @@ class RemoteError(AsynchyError):
     """Talking to the source (SFTP server or local folder) failed."""
 
 
+class LinkDown(RemoteError):
+    """The server cannot be reached (refused, timed out, no route, name unknown), and did not come
+    back within the run's probes; nothing was charged to any EPN."""
+
+
+class SetupError(ConfigError):
+    """This host's setup stops every transfer alike (a bad option value, an unwritable destination,
+    rsync missing on the server); nothing was charged to any EPN."""
+
+
 class ConnectionLost(RemoteError):
     """The connection dropped or stopped answering; the caller may reconnect and resume."""
 

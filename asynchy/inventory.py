@@ -48,7 +48,7 @@ from asynchy.models import (
     walk_errors_table,
     walks_table,
 )
-from asynchy.names import check_component, decode_name, encode_name
+from asynchy.names import check_component, decode_name, encode_name, reserved_epn
 from asynchy.processes import pid_alive
 from asynchy.remote.base import Entry, EpnDone, Files, Issue, Tree
 
@@ -162,6 +162,9 @@ def parse_epn(text: str) -> bytes:
     problem = check_component(raw)
     if problem:
         raise UsageError(f"EPN {text!r} is not a folder name ({problem})")
+    problem = reserved_epn(raw)
+    if problem:
+        raise UsageError(problem)
     return raw
 
 
@@ -550,6 +553,12 @@ def _select_epns(db: Database, tree: Tree, opts: WalkOptions, summary: WalkSumma
         listed = list(dict.fromkeys(parse_epn(e) for e in opts.epns))
     else:
         top, issues = tree.list_epns()
+        issues = list(issues) + [
+            Issue(t.name, "reserved-name", why)
+            for t in top
+            if t.is_dir and (why := reserved_epn(t.name)) is not None
+        ]
+        top = [t for t in top if reserved_epn(t.name) is None]
         listed = [t.name for t in top if t.is_dir]
         folder_mtime = {t.name: t.mtime for t in top if t.is_dir}
         _record_top_issues(db, summary.walk_id, issues)

@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 QUEUE_STATUSES = ("pending", "changed", "failed", "running")
 QUEUE_CONDITION = "status IN ('pending', 'changed', 'failed', 'running')"
 
@@ -142,6 +142,8 @@ epns_table = Table(
     Column("claimed_from", Text),
     # asynchy skip, revision 0003.
     Column("skip_reason", Text),
+    # Revision 0007: after a data failure the EPN waits until then (back-off over runs).
+    Column("not_before", UTCDateTime),
     Index(None, "status", "modified"),
     Index(None, "walk_id"),
     Index(None, "claim_owner"),

@@ -81,3 +81,18 @@ def check_component(name: bytes) -> str | None:
     if b"\x00" in name:
         return "name contains NUL"
     return None
+
+
+# asynchy's own folder in every destination folder is ``.asynchy-tmp``; no EPN may be named like it.
+RESERVED_PREFIX = b".asynchy"
+
+
+def reserved_epn(name: bytes) -> str | None:
+    """Why an EPN folder name cannot be used (it could collide with asynchy's own folders), or None."""
+    if name.startswith(RESERVED_PREFIX):
+        return (
+            f"the EPN name {name.decode('utf-8', 'replace')!r} is reserved: asynchy keeps its "
+            "temporary files in .asynchy-* folders of the destination; rename the folder on the "
+            "source to copy it"
+        )
+    return None

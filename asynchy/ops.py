@@ -74,6 +74,7 @@ def reset(db: Database, epns: Sequence[str] = (), statuses: Sequence[str] = ()) 
                 .values(
                     status="pending",
                     failures=0,
+                    not_before=None,
                     last_error=None,
                     last_error_class=None,
                     skip_reason=None,
@@ -170,6 +171,7 @@ def verify(
         )
         count, problems = verify_local(job)
         reason = f"verify: {count} files differ from the inventory ({problems})" if count else None
+        kind = "verify"
         if reason is None and ropts is not None:
             assert src_prefix is not None
             argv = rsync_argv(
@@ -182,6 +184,7 @@ def verify(
                 reason = f"checksum check failed: rsync exit {run.exit_code}: {run.stderr.strip()[-300:]}"
             elif run.lines:
                 reason = f"verify: {run.lines} files differ from the source by checksum"
+                kind = "checksum"  # the next sync repairs it: rsync --checksum for this EPN
         out.checked.append(row.epn)
         if reason:
             out.differ[row.epn] = reason
@@ -193,7 +196,7 @@ def verify(
                         status="changed",
                         changed_at=func.now() if not db.is_sqlite else func.datetime("now"),
                         last_error=reason,
-                        last_error_class="verify",
+                        last_error_class=kind,
                     )
                 )
         if on_epn is not None:

@@ -84,6 +84,7 @@ def shown(text: str) -> str:
 
 
 def sync_summary(summary: dict[str, Any]) -> str:
+    """The end of a sync: one line of counts (EPNs, not attempts), then a line per EPN left over."""
     elapsed = summary["elapsed_seconds"]
     if summary["dry_run"]:
         changes = summary["would_change"]
@@ -94,14 +95,27 @@ def sync_summary(summary: dict[str, Any]) -> str:
         lines += [f"  {shown(epn)}: {n:,} items" for epn, n in changes.items()]
     else:
         state = "interrupted" if summary["interrupted"] else "finished"
+        if summary.get("stopped"):
+            state = "stopped"
         rate = human_bytes(summary["bytes_per_second"]) + "/s"
+        parts = [f"{len(summary['complete'])} EPNs complete", f"{len(summary['failed'])} failed"]
+        if summary["changed"]:
+            parts.append(f"{len(summary['changed'])} changed")
+        if summary["given_back"]:
+            parts.append(f"{len(summary['given_back'])} given back")
+        parts += [f"{len(summary['skipped'])} skipped", f"{len(summary['cancelled'])} cancelled"]
         lines = [
-            f"sync {state}: {len(summary['complete'])} EPNs complete, {len(summary['failed'])} failed, "
-            f"{len(summary['skipped'])} skipped, {len(summary['cancelled'])} cancelled, "
+            f"sync {state}: {', '.join(parts)}, "
             f"{human_bytes(summary['bytes'])} in {human_seconds(elapsed)} ({rate})"
         ]
     for failure in summary["failed"]:
         lines.append(f"  {failure['outcome']}: {shown(failure['epn'])}: {shown(failure['reason'])}")
+    for item in summary.get("changed", []):
+        lines.append(
+            f"  changed: {shown(item['epn'])}: {shown(item['reason'])} (the next run copies it)"
+        )
+    for item in summary.get("given_back", []):
+        lines.append(f"  given back: {shown(item['epn'])}: {shown(item['reason'])} (not charged)")
     for epn, why in summary["skipped"].items():
         lines.append(f"  skipped: {shown(epn)}: {why}")
     return "\n".join(lines)

@@ -13,8 +13,10 @@ docs/sync.md.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,10 +25,10 @@ from asynchy.config import SshTarget
 from asynchy.errors import ConfigError
 
 MIN_VERSION = (3, 4, 1)
-PARTIAL_DIR = ".asynchy-partial"
+# asynchy's own folder in each destination folder: rsync's temp files (<hash>/) and, with --partial,
+# kept partial files (<hash>.partial/).  EPN names starting with names.RESERVED_PREFIX are refused by
+# the walk, so no EPN folder can ever be this folder.
 TEMP_DIR = ".asynchy-tmp"
-
-Classification = Literal["ok", "retryable", "permanent", "partial", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,7 @@ class RsyncOptions:
     io_timeout: int = 600  # rsync --timeout (the watchdog is the real guard)
     old_rsync: bool = False  # < 3.4.3: add --no-inc-recursive (CVE-2026-43620 workaround)
     control_dir: str | None = None  # ssh connection sharing: one master connection per pool worker
+    repair: bool = False  # --checksum: compare content, not size and mtime (a copy found bad)
 
 
 SLOT = "@slot@"  # replaced by each pool worker with its own name (see transfer.with_slot)
@@ -57,7 +60,12 @@ def rsync_version(binary: str) -> tuple[tuple[int, int, int], str]:
     """(version, first line) of the rsync binary; ConfigError when missing or too old."""
     try:
         out = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
+            [binary, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=child_env(os.environ),
         )
     except FileNotFoundError:
         raise ConfigError(
@@ -162,6 +170,7 @@ def rsync_argv(
     opts: RsyncOptions,
     check: Literal["quick", "checksum"] | None = None,
     temp_dir: Path | None = None,
+    partial_dir: Path | None = None,
 ) -> list[str]:
     """argv for copying the EPN folders listed on stdin (NUL-terminated) from prefix into dest_base.
 
@@ -189,14 +198,17 @@ def rsync_argv(
         argv += ["--stats", "--info=progress2", "--outbuf=N"]
         if opts.dry_run:
             argv += ["--dry-run", "--itemize-changes", "--out-format=%i %n"]
-        if opts.partial:
-            argv.append(f"--partial-dir={PARTIAL_DIR}")
+        if opts.repair:
+            argv.append("--checksum")
+        if opts.partial and partial_dir is not None:
+            # Absolute: kept outside the EPN's tree, so no data folder of that name is excluded.
+            argv.append(f"--partial-dir={partial_dir}")
         if temp_dir is not None:
             argv.append(f"--temp-dir={temp_dir}")
         if opts.compress:
             argv.append("-z")
         if opts.bwlimit:
-            argv.append(f"--bwlimit={opts.bwlimit}")
+            argv.append(f"--bwlimit={parse_bwlimit(opts.bwlimit)}")
     if opts.old_rsync:
         argv.append("--no-inc-recursive")
     if target is not None:
@@ -212,6 +224,82 @@ def temp_dir_for(dest_base: Path, epn: bytes) -> Path:
     and removes what a killed rsync left there.
     """
     return dest_base / TEMP_DIR / hashlib.sha256(epn).hexdigest()[:20]
+
+
+def partial_dir_for(dest_base: Path, epn: bytes) -> Path:
+    """Where --partial keeps this EPN's interrupted files between attempts (removed once complete)."""
+    return temp_dir_for(dest_base, epn).with_suffix(".partial")
+
+
+def probe_argv(*, target: SshTarget | None, prefix: str, opts: RsyncOptions) -> list[str]:
+    """A cheap rsync that proves the whole path works: ssh, host key, login, the remote rsync, src_prefix.
+
+    It lists only ``src_prefix`` itself (everything inside is excluded), over a
+    connection of its own (no shared ssh connection), so it also tells whether
+    the server answers again after an outage.
+    """
+    probe = RsyncOptions(
+        rsync=opts.rsync, retry=0, io_timeout=opts.io_timeout, old_rsync=opts.old_rsync
+    )
+    argv = [
+        opts.rsync,
+        "--list-only",
+        "--dirs",
+        "--exclude=*",
+        "--no-h",
+        f"--timeout={opts.io_timeout}",
+    ]
+    if target is not None:
+        argv += ["-e", ssh_command(target, probe)]
+    argv.append(remote_base(target, prefix))
+    return argv
+
+
+# ------------------------------------------------------------------ option values, as rsync reads them
+_BWLIMIT = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(?:([bkmgtp])(ib|b)?)?([+-]1)?$", re.IGNORECASE)
+_POWERS = {"b": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+def parse_bwlimit(value: str) -> str:
+    """The --bwlimit value rsync gets; ConfigError for one rsync would refuse (checked before any claim).
+
+    Read as rsync reads it: a number (fractions allowed) of KiB per second, or
+    with a suffix B, K, M, G, T or P (``KB``, ``MB`` ... count in 1000s,
+    ``K``, ``KiB`` ... in 1024s); at least 512 bytes per second, or 0 for no
+    limit.
+    """
+    text = str(value).strip()
+    m = _BWLIMIT.match(text)
+    if not m:
+        raise ConfigError(
+            f"--bwlimit {value!r} is not a rate: give KiB per second or a number with a suffix "
+            "K, M or G, e.g. 500, 50M, 1.5G (0 for no limit)"
+        )
+    suffix = (m.group(2) or "k").lower()
+    unit = 1000 if (m.group(3) or "").lower() == "b" else 1024
+    rate = float(m.group(1)) * unit ** _POWERS[suffix]
+    if 0 < rate < 512:
+        raise ConfigError(
+            f"--bwlimit {value!r} is below rsync's smallest rate (512 bytes per second; 0 for no limit)"
+        )
+    return text
+
+
+# ------------------------------------------------------------------ what rsync and ssh may see
+_ENV_KEEP = ("PATH", "HOME", "LANG", "SSH_AUTH_SOCK", "TMPDIR", "USER", "LOGNAME", "TZ")
+_ENV_SECRET = ("PASSWORD", "TOKEN", "SECRET", "PASSPHRASE", "CREDENTIAL")
+
+
+def child_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of rsync and ssh: an allow-list (no secrets of ours or anyone's), C locale."""
+    env = {
+        k: v
+        for k, v in environ.items()
+        if (k in _ENV_KEEP or k.startswith("LC_")) and not any(s in k.upper() for s in _ENV_SECRET)
+    }
+    env["LC_ALL"] = "C"
+    env["LANG"] = "C"
+    return env
 
 
 def files_from(epn: bytes) -> bytes:
@@ -257,41 +345,6 @@ def parse_stats(text: str) -> Stats:
 
 
 # ------------------------------------------------------------------ exit codes
-_PERMANENT_SSH = (
-    "Permission denied",
-    "Host key verification failed",
-    "REMOTE HOST IDENTIFICATION HAS CHANGED",
-    "host key is known for",  # "No ED25519 host key is known for ... strict checking"
-    "Could not resolve hostname",
-)
-RETRYABLE_CODES = {5, 10, 11, 12, 13, 14, 15, 16, 21, 22, 30, 35}
-PERMANENT_CODES = {1, 2, 3, 4, 25, 126, 127}
-CANCELLED_CODES = {19, 20}
-
-
-def classify(exit_code: int | None, stderr: str, *, cancelled: bool = False) -> Classification:
-    """The class of an rsync result: what sync does next depends only on this."""
-    if cancelled:
-        return "cancelled"
-    if exit_code == 0:
-        return "ok"
-    if exit_code is None:  # could not even start it
-        return "permanent"
-    if exit_code < 0:  # killed by a signal: our stall watchdog, the OOM killer, someone's kill -9
-        return "retryable"
-    if exit_code in CANCELLED_CODES:
-        return "retryable"  # a signal we did not send ourselves
-    if exit_code in (23, 24):
-        return "partial"
-    if exit_code == 255:
-        return "permanent" if any(s in stderr for s in _PERMANENT_SSH) else "retryable"
-    if exit_code in PERMANENT_CODES:
-        return "permanent"
-    if exit_code in RETRYABLE_CODES:
-        return "retryable"
-    return "retryable"
-
-
 RSYNC_MEANINGS = {
     1: "syntax or usage error",
     2: "protocol incompatibility",

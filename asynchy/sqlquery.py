@@ -26,7 +26,7 @@ def run(setting: str, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     open_database(setting, create=False).close()  # an older schema is brought up to date first
     db = open_read_only(setting)
     try:
-        with db.read() as conn:
+        with db.read(faults_only=True) as conn:
             result = conn.exec_driver_sql(sql)
             if not result.returns_rows:
                 raise UsageError(

@@ -1,17 +1,19 @@
 """``asynchy sync``: ordered, limited batches of EPNs copied by rsync in a thread or process pool.
 
-The main thread claims EPNs, builds jobs, records results and drives the
-progress bar; pool workers (threads, or processes with ``--parallel``) run
-``transfer.run_job`` and only return results.  A heartbeat thread renews the
-leases of this worker's claims.  The first Ctrl+C or SIGTERM stops new work,
-cancels running rsyncs (their claims go back to the queue) and ends with
-exit code 130; a second one exits at once.
+First a preflight (asynchy.preflight) checks, before anything is claimed,
+what would fail every EPN alike.  Then the main thread runs one ``Batch``
+(asynchy.batch): it claims EPNs, builds jobs, decides what each result means
+(docs/failures.md), records it and drives the progress bar; pool workers
+(threads, or processes with ``--parallel``) run ``transfer.run_job`` and only
+return results.  A heartbeat thread renews the leases of this worker's
+claims.  The first Ctrl+C or SIGTERM stops new work, cancels running rsyncs
+(their claims go back to the queue) and ends with exit code 130; a second one
+exits at once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
 import logging
 import os
 import queue
@@ -23,19 +25,19 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, Protocol
 
 from asynchy import claims
+from asynchy.batch import Batch, Event, Finished, Progressed
 from asynchy.config import SshTarget
 from asynchy.db import Database
-from asynchy.destinations import dest_base
-from asynchy.errors import ConfigError
-from asynchy.names import decode_name
+from asynchy.errors import AsynchyError, SetupError, UsageError
+from asynchy.preflight import check_dest, check_options, check_source
 from asynchy.processes import pid_alive
-from asynchy.rsync import RsyncOptions, files_from, rsync_argv, rsync_version, temp_dir_for
+from asynchy.remote.base import Tree
+from asynchy.rsync import RsyncOptions, rsync_argv, rsync_version
 from asynchy.transfer import Job, TransferResult, close_master, run_job
 
 log = logging.getLogger(__name__)
@@ -76,10 +78,16 @@ class SyncProgress(Protocol):
 
 @dataclass
 class SyncSummary:
+    """What one run did, counted in EPNs (an EPN tried three times is one EPN)."""
+
     dry_run: bool = False
     selected: int = 0
     complete: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (epn, outcome, reason)
+    failed: dict[str, tuple[str, str]] = field(
+        default_factory=dict
+    )  # charged: epn -> (outcome, why)
+    changed: dict[str, str] = field(default_factory=dict)  # listed again; copied by the next run
+    given_back: dict[str, str] = field(default_factory=dict)  # link or setup: uncharged
     skipped: dict[str, str] = field(default_factory=dict)
     cancelled: list[str] = field(default_factory=list)
     would_change: dict[str, int] = field(default_factory=dict)
@@ -88,6 +96,12 @@ class SyncSummary:
     interrupted: bool = False
     rsync_version: str = ""
     worker_id: str | None = None
+    stop_error: AsynchyError | None = None  # the setup or link problem that ended the run early
+
+    @property
+    def unfinished(self) -> bool:
+        """Some selected EPN is not complete (exit code 3), though the run itself went to its end."""
+        return bool(self.failed or self.changed or self.given_back)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -96,8 +110,11 @@ class SyncSummary:
             "complete": self.complete,
             "failed": [
                 {"epn": epn, "outcome": outcome, "reason": reason}
-                for epn, outcome, reason in self.failed
+                for epn, (outcome, reason) in self.failed.items()
             ],
+            "changed": [{"epn": epn, "reason": why} for epn, why in self.changed.items()],
+            "given_back": [{"epn": epn, "reason": why} for epn, why in self.given_back.items()],
+            "stopped": str(self.stop_error) if self.stop_error is not None else None,
             "skipped": self.skipped,
             "cancelled": self.cancelled,
             "would_change": self.would_change,
@@ -121,6 +138,7 @@ def _init_process_worker(progress_queue: Any, cancel: Any) -> None:
     global _WORKER_PROGRESS, _WORKER_CANCEL
     _WORKER_PROGRESS, _WORKER_CANCEL = progress_queue, cancel
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # ignored from now on
     import ctypes
 
     with contextlib.suppress(Exception):
@@ -137,7 +155,7 @@ def _process_entry(job: Job) -> TransferResult:
 class _Pool:
     """Threads or processes behind one interface: submit a Job, get events on one queue."""
 
-    def __init__(self, threads: int, parallel: bool, events: queue.Queue[Any]) -> None:
+    def __init__(self, threads: int, parallel: bool, events: queue.Queue[Event]) -> None:
         self.events = events
         self.parallel = parallel
         self.threads = threads
@@ -172,23 +190,33 @@ class _Pool:
             item = self._mp_queue.get()
             if item is None:
                 return
-            self.events.put(("progress", *item))
+            self.events.put(Progressed(*item))
 
-    def submit(self, job: Job, tag: Any) -> None:
+    def submit(self, job: Job, epn: str) -> None:
         if self.parallel:
             try:
-                fut: Future[TransferResult] = self.executor.submit(_process_entry, job)
+                fut: Future[TransferResult] = self._spawn_safely(job)
             except BrokenExecutor:  # a worker process was killed: start a fresh pool
                 log.warning("a worker process died; starting new worker processes")
                 self.executor.shutdown(wait=False, cancel_futures=True)
                 self.executor = self._process_pool()
-                fut = self.executor.submit(_process_entry, job)
+                fut = self._spawn_safely(job)
         else:
             events = self.events
             fut = self.executor.submit(
-                run_job, job, lambda epn, done: events.put(("progress", epn, done)), self.cancel
+                run_job, job, lambda name, done: events.put(Progressed(name, done)), self.cancel
             )
-        fut.add_done_callback(lambda f: self.events.put(("done", tag, f)))
+        fut.add_done_callback(lambda f: self.events.put(Finished(epn, f)))
+
+    def _spawn_safely(self, job: Job) -> Future[TransferResult]:
+        """Submit; a worker process started meanwhile is born with SIGINT blocked, so a Ctrl+C on
+        the terminal (sent to the whole process group) cannot hit it before its initializer runs.
+        The main process gets that Ctrl+C as soon as the mask is lifted."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return self.executor.submit(_process_entry, job)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
@@ -198,16 +226,6 @@ class _Pool:
 
 
 # ------------------------------------------------------------------ the run
-@dataclass
-class _Running:
-    claim: claims.Claim | None  # None in a dry run
-    planned: claims.Planned
-    job: Job
-    tries: int  # attempts made in this run
-    dest_path: str
-    reported: int = 0
-
-
 class _Stop:
     """SIGINT/SIGTERM: the first asks for a clean stop, the second exits at once."""
 
@@ -277,66 +295,25 @@ def _sweep_control_dirs() -> None:
         _close_control_dir(path)
 
 
-def _job_for(
-    planned: claims.Planned,
-    claimed: claims.Claim | None,
-    db: Database,
-    target: SshTarget | None,
-    opts: SyncOptions,
-    ropts: RsyncOptions,
-    tries: int,
-) -> tuple[Job, str]:
-    raw = decode_name(planned.epn)
-    base = dest_base(planned.epn, opts.dest, opts.destinations)
-    temp = None if opts.dry_run else temp_dir_for(base, raw)
-    argv = rsync_argv(
-        target=target, prefix=opts.src_prefix, dest_base=base, opts=ropts, temp_dir=temp
-    )
-    check_argv = None
-    if not opts.dry_run:
-        check_argv = tuple(
-            rsync_argv(
-                target=target,
-                prefix=opts.src_prefix,
-                dest_base=base,
-                opts=ropts,
-                check="checksum" if opts.verify == "checksum" else "quick",
-            )
-        )
-    expected = () if opts.dry_run else claims.expected_files(db, planned.epn)
-    job = Job(
-        epn=planned.epn,
-        epn_raw=raw,
-        attempt=(claimed.attempts if claimed else 0) + tries + 1,
-        token=claimed.token if claimed else 0,
-        argv=tuple(argv),
-        stdin=files_from(raw),
-        dest_dir=os.fsencode(base) + b"/" + raw,
-        temp_dir=os.fsencode(temp) if temp is not None else None,
-        control_dir=ropts.control_dir,
-        expected=expected,
-        regular_files=sum(1 for x in expected if x[3] == "file"),
-        check_argv=check_argv,
-        check_checksum=opts.verify == "checksum",
-        stall_timeout=opts.stall_timeout,
-        dry_run=opts.dry_run,
-    )
-    return job, str(base / planned.epn)
-
-
 def sync(
     db: Database,
     target: SshTarget | None,
     opts: SyncOptions,
     *,
     progress: SyncProgress | None = None,
+    open_tree: Callable[[], Tree] | None = None,
 ) -> SyncSummary:
-    """Run one sync batch; see the module docstring.  Never raises for a failed transfer."""
+    """Run one sync batch; see the module docstring.  Never raises for a failed transfer.
+
+    Raises before anything is claimed when preflight finds a setup or link
+    problem (docs/failures.md); a run stopped later by one returns its summary
+    with ``stop_error`` set, after giving every claim back.
+    """
     started = time.monotonic()
-    if not opts.dest.is_dir():
-        raise ConfigError(f"dest {opts.dest} is not an existing folder: create it or fix dest")
+    check_options(target, opts.bwlimit)
     version, version_line = rsync_version(opts.rsync)
     log.info("using %s", version_line)
+    check_dest(opts.dest, write=not opts.dry_run)
     ropts = RsyncOptions(
         rsync=opts.rsync,
         compress=opts.compress,
@@ -346,8 +323,10 @@ def sync(
         retry=opts.retry,
         old_rsync=version < (3, 4, 3),
     )
-    # Fail early, before anything is claimed, if the ssh options cannot be built.
+    # ssh options that cannot be built fail here; the server, its host key, our login, its rsync and
+    # src_prefix are checked by one small rsync - all before the database is touched.
     rsync_argv(target=target, prefix=opts.src_prefix, dest_base=opts.dest, opts=ropts)
+    check_source(target, opts.src_prefix, ropts)
     summary = SyncSummary(dry_run=opts.dry_run, rsync_version=version_line)
     worker: claims.WorkerId | None = None
     heart: _Heartbeat | None = None
@@ -357,7 +336,7 @@ def sync(
         summary.worker_id = worker.worker_id
         heart = _Heartbeat(db, worker, opts.lease)
         heart.start()
-    events: queue.Queue[Any] = queue.Queue()
+    events: queue.Queue[Event] = queue.Queue()
     pool = _Pool(opts.threads, opts.parallel, events)
     status = "finished"
     control_dir: str | None = None
@@ -368,246 +347,94 @@ def sync(
             control_dir = tempfile.mkdtemp(prefix=f"{CONTROL_PREFIX}{os.getpid()}-")
             ropts = replace(ropts, control_dir=control_dir)
         with _Stop(pool.cancel.set) as stop:
-            _loop(db, target, opts, ropts, worker, pool, events, stop, summary, progress)
+            batch = Batch(
+                db=db,
+                target=target,
+                opts=opts,
+                ropts=ropts,
+                worker=worker,
+                pool=pool,
+                events=events,
+                stop=stop,
+                summary=summary,
+                progress=progress,
+                relist=_relister(db, open_tree),
+            )
+            batch.run()
             summary.interrupted = stop.requested
-        if summary.interrupted:
+        if batch.halt is not None:
+            summary.stop_error = _precise(batch.halt, target, opts.src_prefix, ropts)
+            status = "stopped"
+        elif summary.interrupted:
             status = "interrupted"
     except BaseException:
         status = "failed"
         pool.cancel.set()
         raise
     finally:
-        pool.shutdown()
-        if control_dir is not None:
-            _close_control_dir(control_dir)
-        if heart is not None:
-            heart.stopped.set()
-        if worker is not None:
-            claims.finish_worker(db, worker, status)
+        _wind_down(db, pool, control_dir, heart, worker, status)
         if progress is not None:
             progress.close()
         summary.elapsed = time.monotonic() - started
     return summary
 
 
-def _loop(
+def _precise(
+    halt: AsynchyError, target: SshTarget | None, prefix: str, ropts: RsyncOptions
+) -> AsynchyError:
+    """A setup problem seen mid-run: ask the server once more, for the walk's own words when it is ssh."""
+    if not isinstance(halt, SetupError):
+        return halt
+    try:
+        check_source(target, prefix, ropts)
+    except AsynchyError as exc:
+        return exc
+    return halt
+
+
+def _wind_down(
     db: Database,
-    target: SshTarget | None,
-    opts: SyncOptions,
-    ropts: RsyncOptions,
-    worker: claims.WorkerId | None,
     pool: _Pool,
-    events: queue.Queue[Any],
-    stop: _Stop,
-    summary: SyncSummary,
-    progress: SyncProgress | None,
-) -> None:
-    settled_before = (
-        datetime.now(UTC) - timedelta(seconds=opts.settle) if opts.settle is not None else None
-    )
-    planned, skipped = claims.plan(
-        db,
-        order=opts.order,
-        limit=opts.limit,
-        max_attempts=opts.max_attempts,
-        epns=opts.epns,
-        mapped_only=opts.mapped_only,
-        destinations=opts.destinations,
-        settled_before=settled_before,
-    )
-    summary.skipped.update(skipped)
-    by_epn = {p.epn: p for p in planned}
-    queue_epns = [p.epn for p in planned]  # candidates still to claim, in order
-    seen: set[str] = set(queue_epns)
-    taken = 0
-    running: dict[str, _Running] = {}
-    retries: list[tuple[float, int, _Running]] = []
-    serial = 0
-    if progress is not None:
-        progress.start(sum(p.size for p in planned), len(planned))
-
-    def counts() -> None:
-        if progress is not None:
-            progress.counts(len(summary.complete), len(summary.failed), len(running))
-
-    def start(item: _Running) -> None:
-        running[item.planned.epn] = item
-        pool.submit(item.job, item.planned.epn)
-
-    filtered = opts.epns is not None or opts.mapped_only
-    exhausted = False
-    while True:
-        if not stop.requested:
-            now = time.monotonic()
-            while retries and retries[0][0] <= now and len(running) < opts.threads:
-                item = heapq.heappop(retries)[2]
-                item.job, _ = _job_for(
-                    item.planned, item.claim, db, target, opts, ropts, item.tries
-                )
-                start(item)
-            free = opts.threads - len(running) - len(retries)
-            while free > 0 and taken < opts.limit and not exhausted:
-                if not queue_epns and (
-                    opts.dry_run or filtered
-                ):  # others may have taken some: look again once
-                    more, more_skipped = claims.plan(
-                        db,
-                        order=opts.order,
-                        limit=opts.limit - taken,
-                        max_attempts=opts.max_attempts,
-                        epns=opts.epns,
-                        mapped_only=opts.mapped_only,
-                        destinations=opts.destinations,
-                        exclude=seen,
-                        settled_before=settled_before,
-                    )
-                    summary.skipped.update({k: v for k, v in more_skipped.items() if k not in seen})
-                    for p in more:
-                        by_epn[p.epn] = p
-                        seen.add(p.epn)
-                        queue_epns.append(p.epn)
-                    if not more:
-                        exhausted = True
-                        break
-                if opts.dry_run:
-                    batch = [None] * min(free, len(queue_epns), opts.limit - taken)
-                    names = queue_epns[: len(batch)]
-                    del queue_epns[: len(batch)]
-                else:
-                    assert worker is not None
-                    # Without --epn or --mapped-only, claim the next eligible EPNs of the whole queue (the plan
-                    # above only sized the progress bar): a long candidate list would slow every claim down.
-                    got = claims.claim(
-                        db,
-                        worker,
-                        queue_epns if filtered else None,
-                        min(free, opts.limit - taken),
-                        order=opts.order,
-                        max_attempts=opts.max_attempts,
-                        lease=opts.lease,
-                        settled_before=settled_before,
-                    )
-                    if filtered:
-                        # Candidates before the last one claimed were taken by others (or became ineligible).
-                        last = max(
-                            (queue_epns.index(c.epn) for c in got), default=len(queue_epns) - 1
-                        )
-                        del queue_epns[: last + 1]
-                    elif not got:
-                        exhausted = True
-                    batch = got  # type: ignore[assignment]
-                    names = [c.epn for c in got]
-                    for c in got:
-                        by_epn.setdefault(
-                            c.epn, claims.Planned(c.epn, c.size, c.file_count, "pending")
-                        )
-                for claimed, name in zip(batch, names, strict=True):
-                    planned_row = by_epn[name]
-                    job, dest = _job_for(planned_row, claimed, db, target, opts, ropts, 0)
-                    start(_Running(claimed, planned_row, job, 0, dest))
-                    taken += 1
-                    summary.selected += 1
-                    free -= 1
-                counts()
-        if stop.requested and retries:  # Ctrl+C while waiting to retry: give those claims back
-            for _, _, waiting in retries:
-                if waiting.claim is not None and worker is not None:
-                    claims.release(db, worker, waiting.claim)
-                summary.cancelled.append(waiting.planned.epn)
-            retries.clear()
-        if not running and not retries and (stop.requested or taken >= opts.limit or exhausted):
-            break
-        try:
-            event = events.get(timeout=0.2)
-        except queue.Empty:
-            continue
-        if event[0] == "progress":
-            _, epn, done = event
-            current = running.get(epn)
-            if current is not None and done > current.reported and progress is not None:
-                progress.advance(done - current.reported)
-                current.reported = done
-            continue
-        _, epn, fut = event
-        done_item = running.pop(epn)
-        try:
-            result: TransferResult = fut.result()
-        except BrokenExecutor:  # a --parallel worker process died (kill -9, OOM)
-            result = _failed_result(done_item.job, "the worker process died")
-        except Exception as exc:  # a bug in the worker: record it, keep going
-            log.exception("transfer of EPN %s failed unexpectedly", epn)
-            result = _failed_result(done_item.job, f"asynchy error: {exc}")
-        serial += 1
-        _handle(db, worker, opts, done_item, result, summary, progress, retries, serial)
-        counts()
-
-
-def _failed_result(job: Job, reason: str) -> TransferResult:
-    now = datetime.now(UTC)
-    return TransferResult(
-        job.epn, job.attempt, job.token, now, now, job.argv, None, "retryable", reason
-    )
-
-
-def _handle(
-    db: Database,
+    control_dir: str | None,
+    heart: _Heartbeat | None,
     worker: claims.WorkerId | None,
-    opts: SyncOptions,
-    item: _Running,
-    result: TransferResult,
-    summary: SyncSummary,
-    progress: SyncProgress | None,
-    retries: list[tuple[float, int, _Running]],
-    serial: int,
+    status: str,
 ) -> None:
-    epn = item.planned.epn
-    if result.stderr_log.strip():
-        log.info(
-            "rsync stderr for EPN %s (attempt %d):\n%s",
-            epn,
-            result.attempt,
-            result.stderr_log.rstrip(),
-        )
-    if opts.dry_run:
-        if result.ok:
-            summary.would_change[epn] = result.changes
-        else:
-            summary.failed.append((epn, "failed", result.reason or result.classification))
+    """Stop the pool, close the shared connections, give back what is still claimed, sign off.
+
+    Each step runs even if one before it failed (a full disk, a locked database): the error that
+    ended the run is the one reported, and a claim that cannot be given back now is taken back by
+    the next run on this host (its owner process is gone)."""
+    pool.shutdown()
+    if control_dir is not None:
+        _close_control_dir(control_dir)
+    if heart is not None:
+        heart.stopped.set()
+    if worker is None:
         return
-    assert worker is not None and item.claim is not None
-    retryable = result.classification in claims.RETRYABLE_CLASSES
-    keep = retryable and item.tries < opts.retry
-    outcome = claims.record(
-        db,
-        worker,
-        item.claim,
-        result,
-        max_attempts=opts.max_attempts,
-        keep_claim=keep,
-        dest_path=item.dest_path,
-        lease=opts.lease,
-    )
-    summary.bytes += result.bytes_transferred
-    if outcome == "complete":
-        summary.complete.append(epn)
-        if progress is not None:
-            progress.advance(max(0, item.planned.size - item.reported))
-        log.info(
-            "EPN %s complete (%d files, %d bytes transferred)",
-            epn,
-            result.files_transferred,
-            result.bytes_transferred,
+    try:
+        left = claims.release_all(db, worker)
+        if left:
+            log.warning("gave back %d claims this run still held", left)
+        claims.finish_worker(db, worker, status)
+    except Exception as exc:  # the run's own error, if any, is the one that matters
+        log.warning(
+            "could not sign off in the database (the next sync takes the claims back): %s", exc
         )
-    elif outcome == "retry":
-        delay = min(60.0, 2.0**item.tries)
-        log.warning("EPN %s: %s; retrying in %g s", epn, result.reason, delay)
-        item.tries += 1
-        heapq.heappush(retries, (time.monotonic() + delay, serial, item))
-    elif outcome == "cancelled":
-        summary.cancelled.append(epn)
-    else:
-        reason = result.reason or result.classification
-        if outcome == "superseded":
-            reason = "another worker took this EPN over (lease expired); its result stands"
-        summary.failed.append((epn, outcome, reason))
-        log.warning("EPN %s %s: %s", epn, outcome, reason)
+
+
+def _relister(db: Database, open_tree: Callable[[], Tree] | None) -> Callable[[str], None]:
+    """List one EPN again into the inventory: what ``asynchy walk --refresh --epn EPN`` does."""
+
+    def relist(epn: str) -> None:
+        if open_tree is None:
+            raise UsageError(
+                f"EPN {epn}: no source to list it again from; run asynchy walk --refresh"
+            )
+        from asynchy import inventory
+
+        inventory.walk(
+            db, open_tree(), inventory.WalkOptions(epns=(epn,), refresh=True, workers=1, retries=1)
+        )
+
+    return relist

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from asynchy.failures import FailureClass, classify_exit, main_complaint
 from asynchy.rsync import (
     SLOT,
-    Classification,
-    classify,
+    child_env,
     close_master_argv,
     describe_exit,
     parse_stats,
@@ -56,11 +56,14 @@ class Job:
     expected: tuple[tuple[bytes, int, int, str], ...]  # (path in the EPN, size, mtime, kind)
     regular_files: int  # regular files the inventory lists (an empty source is not a success)
     temp_dir: bytes | None = None  # rsync --temp-dir: emptied before and removed after each attempt
+    partial_dir: bytes | None = None  # --partial: kept between attempts, removed once complete
     control_dir: str | None = None  # where this run's shared ssh connections live
-    check_argv: tuple[str, ...] | None = (
-        None  # the dry run that compares the source now with the copy
-    )
-    check_checksum: bool = False  # ... by content too (--verify checksum)
+    # the dry run that compares the source now with the copy
+    check_argv: tuple[str, ...] | None = None
+    check_checksum: bool = False  # ... by content too (--verify checksum, or a repair)
+    # the copy again with rsync --checksum: run at once when the checksum check finds files whose
+    # content differs but whose size and mtime do not (rsync's quick check skipped a bad copy)
+    repair_argv: tuple[str, ...] | None = None
     stall_timeout: float = 300.0
     dry_run: bool = False
 
@@ -74,7 +77,7 @@ class TransferResult:
     finished_at: datetime
     argv: tuple[str, ...]
     exit_code: int | None
-    classification: str  # ok, retryable, permanent, partial, verify, changed, cancelled
+    classification: str  # a failures.FailureClass: ok, link, setup, partial, verify, checksum, changed, cancelled
     reason: str | None
     bytes_transferred: int = 0
     files_transferred: int = 0
@@ -96,7 +99,8 @@ class _Run:
     stderr_log: str
     stalled: bool
     cancelled: bool
-    lines: int = 0
+    lines: int = 0  # itemized changes (dry runs)
+    content_only: int = 0  # ... of them, files whose content differs but not their size or mtime
     error: str | None = None
     bytes_seen: int = 0
     log_truncated: bool = False
@@ -121,7 +125,7 @@ def run_rsync(
     cmd = list(argv)
     if SETPRIV:
         cmd = [SETPRIV, "--pdeathsig", "TERM", "--", *cmd]
-    env = dict(os.environ, LC_ALL="C", LANG="C")
+    env = child_env(os.environ)
     try:
         proc = subprocess.Popen(
             cmd,
@@ -140,6 +144,7 @@ def run_rsync(
     err_parts: list[bytes] = []
     err_size = [0]
     itemized = [0]
+    content_only = [0]
     seen = [0]
     last_report = [0.0]
 
@@ -160,6 +165,9 @@ def run_rsync(
             for piece in pieces:
                 if count_itemized and piece[:1] in (b">", b"<", b"c", b"h", b"*") and b" " in piece:
                     itemized[0] += 1
+                    flags = piece.split(b" ", 1)[0]  # YXcstpoguax: c checksum, s size, t time
+                    if flags[2:3] == b"c" and flags[3:5] == b"..":
+                        content_only[0] += 1
                     continue
                 done = progress_bytes(piece)
                 if done is not None:
@@ -224,39 +232,11 @@ def run_rsync(
         stalled=stalled,
         cancelled=cancelled,
         lines=itemized[0],
+        content_only=content_only[0],
         bytes_seen=seen[0],
         log_truncated=err_size[0] >= LOG_CHARS,
     )
     return run
-
-
-_NOISE = (
-    "Could not chdir to home directory",
-    "Warning: Permanently added",
-    "** WARNING: connection is not using",
-)
-
-
-def main_complaint(stderr: str) -> str:
-    """The line of rsync's stderr that says what went wrong (not the login noise, not the echoes)."""
-    lines = [
-        line.strip()
-        for line in stderr.splitlines()
-        if line.strip() and not line.strip().startswith(_NOISE)
-    ]
-    ssh_said = [
-        ln
-        for ln in lines
-        if ln.startswith("ssh:") or "host key" in ln or "Permission denied (" in ln
-    ]
-    if ssh_said:
-        return ssh_said[0]
-    for line in lines:
-        if line.startswith("rsync:") and "connection unexpectedly closed" not in line:
-            return line
-    return next(
-        (ln for ln in lines if not ln.startswith("rsync error:")), lines[0] if lines else ""
-    )
 
 
 def verify_local(job: Job) -> tuple[int, str | None]:
@@ -296,8 +276,11 @@ def verify_local(job: Job) -> tuple[int, str | None]:
 
 
 def slot_name() -> str:
-    """This pool worker's name: its shared ssh connection is ``<control_dir>/<slot>``."""
-    return f"{os.getpid()}-{threading.get_ident() % 1_000_000}"
+    """This pool worker's name: its shared ssh connection is ``<control_dir>/<slot>``.
+
+    The kernel's thread id is unique among the live threads of all processes,
+    so two workers never share (and close) one connection."""
+    return f"{os.getpid()}-{threading.get_native_id()}"
 
 
 def with_slot(argv: tuple[str, ...] | None, slot: str) -> tuple[str, ...] | None:
@@ -309,7 +292,11 @@ def close_master(control_path: str) -> None:
     if os.path.exists(control_path):
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             subprocess.run(
-                close_master_argv(control_path), capture_output=True, timeout=10, check=False
+                close_master_argv(control_path),
+                capture_output=True,
+                timeout=10,
+                check=False,
+                env=child_env(os.environ),
             )
 
 
@@ -320,9 +307,14 @@ def run_job(job: Job, on_progress: ProgressFn | None = None, cancel: Any = None)
         slot = slot_name()
         argv = with_slot(job.argv, slot)
         assert argv is not None
-        job = replace(job, argv=argv, check_argv=with_slot(job.check_argv, slot))
+        job = replace(
+            job,
+            argv=argv,
+            check_argv=with_slot(job.check_argv, slot),
+            repair_argv=with_slot(job.repair_argv, slot),
+        )
         result = _run_job(job, on_progress, cancel)
-        if result.classification in ("retryable", "permanent", "cancelled"):
+        if result.classification in ("link", "setup", "cancelled"):
             close_master(
                 os.path.join(control_dir, slot)
             )  # the next attempt starts a fresh connection
@@ -330,42 +322,80 @@ def run_job(job: Job, on_progress: ProgressFn | None = None, cancel: Any = None)
     return _run_job(job, on_progress, cancel)
 
 
+class UnsafeFolder(OSError):
+    """asynchy's own folder is a symlink or not a folder: never followed, never written through."""
+
+
+def _private_dir(path: bytes) -> None:
+    """Create ``path`` (its parent must exist) or accept it as it is, if it is a real folder.
+
+    Checked with lstat: a symlink planted there is refused, not followed."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a folder"
+        raise UnsafeFolder(
+            f"{os.fsdecode(path)} is {what}: asynchy keeps its temporary files there and will "
+            "not follow it; remove it"
+        )
+
+
+def _remove_private(path: bytes) -> None:
+    """Remove this EPN's own temporary folder (never through a symlink)."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            os.unlink(path)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def prepare_folders(job: Job) -> None:
+    """The EPN's destination parent, asynchy's folder beside it, and this EPN's temporary folders."""
+    # Created here: two rsyncs with --mkpath racing for the same parent can fail with EEXIST.
+    os.makedirs(os.path.dirname(job.dest_dir), exist_ok=True)
+    for own in (job.temp_dir, job.partial_dir):
+        if own is None:
+            continue
+        for attempt in range(5):  # another transfer may remove the (empty) shared parent meanwhile
+            try:
+                _private_dir(os.path.dirname(own))
+                if own == job.temp_dir:
+                    _remove_private(own)  # what a killed attempt left behind
+                _private_dir(own)
+                break
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
+
+
 def _run_job(job: Job, on_progress: ProgressFn | None, cancel: Any) -> TransferResult:
     started = datetime.now(UTC)
     progress = (lambda done: on_progress(job.epn, done)) if on_progress is not None else None
     if not job.dry_run:
-        # Create the folders here: two rsyncs with --mkpath racing for the same parent can fail with EEXIST.
-        folder = os.path.dirname(job.dest_dir)
         try:
-            os.makedirs(folder, exist_ok=True)
-            if job.temp_dir is not None:
-                folder = job.temp_dir
-                shutil.rmtree(job.temp_dir, ignore_errors=True)  # what a killed attempt left behind
-                _make_temp_dir(job.temp_dir)
+            prepare_folders(job)
         except OSError as exc:
             now = datetime.now(UTC)
-            reason = f"cannot create {os.fsdecode(folder)}: {exc.strerror}"
+            if isinstance(exc, UnsafeFolder):
+                reason = str(exc)
+            else:
+                where = os.fsdecode(exc.filename) if exc.filename else os.fsdecode(job.dest_dir)
+                reason = f"cannot create {where}: {exc.strerror}"
             return TransferResult(
-                job.epn, job.attempt, job.token, started, now, job.argv, None, "permanent", reason
+                job.epn, job.attempt, job.token, started, now, job.argv, None, "setup", reason
             )
+    result: TransferResult | None = None
     try:
-        return _transfer(job, started, progress, cancel)
+        result = _transfer(job, started, progress, cancel)
+        return result
     finally:
+        if job.partial_dir is not None and result is not None and result.ok:
+            _remove_private(job.partial_dir)  # kept for the next attempt unless this one succeeded
         if job.temp_dir is not None:
-            shutil.rmtree(job.temp_dir, ignore_errors=True)
+            _remove_private(job.temp_dir)
             with contextlib.suppress(OSError):  # the shared parent, once no transfer uses it
                 os.rmdir(os.path.dirname(job.temp_dir))
-
-
-def _make_temp_dir(path: bytes) -> None:
-    """makedirs that survives another transfer removing the (empty) shared parent at the same moment."""
-    for attempt in range(5):
-        try:
-            os.makedirs(path, exist_ok=True)
-            return
-        except FileNotFoundError:
-            if attempt == 4:
-                raise
 
 
 def _transfer(
@@ -381,9 +411,7 @@ def _transfer(
     )
     stats = parse_stats(run.stdout)
 
-    def result(
-        classification: Classification | str, reason: str | None, **extra: Any
-    ) -> TransferResult:
+    def result(classification: FailureClass, reason: str | None, **extra: Any) -> TransferResult:
         log = run.stderr_log + ("\n[stderr truncated]" if run.log_truncated else "")
         return TransferResult(
             epn=job.epn,
@@ -404,50 +432,75 @@ def _transfer(
         )
 
     if run.error:
-        return result("permanent", run.error)
+        return result("setup", run.error)
     if run.cancelled:
         return result("cancelled", "interrupted")
-    kind = classify(run.exit_code, run.stderr)
     if run.stalled:
         return result(
-            "retryable",
-            f"no progress for {job.stall_timeout:g} s: rsync killed by the stall watchdog",
+            "link", f"no progress for {job.stall_timeout:g} s: rsync killed by the stall watchdog"
         )
+    kind = classify_exit(run.exit_code, run.stderr)
     if kind != "ok":
         said = main_complaint(run.stderr)
         return result(kind, describe_exit(run.exit_code) + (f" ({said[:300]})" if said else ""))
     if job.dry_run:
         return result("ok", None, changes=run.lines)
     if stats.regular_total == 0 and job.regular_files > 0:
+        # Never re-listed: an unmounted source would empty the inventory and "complete" an empty copy.
         return result(
             "verify",
             f"the source listed no files but the inventory has {job.regular_files}: is it mounted?",
         )
+    kind, reason = _verify(job, cancel)
+    return result(kind, reason)
+
+
+def _verify(job: Job, cancel: Any) -> tuple[FailureClass, str | None]:
+    """After rsync exit 0: the copy against the inventory, then against the source now.
+
+    docs/failures.md: a copy that matches the source but not the inventory, or
+    a source that moved on during the copy, is ``changed`` (sync lists the EPN
+    again); same size and mtime but other content is a bad copy, repaired at
+    once by checksum and otherwise ``checksum``; anything else is ``verify``.
+    """
     differences, problems = verify_local(job)
+    if job.check_argv is None:
+        if differences:
+            return "verify", f"verify: {differences} files differ from the inventory ({problems})"
+        return "ok", None
+    what = "checksum check" if job.check_checksum else "check against the source"
+    check = _check(job.check_argv, job, cancel)
+    if check.content_only and check.lines == check.content_only and job.repair_argv is not None:
+        repaired = run_rsync(
+            job.repair_argv, job.stdin, stall_timeout=job.stall_timeout, cancel=cancel
+        )
+        if repaired.cancelled:
+            return "cancelled", "interrupted"
+        if repaired.exit_code != 0:
+            kind = classify_exit(repaired.exit_code, repaired.stderr)
+            return kind, "repair by checksum: " + describe_exit(repaired.exit_code)
+        differences, problems = verify_local(job)
+        check = _check(job.check_argv, job, cancel)
+    if check.cancelled:
+        return "cancelled", "interrupted"
+    if check.exit_code != 0:
+        kind = classify_exit(check.exit_code, check.stderr)
+        return kind, f"{what}: " + describe_exit(check.exit_code)
+    moved = check.lines - check.content_only
+    if moved or (differences and not check.lines):
+        seen = (
+            f"{moved} files differ from the copy now"
+            if moved
+            else f"{differences} files differ from the inventory ({problems})"
+        )
+        return "changed", f"the source changed since it was listed ({seen}): listing it again"
+    if check.content_only:
+        return "checksum", f"verify: {check.content_only} files differ from the source by checksum"
     if differences:
-        return result(
-            "verify", f"verify: {differences} files differ from the inventory ({problems})"
-        )
-    if job.check_argv is not None:
-        check = run_rsync(
-            job.check_argv, job.stdin, stall_timeout=None, cancel=cancel, count_itemized=True
-        )
-        what = "checksum check" if job.check_checksum else "check against the source"
-        if check.cancelled:
-            return result("cancelled", "interrupted")
-        if check.exit_code != 0:
-            return result(
-                classify(check.exit_code, check.stderr),
-                f"{what}: " + describe_exit(check.exit_code),
-            )
-        if check.lines and job.check_checksum:
-            return result(
-                "verify", f"verify: {check.lines} files differ from the source by checksum"
-            )
-        if check.lines:
-            return result(
-                "changed",
-                f"the source changed during the transfer ({check.lines} files differ now): "
-                "walk it again (asynchy walk --refresh) and it will be copied again",
-            )
-    return result("ok", None)
+        return "verify", f"verify: {differences} files differ from the inventory ({problems})"
+    return "ok", None
+
+
+def _check(argv: tuple[str, ...], job: Job, cancel: Any) -> _Run:
+    # No stall watchdog: a checksum pass prints nothing while it reads a large file.
+    return run_rsync(argv, job.stdin, stall_timeout=None, cancel=cancel, count_itemized=True)

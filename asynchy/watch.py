@@ -40,7 +40,14 @@ from asynchy import claims, inventory
 from asynchy.alert import AlertOptions, AlertSummary, alert, check_templates, epns_on_server
 from asynchy.config import SshTarget
 from asynchy.db import Database
-from asynchy.errors import AsynchyError, Busy, ExitCode, HostKeyChanged, Interrupted
+from asynchy.errors import (
+    AsynchyError,
+    Busy,
+    DatabaseError,
+    ExitCode,
+    HostKeyChanged,
+    Interrupted,
+)
 from asynchy.models import epns_table
 from asynchy.portal import Portal
 from asynchy.remote.base import Tree
@@ -222,6 +229,12 @@ def watch(
                 _cycle(db, open_tree, target, opts, portal, cycle, first=number == 1)
             except KeyboardInterrupt:
                 cycle.interrupted = True
+            except Exception as exc:  # locked, full, damaged: say so, try again next cycle
+                problem = _database_problem(exc)
+                if problem is None:
+                    raise
+                cycle.problems.append(f"database: {problem}")
+                log.error("cycle %d: %s", number, problem)  # noqa: TRY400 - one line
             cycle.elapsed = time.monotonic() - started
             if not (opts.once or cycle.interrupted):
                 wait = max(0.0, opts.every - cycle.elapsed)
@@ -237,6 +250,17 @@ def watch(
                 stop.wait(max(0.0, opts.every - (time.monotonic() - started)))
             except KeyboardInterrupt:
                 raise Interrupted(f"watch stopped after cycle {number}") from None
+
+
+def _database_problem(exc: Exception) -> DatabaseError | None:
+    """The database error behind exc (asynchy's own, or SQLAlchemy's/sqlite3's), or None."""
+    if isinstance(exc, DatabaseError) and exc.exit_code == ExitCode.ERROR:
+        return exc
+    if type(exc).__module__.startswith(("sqlalchemy", "sqlite3", "psycopg")):
+        from asynchy.db import as_database_error
+
+        return as_database_error(exc)
+    return None
 
 
 def _fatal(exc: AsynchyError, first: bool) -> bool:
@@ -295,18 +319,22 @@ def _cycle(
             log.error("alert failed: %s", exc)  # noqa: TRY400 - expected: one line
     # 3. one sync batch of settled EPNs
     try:
-        synced: SyncSummary = sync(db, target, opts.sync)
+        synced: SyncSummary = sync(db, target, opts.sync, open_tree=open_tree)
+        cycle.complete, cycle.failed, cycle.bytes = (
+            len(synced.complete),
+            len(synced.failed),
+            synced.bytes,
+        )
+        if synced.stop_error is not None:  # the link went down, or the setup is wrong
+            raise synced.stop_error
+    except DatabaseError:
+        raise
     except AsynchyError as exc:
         if _fatal(exc, first):
             raise
         cycle.problems.append(f"sync: {exc}")
         log.error("sync failed: %s", exc)  # noqa: TRY400 - expected: one line
         return
-    cycle.complete, cycle.failed, cycle.bytes = (
-        len(synced.complete),
-        len(synced.failed),
-        synced.bytes,
-    )
     cutoff = datetime.now(UTC) - timedelta(seconds=opts.sync.settle or 0)
     cycle.waiting = unsettled(db, cutoff, opts.sync.max_attempts)
     if synced.interrupted:

@@ -104,3 +104,16 @@ def test_ci_runs_the_readme_test_command() -> None:
 if __name__ == "__main__":
     CLI_MD.write_text(render_cli_reference())
     print(f"wrote {CLI_MD}", file=sys.stderr)
+
+
+def test_failure_table_is_the_code() -> None:
+    """docs/failures.md's class table and asynchy.failures.POLICY name the same classes and charges."""
+    from asynchy.failures import POLICY
+
+    text = (ROOT / "docs" / "failures.md").read_text()
+    section = text.split("## The classes", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| `")]
+    documented = {cells[0].strip().strip("`"): cells[1].strip() for cells in rows}
+    assert set(documented) == set(POLICY)
+    for name, policy in POLICY.items():
+        assert documented[name] == ("yes" if policy.charged else "no"), name

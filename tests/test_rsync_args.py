@@ -8,13 +8,15 @@ import pytest
 
 from asynchy.config import SshTarget
 from asynchy.errors import ConfigError
+from asynchy.failures import backoff, classify_exit, main_complaint
 from asynchy.rsync import (
-    PARTIAL_DIR,
     RsyncOptions,
-    classify,
+    child_env,
     files_from,
+    parse_bwlimit,
     parse_stats,
     parse_version,
+    probe_argv,
     progress_bytes,
     rsync_argv,
     ssh_command,
@@ -63,14 +65,72 @@ def test_argv_copies_the_listed_folder_with_times_and_links_over_strict_ssh() ->
 def test_options_reach_rsync() -> None:
     """The original tool accepted --partial and --compress but never passed them on; asynchy does."""
     opts = RsyncOptions(compress=True, partial=True, bwlimit="10M", dry_run=True, old_rsync=True)
-    argv = rsync_argv(target=None, prefix="/data/mx/", dest_base=Path("/vault/ny79"), opts=opts)
+    argv = rsync_argv(
+        target=None,
+        prefix="/data/mx/",
+        dest_base=Path("/vault/ny79"),
+        opts=opts,
+        partial_dir=Path("/vault/ny79/.asynchy-tmp/abc.partial"),
+    )
     assert "-z" in argv
-    assert f"--partial-dir={PARTIAL_DIR}" in argv
+    # absolute, outside the EPN's tree: a data folder named like it is not excluded from the copy
+    assert "--partial-dir=/vault/ny79/.asynchy-tmp/abc.partial" in argv
+    assert "--checksum" not in argv
     assert "--bwlimit=10M" in argv
     assert "--dry-run" in argv and "--itemize-changes" in argv
     assert "--no-inc-recursive" in argv
     assert "-e" not in argv  # a local source: no ssh
     assert argv[-2:] == ["/data/mx/", "/vault/ny79/"]
+    repair = rsync_argv(
+        target=None, prefix="/d", dest_base=Path("/v"), opts=RsyncOptions(repair=True)
+    )
+    assert "--checksum" in repair  # a copy found bad is compared by content, not by size and mtime
+
+
+def test_probe_lists_only_the_prefix_over_its_own_connection() -> None:
+    opts = RsyncOptions(retry=3, control_dir="/tmp/asynchy-ssh-1-x")
+    argv = probe_argv(target=TARGET, prefix="/data/mx", opts=opts)
+    assert argv[:4] == ["rsync", "--list-only", "--dirs", "--exclude=*"]
+    assert argv[-1] == "sftp.example.org:/data/mx/"
+    ssh = argv[argv.index("-e") + 1]
+    assert "ControlPath" not in ssh and "ConnectionAttempts=1" in ssh
+
+
+@pytest.mark.parametrize(
+    "value", ["50M", "500", "1.5G", "0", "10KB", "2MiB", "0.5", "100K+1", "1m"]
+)
+def test_bwlimit_values_rsync_takes(value: str) -> None:
+    assert parse_bwlimit(value) == value
+
+
+@pytest.mark.parametrize("value", ["fast", "-1", "50 M", "5b", "0.4", "", "1X"])
+def test_bwlimit_values_rsync_refuses(value: str) -> None:
+    with pytest.raises(ConfigError, match="--bwlimit"):
+        parse_bwlimit(value)
+
+
+def test_child_environment_is_an_allow_list() -> None:
+    env = child_env(
+        {
+            "PATH": "/usr/bin",
+            "HOME": "/root",
+            "LC_TIME": "en_AU",
+            "SSH_AUTH_SOCK": "/run/agent",
+            "ASYNCHY_SMTP_PASSWORD": "hunter2",
+            "AWS_SECRET_ACCESS_KEY": "x",
+            "GITHUB_TOKEN": "y",
+            "LD_PRELOAD": "/evil.so",
+            "LC_PASSWORD": "z",
+        }
+    )
+    assert env == {
+        "PATH": "/usr/bin",
+        "HOME": "/root",
+        "LC_TIME": "en_AU",
+        "SSH_AUTH_SOCK": "/run/agent",
+        "LC_ALL": "C",
+        "LANG": "C",
+    }
 
 
 def test_checks_are_dry_runs_that_itemize() -> None:
@@ -125,36 +185,86 @@ def test_relative_destination_refused() -> None:
 
 @pytest.mark.parametrize(
     ("code", "stderr", "expected"),
-    [
+    [  # docs/failures.md, "Classes"
         (0, "", "ok"),
-        (1, "", "permanent"),
-        (2, "", "permanent"),
-        (3, "", "permanent"),
-        (4, "", "permanent"),
-        (5, "", "retryable"),
-        (10, "", "retryable"),
-        (11, "", "retryable"),
-        (12, "", "retryable"),
-        (20, "", "retryable"),
-        (23, "", "partial"),
-        (24, "", "partial"),
-        (25, "", "permanent"),
-        (30, "", "retryable"),
-        (35, "", "retryable"),
-        (127, "", "permanent"),
-        (255, "ssh: connect to host x port 22: Connection refused", "retryable"),
-        (255, "Host key verification failed.", "permanent"),
-        (255, "user@host: Permission denied (publickey).", "permanent"),
-        (-9, "", "retryable"),
-        (None, "", "permanent"),
+        (1, "", "setup"),
+        (2, "", "setup"),
+        (4, "", "setup"),
+        (25, "", "setup"),
+        (126, "", "setup"),
+        (127, "", "setup"),
+        (None, "", "setup"),
+        (255, "Host key verification failed.", "setup"),
+        (255, "user@host: Permission denied (publickey).", "setup"),
+        (
+            255,
+            "No ED25519 host key is known for [127.0.0.1]:2222 and you have requested strict",
+            "setup",
+        ),
+        (5, "", "link"),
+        (10, "", "link"),
+        (12, "", "link"),
+        (20, "", "link"),
+        (30, "", "link"),
+        (35, "", "link"),
+        (-9, "", "link"),
+        (255, "ssh: connect to host x port 22: Connection refused", "link"),
+        (255, "ssh: Could not resolve hostname nowhere: Name or service not known", "link"),
+        (3, "", "partial"),
+        (11, "", "partial"),
+        (23, 'rsync: [sender] send_files failed to open "/d/a": Permission denied (13)', "partial"),
+        (23, 'rsync: [receiver] mkstemp "/v/.a.XYZ" failed: Permission denied (13)', "setup"),
+        (11, 'rsync: [receiver] write failed on "/v/a": No space left on device (28)', "setup"),
+        (3, 'rsync: [Receiver] mkdir "/v/x" failed: Read-only file system (30)', "setup"),
+        (24, "file has vanished: /d/a", "changed"),
     ],
 )
 def test_classify(code: int | None, stderr: str, expected: str) -> None:
-    assert classify(code, stderr) == expected
+    assert classify_exit(code, stderr) == expected
 
 
-def test_cancel_wins() -> None:
-    assert classify(20, "", cancelled=True) == "cancelled"
+def test_the_complaint_is_the_cause_not_the_banner() -> None:
+    changed = """@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @
+@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!
+Someone could be eavesdropping on you right now (man-in-the-middle attack)!
+It is also possible that a host key has just been changed.
+The fingerprint for the ED25519 key sent by the remote host is
+SHA256:abc.
+Please contact your system administrator.
+Add correct host key in /k to get rid of this message.
+Offending ED25519 key in /k:1
+Host key for [127.0.0.1]:2222 has changed and you have requested strict checking.
+Host key verification failed.
+rsync: connection unexpectedly closed (0 bytes received so far) [Receiver]
+rsync error: unexplained error (code 255) at io.c(232) [Receiver=3.5.0]
+"""
+    assert main_complaint(changed) == (
+        "Host key for [127.0.0.1]:2222 has changed and you have requested strict checking."
+    )
+    refused = (
+        "ssh: connect to host 127.0.0.1 port 1: Connection refused\n"
+        "rsync: connection unexpectedly closed (0 bytes received so far) [Receiver]\n"
+        "rsync error: unexplained error (code 255) at io.c(232) [Receiver=3.5.0]\n"
+    )
+    assert main_complaint(refused) == "ssh: connect to host 127.0.0.1 port 1: Connection refused"
+    partial = (
+        'rsync: [sender] send_files failed to open "/d/a": Permission denied (13)\n'
+        "rsync error: some files/attrs were not transferred (code 23) at main.c(1338)\n"
+    )
+    assert main_complaint(partial).startswith("rsync: [sender] send_files failed to open")
+
+
+def test_backoff_is_bounded_jittered_and_grows() -> None:
+    import random
+
+    rng = random.Random(7)
+    delays = [backoff(n, 600, 6 * 3600, rng) for n in range(12)]
+    for n, d in enumerate(delays):
+        full = min(6 * 3600, 600 * 2**n)
+        assert full / 2 <= d <= full
+    assert max(delays) <= 6 * 3600 and delays[3] > delays[0]
 
 
 def test_parse_stats_and_progress() -> None:

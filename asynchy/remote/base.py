@@ -16,7 +16,7 @@ EntryKind = Literal["file", "symlink"]
 # permission: a folder we may not read; vanished: it disappeared while we walked;
 # missing: the EPN folder itself does not exist (or is not a folder);
 # bad-name: the server sent a name that is not a single path component; error: anything else.
-IssueKind = Literal["permission", "vanished", "missing", "bad-name", "error"]
+IssueKind = Literal["permission", "vanished", "missing", "bad-name", "reserved-name", "error"]
 
 FILES_CHUNK = 5000  # entries of one EPN handed over at a time
 

@@ -1,0 +1,191 @@
+"""The failure model of ``asynchy sync``: which class a result belongs to, and who pays for it.
+
+docs/failures.md is this module in prose; ``POLICY`` below is its table, and
+a test checks that the two agree.  Three questions are kept apart, as trusted
+transfer systems do: is it the *link* (the server or the network), the
+*setup* (this host's configuration), or *this EPN's data*?  Only data
+problems are charged to an EPN (count toward ``--max-attempts`` and set a
+back-off); link and setup problems are properties of the run.
+
+Everything here is pure: no I/O, no database.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+# The classes stored in ``epns.last_error_class`` and ``transfers.classification``.
+FailureClass = Literal[
+    "ok", "link", "setup", "partial", "verify", "checksum", "changed", "cancelled"
+]
+DATA_CLASSES: tuple[str, ...] = ("partial", "verify", "checksum")
+# Written by asynchy before 0.2 (revision 0006 and older); read so that old databases keep working.
+LEGACY_RETRYABLE = ("retryable",)
+LEGACY_PERMANENT = ("permanent",)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    charged: bool  # counts toward --max-attempts and sets a back-off (not_before)
+    this_run: str  # what the batch does now
+    next_run: str  # what a later run does
+
+
+POLICY: dict[str, Policy] = {
+    "link": Policy(
+        False,
+        "claim given back at once; no new EPNs start; the server is probed with spaced, "
+        "jittered back-off (--retry + 1 probes). It answers: the run goes on and the EPN may be "
+        "tried again (at most --retry + 1 attempts per run). It does not: every claim is given "
+        "back and the run ends with exit 1",
+        "takes the EPN as if nothing happened",
+    ),
+    "setup": Policy(
+        False,
+        "claim given back; no new EPNs start; the run ends with exit 2 (a changed host key: 1) "
+        "and one line naming the fix. Preflight finds most of these before anything is claimed",
+        "takes the EPN as if nothing happened, once the setup is fixed",
+    ),
+    "partial": Policy(
+        True,
+        "retried after 1, 2, 4 ... s while --retry allows, keeping the claim; then given back "
+        "as failed with not_before set",
+        "waits until not_before (10 min, doubling, at most 6 h, jittered); quarantined after "
+        "--max-attempts data failures in a row",
+    ),
+    "verify": Policy(
+        True,
+        "as partial",
+        "as partial",
+    ),
+    "checksum": Policy(
+        True,
+        "the copy is redone at once with rsync --checksum and checked again; if it still "
+        "differs, as partial",
+        "as partial, and the next copy uses rsync --checksum (a repair)",
+    ),
+    "changed": Policy(
+        False,
+        "sync lists the EPN again (a one-EPN walk --refresh), then copies it again while "
+        "--retry allows; else it is left 'changed'",
+        "copies it again (the inventory is already fresh)",
+    ),
+    "cancelled": Policy(
+        False,
+        "not an attempt: the claim is given back with the EPN's status as it was",
+        "takes the EPN as if nothing happened",
+    ),
+}
+
+
+def charged(classification: str) -> bool:
+    policy = POLICY.get(classification)
+    return policy.charged if policy is not None else classification in LEGACY_RETRYABLE
+
+
+# ------------------------------------------------------------------ classifying rsync's exit
+# ssh said something that will not change by trying again: the setup is wrong.
+_SSH_SETUP = (
+    "Host key verification failed",
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    "host key is known for",  # "No ED25519 host key is known for ... strict checking"
+    "has changed and you have requested strict checking",
+    "Permission denied (",  # "Permission denied (publickey)."
+    "Too many authentication failures",
+    "no such identity",
+    "Bad owner or permissions",
+    "bad permissions",
+    "Load key",  # "Load key ...: invalid format"
+    "Bad configuration option",
+    "command-line line",
+    "garbage at end of line",
+    "unknown option",
+)
+_LOCAL_DEST = re.compile(
+    r"\[(?i:receiver|generator)\].*(Permission denied|Read-only file system|No space left on device"
+    r"|Disk quota exceeded|Operation not permitted) \(\d+\)"
+)
+_SETUP_CODES = {1, 2, 4, 25, 126, 127}
+_LINK_CODES = {5, 10, 12, 13, 14, 15, 16, 19, 20, 21, 22, 30, 35, 124, 125}
+
+
+def classify_exit(exit_code: int | None, stderr: str) -> FailureClass:
+    """The class of one rsync run from its exit code and what it said on stderr."""
+    if exit_code == 0:
+        return "ok"
+    if exit_code is None:  # it could not even be started
+        return "setup"
+    if exit_code < 0:  # killed by a signal: our stall watchdog, the OOM killer, someone's kill -9
+        return "link"
+    if exit_code == 255:
+        return "setup" if any(s in stderr for s in _SSH_SETUP) else "link"
+    if exit_code in _SETUP_CODES:
+        return "setup"
+    if _LOCAL_DEST.search(stderr):  # our own destination refused a write: every EPN would fail
+        return "setup"
+    if exit_code == 24:  # only vanished files: the source is changing
+        return "changed"
+    if exit_code in (3, 11, 23):
+        return "partial"
+    if exit_code in _LINK_CODES:
+        return "link"
+    return "link"
+
+
+# ------------------------------------------------------------------ the most telling line of stderr
+_NOISE = (
+    "Could not chdir to home directory",
+    "Warning: Permanently added",
+    "** WARNING: connection is not using",
+    "@@@",
+    "IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY",
+    "Someone could be eavesdropping",
+    "It is also possible that a host key has just been changed",
+    "The fingerprint for the",
+    "Please contact your system administrator",
+    "Add correct host key in",
+    "Offending",
+    "  remove with:",
+    "ssh-keygen -f",
+)
+# Most specific first: the line that names the cause wins over the lines that follow from it.
+_SPECIFIC = (
+    re.compile(r"Host key for .* has changed"),
+    re.compile(r"host key is known for"),
+    re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED"),
+    re.compile(r"Permission denied \("),
+    re.compile(r"^ssh: "),
+    re.compile(r"Host key verification failed"),
+    re.compile(r"^rsync: (?!connection unexpectedly closed)(?!\[\w+\] connection unexpectedly)"),
+)
+
+
+def main_complaint(stderr: str) -> str:
+    """The line of stderr that says what went wrong (not a banner, not the login noise, not an echo)."""
+    lines = [ln.strip() for ln in stderr.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith(_NOISE)]
+    for pattern in _SPECIFIC:
+        for line in lines:
+            if pattern.search(line):
+                return line
+    return next(
+        (ln for ln in lines if not ln.startswith("rsync error:")), lines[0] if lines else ""
+    )
+
+
+# ------------------------------------------------------------------ spacing of attempts
+IN_RUN_BASE = 1.0  # seconds before the first retry of a data failure within a run
+IN_RUN_CAP = 60.0
+NEXT_RUN_BASE = 600.0  # not_before after the first data failure: 10 minutes ...
+NEXT_RUN_CAP = 6 * 3600.0  # ... doubling, at most 6 hours
+PROBE_BASE = 1.0  # circuit breaker: seconds before the second probe of the server
+PROBE_CAP = 60.0
+
+
+def backoff(n: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Delay before try n+1 (n >= 0): base * 2**n, at most cap, with 'equal jitter' (half fixed, half random)."""
+    full = min(cap, base * 2.0 ** max(0, n))
+    return full / 2 + (rng or random).uniform(0, full / 2)
