@@ -48,6 +48,8 @@ def set_busy_timeout(seconds: float) -> None:
     Set once per process by the command line before it opens a database."""
     global _busy_timeout_ms
     _busy_timeout_ms = max(1, int(seconds * 1000))
+
+
 VERSION_TABLE = "alembic_version"
 
 

@@ -57,6 +57,7 @@ def test_epn_names_of_asynchys_folders_are_refused_at_walk(cli: Any, env: dict[s
     assert result.exit_code == 3
     assert "reserved-name" in result.stdout and ".asynchy-tmp" in result.stdout
     assert sorted(statuses(env)) == ["20000a", "20001b"]
+
     def outside() -> list[str]:  # what lies beside dest (SQLite's -wal/-shm come and go)
         return sorted(p.name for p in env["tmp"].iterdir() if not p.name.endswith(("-wal", "-shm")))
 
