@@ -145,7 +145,8 @@ def settled(cutoff: Any) -> ColumnElement[bool]:
 
 
 def eligible(db: Database, max_attempts: int) -> ColumnElement[bool]:
-    """EPNs sync may take: pending, changed, failed for a retryable cause, or claimed with an expired lease."""
+    """EPNs sync may take: pending, changed, failed for a data reason once its back-off has passed, or
+    claimed with an expired lease."""
     return _eligible(_now(db), max_attempts)
 
 
@@ -401,7 +402,9 @@ def plan(
             missing = sorted(wanted - found - excluded)
             if missing:
                 rows = conn.execute(
-                    select(e.epn, e.status, e.walk_complete, e.failures).where(e.epn.in_(missing))
+                    select(e.epn, e.status, e.walk_complete, e.failures, e.not_before).where(
+                        e.epn.in_(missing)
+                    )
                 ).all()
                 known = {r.epn: r for r in rows}
                 for epn in missing:
@@ -420,6 +423,15 @@ def plan(
                         )
                     elif row.status == "running":
                         skipped[epn] = "claimed by another asynchy sync"
+                    elif (
+                        row.status == "failed"
+                        and row.not_before is not None
+                        and (row.failures < max_attempts)
+                    ):
+                        skipped[epn] = (
+                            f"failed {row.failures} times; backing off until "
+                            f"{row.not_before:%Y-%m-%d %H:%M:%S} UTC (asynchy reset {epn} to try now)"
+                        )
                     elif settled_before is not None and row.status in QUEUE_STATUSES:
                         skipped[epn] = (
                             "still being written (its newest file is younger than --settle)"

@@ -413,7 +413,8 @@ def _batch_options(f: Callable[..., Any]) -> Callable[..., Any]:
             type=click.IntRange(min=0),
             default=0,
             show_default=True,
-            help="Retries of a retryable failure within this run (with back-off); also ssh ConnectionAttempts.",
+            help="Attempts of one EPN after the first in this run (spaced); also the breaker's probes "
+            "of a server that stopped answering, and ssh ConnectionAttempts.",
         ),
         click.option(
             "--threads",
@@ -428,7 +429,7 @@ def _batch_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--partial",
             is_flag=True,
-            help="Keep partly copied files in .asynchy-partial to resume them.",
+            help="Keep partly copied files (in <dest>/.asynchy-tmp) to resume them.",
         ),
         click.option("--compress", is_flag=True, help="Compress data in transit (rsync -z)."),
         click.option(
@@ -441,7 +442,7 @@ def _batch_options(f: Callable[..., Any]) -> Callable[..., Any]:
             type=click.IntRange(min=1),
             default=5,
             show_default=True,
-            help="Failed attempts in a row (over all runs) before an EPN is quarantined.",
+            help="Data failures in a row (over all runs) before an EPN is quarantined.",
         ),
         click.option(
             "--verify",
@@ -472,7 +473,7 @@ def _batch_options(f: Callable[..., Any]) -> Callable[..., Any]:
             default=300,
             show_default=True,
             metavar="SECONDS",
-            help="Kill an rsync that shows no progress for this long (counted as a retryable failure).",
+            help="Kill an rsync that shows no progress for this long (a link failure: not charged).",
         ),
         click.option(
             "--lease",
@@ -553,9 +554,12 @@ def sync_cmd(ctx: click.Context, /, as_json: bool, **kw: Any) -> None:
     """Copy a batch of EPNs with rsync, verify each copy, record every attempt.
 
     EPNs are taken in order of their newest file (pending, changed, and
-    failed for a retryable cause); an EPN is complete only when rsync
-    succeeded and the local copy matches the inventory.  Exit code 3 when
-    some EPNs failed, 130 when interrupted.
+    failed for a data reason once their back-off has passed); an EPN is
+    complete only when rsync succeeded and the local copy matches the
+    inventory and the source.  A server outage or a setup mistake is never
+    charged to an EPN (docs/failures.md).  Exit code 3 when some EPNs were
+    not completed, 2 for a setup problem, 1 when the server cannot be
+    reached, 130 when interrupted.
 
     \b
     Example:

@@ -458,8 +458,12 @@ def test_unreadable_source_file_is_partial_then_quarantined(cli: Any, env: dict[
         assert rows(
             env["db"], "SELECT status, failures, last_exit_code, last_error_class FROM epns"
         ) == [("failed", n, 23, "partial")]
-        # backing off: a run right now does not take it
+        # backing off: a run right now does not take it, and says why when asked for it
         assert json.loads(sync(cli, env, "--json", "--max-attempts", "3").stdout)["selected"] == 0
+        asked = json.loads(
+            sync(cli, env, "--json", "--max-attempts", "3", "--epn", "20000a").stdout
+        )
+        assert asked["skipped"]["20000a"].startswith(f"failed {n} times; backing off until ")
         waits.append(backed_off(env))
     assert 300 - 2 <= waits[0] <= 600 and 600 - 2 <= waits[1] <= 1200  # 10 min, doubling, jittered
     result = sync(cli, env, "--max-attempts", "3")

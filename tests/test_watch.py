@@ -255,3 +255,30 @@ def test_sync_settle_leaves_young_epns_for_later(
         "56001b",
         "56002c",
     ]
+
+
+def test_a_locked_database_costs_one_cycle_not_the_watch(
+    cli: Any, env: dict[str, Any], write_config: Any
+) -> None:
+    """failures.md, database faults: the watch logs the error and tries again next cycle."""
+    import sqlite3
+
+    write_file(env["src"] / "57000a" / "x.cbf", b"x")
+    conf = write_config({**env["values"], "db_timeout": 1}, name="locked.yaml")
+    assert cli("--config", str(conf), "walk").exit_code == 0
+    holder = sqlite3.connect(env["db"], isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # someone holds the write lock during the first cycle
+    watch = Watch(conf, "--every", "4s", "--settle", "1s", "--json")
+    try:
+        first = watch.cycle()
+        holder.execute("ROLLBACK")
+        holder.close()
+        assert first["complete"] == 0
+        assert any("was locked for 1 s by another process" in p for p in first["problems"])
+        second = watch.cycle()
+        assert (second["cycle"], second["complete"], second["problems"]) == (2, 1, [])
+    finally:
+        code, stderr = watch.stop()
+    assert code == 130, stderr
+    assert "Traceback" not in stderr
+    assert rows(env["db"], "SELECT status, failures FROM epns") == [("complete", 0)]
