@@ -24,12 +24,12 @@ from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from asynchy import claims
 from asynchy.config import SshTarget
 from asynchy.db import Database
-from asynchy.destinations import dest_base
+from asynchy.destinations import dest_base, dest_folder, dest_path
 from asynchy.errors import AsynchyError, RemoteError, SetupError
 from asynchy.failures import (
     IN_RUN_BASE,
@@ -40,6 +40,7 @@ from asynchy.failures import (
     PROBE_CAP,
     backoff,
 )
+from asynchy.filters import Filters
 from asynchy.names import decode_name
 from asynchy.preflight import ProbeResult, error_for, probe
 from asynchy.rsync import RsyncOptions, files_from, partial_dir_for, rsync_argv, temp_dir_for
@@ -504,50 +505,33 @@ def build_job(
 ) -> tuple[Job, str]:
     """The frozen Job of one attempt (what a pool worker needs, nothing more) and the EPN's dest."""
     raw = decode_name(planned.epn)
-    base = dest_base(planned.epn, opts.dest, opts.destinations)
+    base = dest_base(planned.epn, opts.dest, opts.destinations, opts.layout)
+    folder = dest_folder(planned.epn, opts.dest, opts.destinations, opts.layout)
     temp = None if opts.dry_run else temp_dir_for(base, raw)
     partial = partial_dir_for(base, raw) if opts.partial and not opts.dry_run else None
-    copy_opts = replace(ropts, repair=repair)
-    argv = rsync_argv(
-        target=target,
-        prefix=opts.src_prefix,
-        dest_base=base,
-        opts=copy_opts,
-        temp_dir=temp,
-        partial_dir=partial,
-    )
+
+    def argv(**kw: Any) -> tuple[str, ...]:
+        return tuple(rsync_argv(target=target, prefix=opts.src_prefix, **kw))
+
+    copy = argv(opts=replace(ropts, repair=repair), temp_dir=temp, partial_dir=partial)
     check_argv = repair_argv = None
     by_checksum = opts.verify == "checksum" or repair
     if not opts.dry_run:
-        check_argv = tuple(
-            rsync_argv(
-                target=target,
-                prefix=opts.src_prefix,
-                dest_base=base,
-                opts=ropts,
-                check="checksum" if by_checksum else "quick",
-            )
-        )
+        check_argv = argv(opts=ropts, check="checksum" if by_checksum else "quick")
         if by_checksum and not repair:
-            repair_argv = tuple(
-                rsync_argv(
-                    target=target,
-                    prefix=opts.src_prefix,
-                    dest_base=base,
-                    opts=replace(ropts, repair=True),
-                    temp_dir=temp,
-                    partial_dir=partial,
-                )
-            )
+            repair_argv = argv(opts=replace(ropts, repair=True), temp_dir=temp, partial_dir=partial)
     expected = () if opts.dry_run else claims.expected_files(db, planned.epn)
+    rules = Filters(opts.include, opts.exclude)
+    if rules:  # what rsync is told to leave out is not expected in the copy
+        expected = tuple(x for x in expected if not rules.excludes(x[0]))
     job = Job(
         epn=planned.epn,
         epn_raw=raw,
         attempt=(claimed.attempts if claimed else 0) + tries + 1,
         token=claimed.token if claimed else 0,
-        argv=tuple(argv),
+        argv=copy,
         stdin=files_from(raw),
-        dest_dir=os.fsencode(base) + b"/" + raw,
+        dest_dir=folder,
         temp_dir=os.fsencode(temp) if temp is not None else None,
         partial_dir=os.fsencode(partial) if partial is not None else None,
         control_dir=ropts.control_dir,
@@ -559,4 +543,4 @@ def build_job(
         stall_timeout=opts.stall_timeout,
         dry_run=opts.dry_run,
     )
-    return job, str(base / planned.epn)
+    return job, str(dest_path(planned.epn, opts.dest, opts.destinations, opts.layout))

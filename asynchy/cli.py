@@ -460,7 +460,34 @@ def _batch_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--mapped-only",
             is_flag=True,
-            help="Skip EPNs whose number has no destinations entry.",
+            help="Skip EPNs whose number has no destinations entry (the default when "
+            "destinations are configured).",
+        ),
+        click.option(
+            "--include-unmapped",
+            is_flag=True,
+            default=None,
+            help="With destinations: copy unmapped EPNs too, into dest/EPN [config: copy_unmapped].",
+        ),
+        click.option(
+            "--exclude",
+            "exclude",
+            multiple=True,
+            metavar="PATTERN",
+            help="rsync exclude pattern (repeatable); verification skips what it leaves out "
+            "[config: exclude].",
+        ),
+        click.option(
+            "--include",
+            "include",
+            multiple=True,
+            metavar="PATTERN",
+            help="rsync include pattern, checked before the excludes (repeatable) [config: include].",
+        ),
+        click.option(
+            "--chmod",
+            metavar="RULES",
+            help="rsync --chmod rules, with --perms, e.g. Dg+s,ug+w,o-wx,ug+X [config: chmod].",
         ),
         click.option(
             "--destinations",
@@ -503,6 +530,10 @@ def _sync_settings(ctx: click.Context, kw: dict[str, Any], **more: Any) -> Any:
         destinations=kw["destinations"],
         timeout=kw["timeout"],
         threads=kw["threads"],
+        copy_unmapped=kw["include_unmapped"],
+        exclude=kw["exclude"] or None,
+        include=kw["include"] or None,
+        chmod=kw["chmod"],
         **more,
     )
 
@@ -525,11 +556,17 @@ def _sync_options(settings: Any, kw: dict[str, Any], **more: Any) -> Any:
         bwlimit=kw["bwlimit"],
         max_attempts=kw["max_attempts"],
         verify="checksum" if kw["checksum"] else kw["verify"],
-        mapped_only=kw["mapped_only"],
+        # With a destination map, only mapped EPNs are copied (as mxsync) unless asked otherwise.
+        mapped_only=kw["mapped_only"]
+        or (bool(settings.destinations) and not settings.copy_unmapped),
         stall_timeout=kw["stall_timeout"],
         lease=kw["lease"],
         destinations=settings.destinations,
         rsync=settings.rsync,
+        layout=settings.layout,
+        include=settings.include or (),
+        exclude=settings.exclude or (),
+        chmod=settings.chmod,
         **more,
     )
 
@@ -804,7 +841,7 @@ def destinations_cmd(ctx: click.Context, /, unmapped: bool, fmt: str) -> None:
 
     settings, db = _open_existing(ctx)
     try:
-        rows = reports.destinations(db, settings.destinations, settings.dest)
+        rows = reports.destinations(db, settings.destinations, settings.dest, settings.layout)
     finally:
         db.close()
     if unmapped:
@@ -1098,6 +1135,9 @@ def verify_cmd(
             target=target,
             src_prefix=settings.src_prefix,
             destinations=settings.destinations,
+            layout=settings.layout,
+            include=settings.include or (),
+            exclude=settings.exclude or (),
             rsync=settings.rsync,
         )
     finally:

@@ -236,9 +236,57 @@ def _as_portal(value: Any) -> dict[str, Any]:
 
 
 def _as_level(value: Any) -> str:
-    text = _as_str(value).upper()
+    text = _as_str(value).strip().upper()
+    text = text.removeprefix("LOGGING.")  # HPC ASSyncy wrote logging.DEBUG, logging.INFO, ...
     if text not in LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return text
+
+
+LAYOUT_FIELDS = ("project", "epn", "number")
+
+
+def _as_layout(value: Any) -> str:
+    """Where an EPN goes below dest: a template of {project}, {epn}, {number}, e.g. {project}/{epn}/data."""
+    import string
+
+    text = _as_line(value).strip().strip("/")
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+    except ValueError:
+        raise ValueError("must be a template such as {project}/{epn} or {epn}") from None
+    unknown = [f for f in fields if f not in LAYOUT_FIELDS]
+    if unknown:
+        raise ValueError(
+            f"has an unknown field {{{unknown[0]}}} (known: {{project}}, {{epn}}, {{number}})"
+        )
+    if "epn" not in fields:
+        raise ValueError("must hold {epn}, so that every EPN has a folder of its own")
+    parts = text.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError("must be a relative path without '..', '.' or empty parts")
+    if "{epn}" not in parts:
+        raise ValueError("must have {epn} as a whole folder name, e.g. {project}/{epn}/data")
+    return text
+
+
+def _as_patterns(value: Any) -> tuple[str, ...]:
+    """rsync filter patterns: a list, or one pattern per line."""
+    items = value if isinstance(value, (list, tuple)) else str(value).splitlines()
+    out = tuple(str(i).strip() for i in items if str(i).strip())
+    for pattern in out:
+        if any(ord(c) < 32 for c in pattern):
+            raise ValueError(f"pattern {pattern!r} holds a control character")
+    return out
+
+
+def _as_chmod(value: Any) -> str:
+    import re
+
+    text = _as_line(value)
+    item = r"[DF]?[ugoa]*[-+=][rwxXst]*|[DF]?[0-7]{3,4}"
+    if not re.fullmatch(rf"(?:{item})(?:,(?:{item}))*", text):
+        raise ValueError("must be rsync --chmod rules such as Dg+s,ug+w,o-wx,ug+X")
     return text
 
 
@@ -317,6 +365,42 @@ KEYS: dict[str, KeySpec] = {
             "mapping",
         ),
         KeySpec("rsync", _as_str, "rsync", "the rsync program (>= 3.4.1)", "path"),
+        KeySpec(
+            "layout",
+            _as_layout,
+            None,
+            "where an EPN goes below dest: {project}/{epn} (default with destinations), {epn} "
+            "(default without), {project}/{epn}/data (default for an HPC ASSyncy config)",
+            "template",
+        ),
+        KeySpec(
+            "copy_unmapped",
+            _as_bool,
+            False,
+            "with destinations: also copy EPNs whose number has no entry (into dest/{epn})",
+            "boolean",
+        ),
+        KeySpec(
+            "exclude",
+            _as_patterns,
+            None,
+            "rsync exclude patterns (checked in order, after include)",
+            "list",
+        ),
+        KeySpec(
+            "include", _as_patterns, None, "rsync include patterns, checked before exclude", "list"
+        ),
+        KeySpec(
+            "chmod", _as_chmod, None, "rsync --chmod rules (with --perms), e.g. Dg+s,ug+w", "rules"
+        ),
+        KeySpec(
+            "ignore_file",
+            _as_str,
+            None,
+            "an HPC ASSyncy ignore.yml: its previouslySynched EPNs count as already copied",
+            "path",
+        ),
+        KeySpec("comment", _as_str, None, "free text, ignored (HPC ASSyncy's comment)"),
         KeySpec("threads", _as_count, 2, "EPNs copied at once by sync and watch", "integer"),
         KeySpec("every", _as_interval, 3600.0, "time between two watch cycles", "duration"),
         KeySpec(
@@ -338,6 +422,26 @@ KEYS: dict[str, KeySpec] = {
             "folder with alert.txt.j2 / alert.html.j2 replacing the shipped ones",
             "path",
         ),
+        KeySpec(
+            "alert_template_text",
+            _as_str,
+            None,
+            "file name of the text template in alert_templates (default alert.txt.j2)",
+        ),
+        KeySpec(
+            "alert_template_html",
+            _as_str,
+            None,
+            "file name of the HTML template in alert_templates (default alert.html.j2)",
+        ),
+        KeySpec(
+            "alert_only_with_details",
+            _as_bool,
+            False,
+            "send an alert only when some unknown EPN has portal visit details (HPC ASSyncy's rule)",
+            "boolean",
+        ),
+        KeySpec("alert_log_file", _as_str, None, "also write the alert's log lines here", "path"),
         KeySpec(
             "realert_days",
             _as_days,
@@ -375,12 +479,27 @@ HPC_ASSYNCY_KEYS = {
     "epnalert-email-to": "alert_to",
     "epnalert-email-from": "alert_from",
     "epnalert-template-folder": "alert_templates",
+    "epnalert-template-text": "alert_template_text",
+    "epnalert-template-html": "alert_template_html",
+    "ignore": "ignore_file",
 }
-HPC_ASSYNCY_IGNORED = {
-    "ignore": "import its EPNs once with `asynchy merge {value}`; asynchy records transfers in the database",
-    "epnalert-template-text": "asynchy's templates are alert.txt.j2 and alert.html.j2 in alert_templates",
-    "epnalert-template-html": "asynchy's templates are alert.txt.j2 and alert.html.j2 in alert_templates",
+# What an HPC ASSyncy site had without saying so (mxsync's rsync options, its layout, epnalert's rule);
+# an asynchy key in the same file wins.
+HPC_ASSYNCY_DEFAULTS: dict[str, Any] = {
+    "layout": "{project}/{epn}/data",
+    "include": (".info",),
+    "exclude": (".*",),
+    "chmod": "Dg+s,ug+w,o-wx,ug+X",
+    "alert_only_with_details": True,
 }
+HPC_ASSYNCY_IGNORED: dict[str, str] = {}
+# as-walker's config.yml (asfiles.py).
+ASWALKER_KEYS = {"hostname": "host", "key_path": "keypath"}
+ASWALKER_IGNORED = {
+    "epns_path": "asynchy walks every EPN folder under src_prefix; to walk only the institution's "
+    "EPNs, list them in a file (one a line) and pass `asynchy walk --epn-file FILE`",
+}
+MERC_KEYS = ("host", "port", "user", "keypath", "db")
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +535,13 @@ class Settings:
     db_timeout: float = 60.0
     destinations: Mapping[str, str] | None = None
     rsync: str = "rsync"
+    layout: str | None = None
+    copy_unmapped: bool = False
+    exclude: tuple[str, ...] | None = None
+    include: tuple[str, ...] | None = None
+    chmod: str | None = None
+    ignore_file: str | None = None
+    comment: str | None = None
     threads: int = 2
     every: float = 3600.0
     settle: float = 3600.0
@@ -423,6 +549,10 @@ class Settings:
     alert_from: str | None = None
     alert_subject: str = "Unknown ownership of EPNs"
     alert_templates: str | None = None
+    alert_template_text: str | None = None
+    alert_template_html: str | None = None
+    alert_only_with_details: bool = False
+    alert_log_file: str | None = None
     realert_days: float | None = None
     smtp_host: str = "localhost"
     smtp_port: int = 25
@@ -431,6 +561,7 @@ class Settings:
     smtp_password_file: str | None = None
     portal: Mapping[str, Any] | None = None
     notes: tuple[tuple[int, str], ...] = ()  # (log level, text): HPC ASSyncy keys read or ignored
+    merc_missing: tuple[str, ...] = ()  # a MeRC asynchy config file without some of its five keys
     config_path: Path = field(default_factory=lambda: Path(DEFAULT_CONFIG).expanduser())
     config_exists: bool = False
     origin: Mapping[str, str] = field(default_factory=dict)
@@ -457,6 +588,11 @@ class Settings:
         return value
 
     def ssh_target(self) -> SshTarget:
+        if self.merc_missing:
+            raise ConfigError(
+                f"config file {self.config_path} lacks {', '.join(self.merc_missing)}: a MeRC asynchy "
+                "config names host, port, user, keypath and db; add the missing ones"
+            )
         host = self.require("host")
         keypath = Path(self.keypath).expanduser() if self.keypath else None
         if keypath is not None and not keypath.is_file():
@@ -488,6 +624,9 @@ def _from_hpc_assyncy(
     """HPC ASSyncy's keys as asynchy keys (docs/configuration.md lists them); notes say what was done."""
     out = {str(k): v for k, v in data.items()}
     notes: list[tuple[int, str]] = []
+    hpc = any(
+        k in out for k in (*HPC_ASSYNCY_KEYS, "sync-frequency-hours", "log-files", "beamline")
+    )
 
     def take(old: str, new: str, value: Any) -> None:
         if new in out and out[new] is not None:
@@ -510,13 +649,28 @@ def _from_hpc_assyncy(
             ) from None
     if "log-files" in out:
         files = out.pop("log-files")
-        take("log-files", "log_file", files.get("sync") if isinstance(files, dict) else files)
-    if "epnalert-smtp" in out:
-        server = str(out.pop("epnalert-smtp"))
-        host, _, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
-        take("epnalert-smtp", "smtp_host", host)
-        if port:
-            out.setdefault("smtp_port", port)
+        if isinstance(files, dict):
+            take("log-files.sync", "log_file", files.get("sync"))
+            alert_log = files.get("epnalert") or files.get("email")
+            if alert_log:
+                take("log-files.epnalert", "alert_log_file", alert_log)
+            if files.get("email") and files.get("email") != alert_log:
+                notes.append(
+                    (
+                        logging.WARNING,
+                        f"config file {path}: HPC ASSyncy key 'log-files.email' is not used: the "
+                        f"alert's e-mail lines go to log-files.epnalert ({alert_log})",
+                    )
+                )
+        else:
+            take("log-files", "log_file", files)
+    for smtp_key in ("epnalert-email-smtp", "epnalert-smtp"):
+        if smtp_key in out:
+            server = str(out.pop(smtp_key))
+            host, _, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
+            take(smtp_key, "smtp_host", host)
+            if port:
+                out.setdefault("smtp_port", port)
     if "beamline" in out:
         beamline = str(out.pop("beamline")).strip("/")
         if out.get("src_prefix") is None:
@@ -531,12 +685,33 @@ def _from_hpc_assyncy(
             value = out.pop(old)
             text = f"config file {path}: HPC ASSyncy key '{old}' is not used: "
             notes.append((logging.WARNING, text + why.format(value=value)))
+    if hpc:
+        for key, value in HPC_ASSYNCY_DEFAULTS.items():
+            if out.get(key) is None:
+                out[key] = value
+                notes.append(
+                    (
+                        logging.INFO,
+                        f"config file {path}: HPC ASSyncy site: {key} {value!r} (as mxsync)",
+                    )
+                )
+    for old, new in ASWALKER_KEYS.items():
+        if old in out:
+            if out.get(new) is not None:
+                raise ConfigError(
+                    f"config file {path}: both '{old}' (as-walker) and '{new}' are set: keep '{new}'"
+                )
+            out[new] = out.pop(old)
+            notes.append(
+                (logging.INFO, f"config file {path}: as-walker key '{old}' read as '{new}'")
+            )
+    for old, why in ASWALKER_IGNORED.items():
+        if old in out:
+            out.pop(old)
+            notes.append(
+                (logging.WARNING, f"config file {path}: as-walker key '{old}' is not used: {why}")
+            )
     return out, notes
-
-
-def read_config_file(path: Path, *, must_exist: bool) -> dict[str, Any]:
-    """Parse and validate the YAML file; returns {} for an absent optional file."""
-    return _read_config_file(path, must_exist=must_exist)[0]
 
 
 def _read_config_file(
@@ -571,6 +746,7 @@ def _read_config_file(
         raise ConfigError(
             f"config file {path} must hold 'key: value' lines, not a {type(data).__name__}"
         )
+    given = {str(k) for k in data}
     data, notes = _from_hpc_assyncy(data, path)
     values: dict[str, Any] = {}
     for key, raw in data.items():
@@ -597,6 +773,8 @@ def _read_config_file(
                 f"chmod 600 {path}, or use password_file / password_env",
             )
         )
+    if "host" in given and given <= set(MERC_KEYS):  # shaped like MeRC asynchy's ~/.as.yaml
+        values["merc_missing"] = tuple(k for k in MERC_KEYS if k not in given)
     return values, notes
 
 
@@ -636,6 +814,7 @@ def load_settings(
     else:
         path, explicit = default_config_path(env)
     file_values, notes = _read_config_file(path, must_exist=explicit)
+    merc_missing = file_values.pop("merc_missing", ())
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for name, spec in KEYS.items():
@@ -648,9 +827,12 @@ def load_settings(
         elif name in file_values:
             values[name] = file_values[name]
             origin[name] = f"config file {path}"
+    if merc_missing:  # what the options and the environment give counts too
+        merc_missing = tuple(k for k in merc_missing if k not in origin)
     return Settings(
         **values,
         notes=tuple(notes),
+        merc_missing=merc_missing,
         config_path=path,
         config_exists=path.is_file(),
         origin=origin,

@@ -1,15 +1,27 @@
-"""Where an EPN goes: ``dest/<epn>``, or ``dest/<folder>/<epn>`` when its number is mapped.
+"""Where an EPN goes: the destination map and the layout template.
 
 The map (config ``destinations``, the HPC ASSyncy ``epn_cap_map``) goes from
 an EPN *number* - the digits before the letter suffix, ``12282`` for
-``12282a`` - to a folder, relative to ``dest`` or absolute.
+``12282a`` - to a project folder, relative to ``dest`` or absolute.  The
+layout (config ``layout``) places the EPN below ``dest``: ``{project}/{epn}``
+by default when a map exists, ``{epn}`` without one, ``{project}/{epn}/data``
+for an HPC ASSyncy site.  An EPN without a map entry (copied only with
+``copy_unmapped``) goes to ``dest/{epn}``.
+
+The EPN's own folder is the template's ``{epn}`` part; parts after it (such as
+``data``) are folders inside it that receive the EPN's content.  rsync's
+temporary files live beside the EPN folder (``<holder>/.asynchy-tmp``).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+
+from asynchy.errors import ConfigError
+from asynchy.names import decode_name
 
 _NUMBER = re.compile(r"\d+")
 
@@ -25,16 +37,74 @@ def is_mapped(epn: str, destinations: Mapping[str, str] | None) -> bool:
     return bool(destinations) and number is not None and number in (destinations or {})
 
 
-def dest_base(epn: str, dest: Path, destinations: Mapping[str, str] | None) -> Path:
-    """The folder that will hold the EPN's folder (absolute)."""
-    number = epn_number(epn)
-    folder = (destinations or {}).get(number or "")
-    if folder is None:
-        return dest
-    path = Path(folder)
-    return path if path.is_absolute() else dest / path
+def resolve_layout(layout: str | None, destinations: Mapping[str, str] | None) -> str:
+    """The layout in force; ConfigError for one that cannot work with this map."""
+    if layout is None:
+        return "{project}/{epn}" if destinations else "{epn}"
+    if "{project}" in layout and not destinations:
+        raise ConfigError(
+            f"layout {layout!r} uses {{project}} but no destinations are configured: "
+            "add destinations (epn_cap_map) or use a layout without {project}"
+        )
+    return layout
 
 
-def dest_path(epn: str, dest: Path, destinations: Mapping[str, str] | None) -> Path:
-    """The EPN's own folder: ``<dest_base>/<epn>``."""
-    return dest_base(epn, dest, destinations) / epn
+def _parts(
+    epn: str, layout: str, destinations: Mapping[str, str] | None
+) -> tuple[str | None, list[str], list[str]]:
+    """(absolute project folder or None, the parts before {epn}, the parts after it)."""
+    number = epn_number(epn) or ""
+    project = (destinations or {}).get(number)
+    parts = layout.split("/")
+    at = parts.index("{epn}")
+    before, after = parts[:at], parts[at + 1 :]
+    if project is None:  # unmapped: dest/{epn}, with the layout's parts that need no project
+        before = [p for p in before if "{project}" not in p]
+        after = [p for p in after if "{project}" not in p]
+    absolute = None
+    if project is not None and Path(project).is_absolute() and before[:1] == ["{project}"]:
+        absolute, before = project, before[1:]
+    fields = {"project": project or "", "number": number, "epn": epn}
+    return (
+        absolute,
+        [p.format(**fields) for p in before],
+        [p.format(**fields) for p in after],
+    )
+
+
+def dest_base(
+    epn: str, dest: Path, destinations: Mapping[str, str] | None, layout: str | None = None
+) -> Path:
+    """The folder that holds the EPN's own folder (absolute)."""
+    absolute, before, _ = _parts(epn, resolve_layout(layout, destinations), destinations)
+    return Path(absolute or dest).joinpath(*before)
+
+
+def dest_path(
+    epn: str, dest: Path, destinations: Mapping[str, str] | None, layout: str | None = None
+) -> Path:
+    """Where the EPN's content goes, as text (``asynchy destinations``, ``epns.dest_path``)."""
+    _, _, after = _parts(epn, resolve_layout(layout, destinations), destinations)
+    return dest_base(epn, dest, destinations, layout).joinpath(epn, *after)
+
+
+def dest_folder(
+    epn: str, dest: Path, destinations: Mapping[str, str] | None, layout: str | None = None
+) -> bytes:
+    """The exact bytes of the folder that receives the EPN's content (the EPN name is raw bytes)."""
+    _, _, after = _parts(epn, resolve_layout(layout, destinations), destinations)
+    folder = os.fsencode(dest_base(epn, dest, destinations, layout)) + b"/" + decode_name(epn)
+    for part in after:
+        folder += b"/" + os.fsencode(part)
+    return folder
+
+
+def stored_folder(stored: str, epn: str) -> bytes:
+    """The bytes of a recorded ``epns.dest_path`` (its EPN component is stored in escaped form)."""
+    parts = stored.split("/")
+    if epn not in parts:
+        return os.fsencode(stored)
+    at = len(parts) - 1 - parts[::-1].index(epn)
+    head = os.fsencode("/".join(parts[:at]))
+    tail = "/".join(parts[at + 1 :])
+    return head + b"/" + decode_name(epn) + (b"/" + os.fsencode(tail) if tail else b"")

@@ -102,10 +102,12 @@ class MergeSummary:
     changed: int = 0
     conflicts: int = 0
     transfers_added: int = 0
+    legacy_timezone: str | None = None  # the zone naive legacy times were read in (if any were)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "inputs": [{"path": p, "kind": k} for p, k in self.inputs],
+            "legacy_timezone": self.legacy_timezone,
             "epns": self.epns,
             "epns_added": self.epns_added,
             "files_added": self.files_added,
@@ -872,7 +874,11 @@ def _upsert_epns(
         conn.execute(stmt, chunk)
 
 
-def _legacy_zone(name: str | None) -> tzinfo:
+def _legacy_zone(name: str | None) -> ZoneInfo:
+    """The zone the older tools' naive local times are read in: by name, with its daylight saving.
+
+    Default: this machine's zone - ``TZ``, else the zone ``/etc/localtime`` links to - never a
+    fixed offset (December's +11 would shift every July time of Melbourne by an hour)."""
     if name:
         try:
             return ZoneInfo(name)
@@ -880,9 +886,28 @@ def _legacy_zone(name: str | None) -> tzinfo:
             raise UsageError(
                 f"--legacy-timezone {name!r} is not a time zone (e.g. Australia/Melbourne)"
             ) from None
-    zone = datetime.now().astimezone().tzinfo
-    assert zone is not None
-    return zone
+    return machine_zone()
+
+
+def machine_zone() -> ZoneInfo:
+    tz = os.environ.get("TZ", "").lstrip(":")
+    if tz:
+        try:
+            return ZoneInfo(tz)
+        except Exception:
+            raise UsageError(
+                f"TZ={tz!r} is not a time zone name: set TZ to e.g. Australia/Melbourne, or pass "
+                "--legacy-timezone"
+            ) from None
+    try:
+        target = os.path.realpath("/etc/localtime")
+        marker = "/zoneinfo/"
+        if marker in target:
+            return ZoneInfo(target.split(marker, 1)[1])
+        with open("/etc/localtime", "rb") as fh:
+            return ZoneInfo.from_file(fh, key="localtime")
+    except (OSError, ValueError):
+        return ZoneInfo("UTC")
 
 
 def _busy(db: Database) -> None:
@@ -925,6 +950,8 @@ def merge(
                 source.orphans,
             )
     summary = MergeSummary(inputs=[(s.name, s.label()) for s in sources])
+    if any(s.kind == "legacy" for s in sources):
+        summary.legacy_timezone = zone.key
     target_path = None if "://" in target else Path(target).expanduser().resolve()
     if target_path is not None and any(s.path == target_path for s in sources):
         raise UsageError(f"{target_path} is both an input and the target")

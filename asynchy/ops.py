@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +13,9 @@ from sqlalchemy import func, select, update
 from asynchy import claims
 from asynchy.config import SshTarget
 from asynchy.db import Database
-from asynchy.destinations import dest_base
+from asynchy.destinations import dest_folder, stored_folder
 from asynchy.errors import UsageError
+from asynchy.filters import Filters
 from asynchy.models import epns_table
 from asynchy.names import decode_name
 from asynchy.rsync import RsyncOptions, files_from, rsync_argv, rsync_version
@@ -124,6 +124,9 @@ def verify(
     target: SshTarget | None = None,
     src_prefix: str | None = None,
     destinations: Any = None,
+    layout: str | None = None,
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
     rsync: str = "rsync",
     on_epn: Callable[[str, bool], None] | None = None,
 ) -> Verified:
@@ -138,7 +141,10 @@ def verify(
             raise UsageError("--checksum compares with the source: src_prefix must be set")
         version, line = rsync_version(rsync)
         log.info("using %s", line)
-        ropts = RsyncOptions(rsync=rsync, old_rsync=version < (3, 4, 3))
+        ropts = RsyncOptions(
+            rsync=rsync, old_rsync=version < (3, 4, 3), include=include, exclude=exclude
+        )
+    rules = Filters(include, exclude)
     with db.read() as conn:
         query = select(e.epn, e.status, e.dest_path).where(e.status == "complete").order_by(e.epn)
         if epns:
@@ -155,9 +161,14 @@ def verify(
             out.missing[row.epn] = f"status {row.status}: only complete EPNs are verified"
             continue
         raw = decode_name(row.epn)
-        base = (
-            Path(row.dest_path).parent if row.dest_path else dest_base(row.epn, dest, destinations)
+        folder = (
+            stored_folder(row.dest_path, row.epn)
+            if row.dest_path
+            else dest_folder(row.epn, dest, destinations, layout)
         )
+        expected = claims.expected_files(db, row.epn)
+        if rules:
+            expected = tuple(x for x in expected if not rules.excludes(x[0]))
         job = Job(
             epn=row.epn,
             epn_raw=raw,
@@ -165,8 +176,8 @@ def verify(
             token=0,
             argv=(),
             stdin=files_from(raw),
-            dest_dir=os.fsencode(base) + b"/" + raw,
-            expected=claims.expected_files(db, row.epn),
+            dest_dir=folder,
+            expected=expected,
             regular_files=0,
         )
         count, problems = verify_local(job)
@@ -174,11 +185,14 @@ def verify(
         kind = "verify"
         if reason is None and ropts is not None:
             assert src_prefix is not None
-            argv = rsync_argv(
-                target=target, prefix=src_prefix, dest_base=base, opts=ropts, check="checksum"
-            )
+            argv = rsync_argv(target=target, prefix=src_prefix, opts=ropts, check="checksum")
             run = run_rsync(
-                tuple(argv), job.stdin, stall_timeout=None, cancel=None, count_itemized=True
+                tuple(argv),
+                job.stdin,
+                cwd=folder,
+                stall_timeout=None,
+                cancel=None,
+                count_itemized=True,
             )
             if run.exit_code != 0:
                 reason = f"checksum check failed: rsync exit {run.exit_code}: {run.stderr.strip()[-300:]}"

@@ -415,6 +415,8 @@ def merge_summary(data: dict[str, Any]) -> str:
         f"{data['conflicts_resolved']:,} conflicts resolved, {data['transfers_added']:,} transfers added"
     ]
     lines += [f"  {shown(i['path'])}: {i['kind']}" for i in data["inputs"]]
+    if data.get("legacy_timezone"):
+        lines.append(f"  legacy local times read in {data['legacy_timezone']} (--legacy-timezone)")
     return "\n".join(lines)
 
 

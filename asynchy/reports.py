@@ -307,7 +307,7 @@ def show(db: Database, epn: str) -> dict[str, Any]:
 
 
 def destinations(
-    db: Database, mapping: Mapping[str, str] | None, dest: str | None
+    db: Database, mapping: Mapping[str, str] | None, dest: str | None, layout: str | None = None
 ) -> list[dict[str, Any]]:
     """Every EPN of the inventory with its EPN number, its mapping and where sync puts it."""
     from pathlib import Path
@@ -327,7 +327,7 @@ def destinations(
                 "number": number,
                 "mapped": mapped,
                 "folder": (mapping or {}).get(number or "") if mapped else None,
-                "dest_path": str(dest_path(epn, base, mapping)),
+                "dest_path": str(dest_path(epn, base, mapping, layout)),
                 "status": status_,
             }
         )

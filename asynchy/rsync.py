@@ -45,6 +45,11 @@ class RsyncOptions:
     old_rsync: bool = False  # < 3.4.3: add --no-inc-recursive (CVE-2026-43620 workaround)
     control_dir: str | None = None  # ssh connection sharing: one master connection per pool worker
     repair: bool = False  # --checksum: compare content, not size and mtime (a copy found bad)
+    include: tuple[
+        str, ...
+    ] = ()  # rsync filter rules, includes first (as mxsync's --include .info)
+    exclude: tuple[str, ...] = ()
+    chmod: str | None = None  # --chmod=... --perms (HPC ASSyncy: Dg+s,ug+w,o-wx,ug+X)
 
 
 SLOT = "@slot@"  # replaced by each pool worker with its own name (see transfer.with_slot)
@@ -166,21 +171,23 @@ def rsync_argv(
     *,
     target: SshTarget | None,
     prefix: str,
-    dest_base: Path,
     opts: RsyncOptions,
     check: Literal["quick", "checksum"] | None = None,
     temp_dir: Path | None = None,
     partial_dir: Path | None = None,
 ) -> list[str]:
-    """argv for copying the EPN folders listed on stdin (NUL-terminated) from prefix into dest_base.
+    """argv for copying the content of the EPN folder named on stdin (``files_from``) from prefix
+    into the current folder: rsync runs in the EPN's destination folder, so that no EPN name is
+    ever part of an argument list.
 
     ``check`` builds a verification run instead: a dry run that itemizes every
     file that differs between the source *now* and the local copy, by size and
     time (``quick``: did the source change during the transfer?) or also by
     content (``checksum``).
     """
-    if not dest_base.is_absolute():
-        raise ValueError("dest_base must be absolute")
+    for own in (temp_dir, partial_dir):
+        if own is not None and not own.is_absolute():
+            raise ValueError("asynchy's temporary folders must be absolute")
     argv = [
         opts.rsync,
         "-rlt",  # recursive, symlinks as symlinks, modification times (as the original asynchy)
@@ -209,11 +216,16 @@ def rsync_argv(
             argv.append("-z")
         if opts.bwlimit:
             argv.append(f"--bwlimit={parse_bwlimit(opts.bwlimit)}")
+        if opts.chmod:
+            argv += ["--perms", f"--chmod={opts.chmod}"]
+    # The same filters for the copy and for its checks: an excluded file is not "missing".
+    argv += [f"--include={p}" for p in opts.include]
+    argv += [f"--exclude={p}" for p in opts.exclude]
     if opts.old_rsync:
         argv.append("--no-inc-recursive")
     if target is not None:
         argv += ["-e", ssh_command(target, opts)]
-    argv += [remote_base(target, prefix), str(dest_base) + "/"]
+    argv += [remote_base(target, prefix), "./"]
     return argv
 
 
@@ -303,8 +315,12 @@ def child_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def files_from(epn: bytes) -> bytes:
-    """stdin for rsync: the EPN folder, NUL-terminated (read exactly by --from0)."""
-    return epn + b"\0"
+    """stdin for rsync: the EPN folder, NUL-terminated (read exactly by --from0).
+
+    ``EPN/./``: with --files-from's implied --relative, the ``/./`` marks where
+    the copied path starts, so the *content* of the EPN folder lands in the
+    destination folder (which may be ``<project>/<epn>/data``)."""
+    return epn + b"/./\0"
 
 
 # ------------------------------------------------------------------ reading rsync's output

@@ -33,6 +33,7 @@ from asynchy import claims
 from asynchy.batch import Batch, Event, Finished, Progressed
 from asynchy.config import SshTarget
 from asynchy.db import Database
+from asynchy.destinations import resolve_layout
 from asynchy.errors import AsynchyError, SetupError, UsageError
 from asynchy.preflight import check_dest, check_options, check_source
 from asynchy.processes import pid_alive
@@ -67,6 +68,10 @@ class SyncOptions:
     destinations: Mapping[str, str] | None = None
     rsync: str = "rsync"
     settle: float | None = None  # seconds: only EPNs whose newest file is at least this old
+    layout: str | None = None  # where an EPN goes below dest (destinations.resolve_layout)
+    include: tuple[str, ...] = ()  # rsync filter rules (and verification skips what they leave out)
+    exclude: tuple[str, ...] = ()
+    chmod: str | None = None
 
 
 class SyncProgress(Protocol):
@@ -314,6 +319,7 @@ def sync(
     version, version_line = rsync_version(opts.rsync)
     log.info("using %s", version_line)
     check_dest(opts.dest, write=not opts.dry_run)
+    resolve_layout(opts.layout, opts.destinations)
     ropts = RsyncOptions(
         rsync=opts.rsync,
         compress=opts.compress,
@@ -322,10 +328,13 @@ def sync(
         dry_run=opts.dry_run,
         retry=opts.retry,
         old_rsync=version < (3, 4, 3),
+        include=opts.include,
+        exclude=opts.exclude,
+        chmod=opts.chmod,
     )
     # ssh options that cannot be built fail here; the server, its host key, our login, its rsync and
     # src_prefix are checked by one small rsync - all before the database is touched.
-    rsync_argv(target=target, prefix=opts.src_prefix, dest_base=opts.dest, opts=ropts)
+    rsync_argv(target=target, prefix=opts.src_prefix, opts=ropts)
     check_source(target, opts.src_prefix, ropts)
     summary = SyncSummary(dry_run=opts.dry_run, rsync_version=version_line)
     worker: claims.WorkerId | None = None

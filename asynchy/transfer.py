@@ -15,6 +15,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 from collections import deque
@@ -52,7 +53,7 @@ class Job:
     token: int
     argv: tuple[str, ...]
     stdin: bytes
-    dest_dir: bytes  # the EPN's own folder, for verification
+    dest_dir: bytes  # the folder that receives the EPN's content: rsync runs there (its cwd)
     expected: tuple[tuple[bytes, int, int, str], ...]  # (path in the EPN, size, mtime, kind)
     regular_files: int  # regular files the inventory lists (an empty source is not a success)
     temp_dir: bytes | None = None  # rsync --temp-dir: emptied before and removed after each attempt
@@ -116,6 +117,7 @@ def run_rsync(
     argv: tuple[str, ...],
     stdin: bytes,
     *,
+    cwd: bytes,
     stall_timeout: float | None,
     cancel: Any,
     on_progress: Callable[[int], None] | None = None,
@@ -134,6 +136,7 @@ def run_rsync(
             stderr=subprocess.PIPE,
             start_new_session=True,
             env=env,
+            cwd=cwd,
         )
     except OSError as exc:
         return _Run(None, "", "", "", False, False, error=f"cannot run {argv[0]}: {exc.strerror}")
@@ -352,8 +355,8 @@ def _remove_private(path: bytes) -> None:
 
 def prepare_folders(job: Job) -> None:
     """The EPN's destination parent, asynchy's folder beside it, and this EPN's temporary folders."""
-    # Created here: two rsyncs with --mkpath racing for the same parent can fail with EEXIST.
-    os.makedirs(os.path.dirname(job.dest_dir), exist_ok=True)
+    # rsync runs in the EPN's destination folder (no EPN name in its argv); made here, not by rsync.
+    os.makedirs(job.dest_dir, exist_ok=True)
     for own in (job.temp_dir, job.partial_dir):
         if own is None:
             continue
@@ -387,6 +390,13 @@ def _run_job(job: Job, on_progress: ProgressFn | None, cancel: Any) -> TransferR
             )
     result: TransferResult | None = None
     try:
+        if job.dry_run and not os.path.isdir(
+            job.dest_dir
+        ):  # nothing copied yet: compare with nothing
+            with tempfile.TemporaryDirectory(prefix="asynchy-dry-run-") as empty:
+                return _transfer(
+                    replace(job, dest_dir=os.fsencode(empty)), started, progress, cancel
+                )
         result = _transfer(job, started, progress, cancel)
         return result
     finally:
@@ -404,6 +414,7 @@ def _transfer(
     run = run_rsync(
         job.argv,
         job.stdin,
+        cwd=job.dest_dir,
         stall_timeout=job.stall_timeout,
         cancel=cancel,
         on_progress=progress,
@@ -472,7 +483,11 @@ def _verify(job: Job, cancel: Any) -> tuple[FailureClass, str | None]:
     check = _check(job.check_argv, job, cancel)
     if check.content_only and check.lines == check.content_only and job.repair_argv is not None:
         repaired = run_rsync(
-            job.repair_argv, job.stdin, stall_timeout=job.stall_timeout, cancel=cancel
+            job.repair_argv,
+            job.stdin,
+            cwd=job.dest_dir,
+            stall_timeout=job.stall_timeout,
+            cancel=cancel,
         )
         if repaired.cancelled:
             return "cancelled", "interrupted"
@@ -503,4 +518,6 @@ def _verify(job: Job, cancel: Any) -> tuple[FailureClass, str | None]:
 
 def _check(argv: tuple[str, ...], job: Job, cancel: Any) -> _Run:
     # No stall watchdog: a checksum pass prints nothing while it reads a large file.
-    return run_rsync(argv, job.stdin, stall_timeout=None, cancel=cancel, count_itemized=True)
+    return run_rsync(
+        argv, job.stdin, cwd=job.dest_dir, stall_timeout=None, cancel=cancel, count_itemized=True
+    )

@@ -28,9 +28,7 @@ TARGET = SshTarget(
 
 
 def test_argv_copies_the_listed_folder_with_times_and_links_over_strict_ssh() -> None:
-    argv = rsync_argv(
-        target=TARGET, prefix="/data/mx", dest_base=Path("/vault"), opts=RsyncOptions(retry=2)
-    )
+    argv = rsync_argv(target=TARGET, prefix="/data/mx", opts=RsyncOptions(retry=2))
     assert argv[:7] == [
         "rsync",
         "-rlt",
@@ -40,7 +38,7 @@ def test_argv_copies_the_listed_folder_with_times_and_links_over_strict_ssh() ->
         "--no-h",
         "--timeout=600",
     ]
-    assert argv[-2:] == ["sftp.example.org:/data/mx/", "/vault/"]
+    assert argv[-2:] == ["sftp.example.org:/data/mx/", "./"]  # rsync runs in the EPN's folder
     ssh = argv[argv.index("-e") + 1]
     for option in (
         "BatchMode=yes",
@@ -68,7 +66,6 @@ def test_options_reach_rsync() -> None:
     argv = rsync_argv(
         target=None,
         prefix="/data/mx/",
-        dest_base=Path("/vault/ny79"),
         opts=opts,
         partial_dir=Path("/vault/ny79/.asynchy-tmp/abc.partial"),
     )
@@ -80,10 +77,8 @@ def test_options_reach_rsync() -> None:
     assert "--dry-run" in argv and "--itemize-changes" in argv
     assert "--no-inc-recursive" in argv
     assert "-e" not in argv  # a local source: no ssh
-    assert argv[-2:] == ["/data/mx/", "/vault/ny79/"]
-    repair = rsync_argv(
-        target=None, prefix="/d", dest_base=Path("/v"), opts=RsyncOptions(repair=True)
-    )
+    assert argv[-2:] == ["/data/mx/", "./"]
+    repair = rsync_argv(target=None, prefix="/d", opts=RsyncOptions(repair=True))
     assert "--checksum" in repair  # a copy found bad is compared by content, not by size and mtime
 
 
@@ -134,23 +129,19 @@ def test_child_environment_is_an_allow_list() -> None:
 
 
 def test_checks_are_dry_runs_that_itemize() -> None:
-    argv = rsync_argv(
-        target=TARGET, prefix="/d", dest_base=Path("/v"), opts=RsyncOptions(), check="checksum"
-    )
+    argv = rsync_argv(target=TARGET, prefix="/d", opts=RsyncOptions(), check="checksum")
     assert {"--dry-run", "--checksum", "--itemize-changes"} <= set(argv)
     assert "--stats" not in argv
-    quick = rsync_argv(
-        target=TARGET, prefix="/d", dest_base=Path("/v"), opts=RsyncOptions(), check="quick"
-    )
+    quick = rsync_argv(target=TARGET, prefix="/d", opts=RsyncOptions(), check="quick")
     assert {"--dry-run", "--itemize-changes"} <= set(quick) and "--checksum" not in quick
 
 
 def test_names_never_appear_in_the_argument_list() -> None:
     """The EPN goes on stdin, NUL-terminated: no shell or glob ever sees it."""
     hostile = b"$(touch PWNED) *?[x]\n-rf"
-    argv = rsync_argv(target=TARGET, prefix="/data", dest_base=Path("/v"), opts=RsyncOptions())
+    argv = rsync_argv(target=TARGET, prefix="/data", opts=RsyncOptions())
     assert not any("PWNED" in a for a in argv)
-    assert files_from(hostile) == hostile + b"\0"
+    assert files_from(hostile) == hostile + b"/./\0"  # the EPN's content, into the current folder
 
 
 def test_paths_ssh_cannot_take_are_refused() -> None:
@@ -163,7 +154,6 @@ def test_paths_ssh_cannot_take_are_refused() -> None:
         rsync_argv(
             target=SshTarget("-oProxyCommand=x", 22, "u", None, Path("/kh"), 30),
             prefix="/d",
-            dest_base=Path("/v"),
             opts=RsyncOptions(),
         )
 
@@ -172,15 +162,24 @@ def test_ipv6_host_is_bracketed() -> None:
     argv = rsync_argv(
         target=SshTarget("::1", 22, "u", None, Path("/kh"), 30),
         prefix="/d",
-        dest_base=Path("/v"),
         opts=RsyncOptions(),
     )
     assert argv[-2] == "[::1]:/d/"
 
 
-def test_relative_destination_refused() -> None:
+def test_relative_temp_folder_refused() -> None:
     with pytest.raises(ValueError, match="absolute"):
-        rsync_argv(target=None, prefix="/d", dest_base=Path("vault"), opts=RsyncOptions())
+        rsync_argv(target=None, prefix="/d", opts=RsyncOptions(), temp_dir=Path("vault/.t"))
+
+
+def test_filters_reach_copy_and_check_alike_and_chmod_only_the_copy() -> None:
+    opts = RsyncOptions(include=(".info",), exclude=(".*",), chmod="Dg+s,ug+w,o-wx,ug+X")
+    copy = rsync_argv(target=None, prefix="/d", opts=opts)
+    check = rsync_argv(target=None, prefix="/d", opts=opts, check="quick")
+    for argv in (copy, check):
+        assert argv.index("--include=.info") < argv.index("--exclude=.*")
+    assert "--chmod=Dg+s,ug+w,o-wx,ug+X" in copy and "--perms" in copy
+    assert "--perms" not in check
 
 
 @pytest.mark.parametrize(

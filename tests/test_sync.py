@@ -189,7 +189,8 @@ def test_dry_run_changes_nothing(cli: Any, env: dict[str, Path]) -> None:
     )
     result = sync(cli, env, "--dry-run")
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.startswith("sync dry run: 2 EPNs checked, 8 items would be transferred")
+    # 3 files each (the EPN folder itself is the destination folder: not an item)
+    assert result.stdout.startswith("sync dry run: 2 EPNs checked, 6 items would be transferred")
     assert list(env["dest"].iterdir()) == []
     after = (
         rows(env["db"], "SELECT * FROM epns ORDER BY epn"),
