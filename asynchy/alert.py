@@ -85,6 +85,8 @@ class AlertOptions:
     smtp: Smtp = field(default_factory=Smtp)
     source: str = ""  # where the EPNs are, for the message
     config_path: str = "~/.as.yaml"
+    template_names: tuple[str, str] = TEMPLATES  # (text, html) file names (HPC: epnalert-text.j2 ...)
+    only_with_details: bool = False  # HPC ASSyncy's rule: no mail unless some EPN has visit details
 
 
 @dataclass
@@ -98,6 +100,7 @@ class AlertSummary:
     visits: int = 0  # visits the portal returned
     portal_errors: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # recipients the SMTP server refused
+    held_back: bool = False  # only_with_details, and no EPN had visit details: nothing sent
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +112,7 @@ class AlertSummary:
             "visits_fetched": self.visits,
             "portal_errors": self.portal_errors,
             "refused_recipients": self.refused,
+            "held_back_without_details": self.held_back,
         }
 
 
@@ -134,13 +138,15 @@ def _environment(folder: Path | None) -> Any:
     )
 
 
-def render(folder: Path | None, context: Mapping[str, Any]) -> tuple[str, str]:
+def render(
+    folder: Path | None, context: Mapping[str, Any], names: tuple[str, str] = TEMPLATES
+) -> tuple[str, str]:
     """(text, html) of the message; a ConfigError naming the template, line and problem."""
     import jinja2
 
     env = _environment(folder)
     out = []
-    for name in TEMPLATES:
+    for name in names:
         where = name
         try:
             template = env.get_template(name)
@@ -150,6 +156,11 @@ def render(folder: Path | None, context: Mapping[str, Any]) -> tuple[str, str]:
             raise ConfigError(
                 f"alert template {exc.filename or where} line {exc.lineno}: {exc.message}; fix the template"
             ) from None
+        except jinja2.TemplateNotFound:
+            raise ConfigError(
+                f"alert template {name} is not in {folder or 'the shipped templates'}: "
+                "fix alert_templates or the template names"
+            ) from None
         except jinja2.TemplateError as exc:
             raise ConfigError(
                 f"alert template {where} cannot be rendered: {exc}; fix the template"
@@ -157,7 +168,7 @@ def render(folder: Path | None, context: Mapping[str, Any]) -> tuple[str, str]:
     return out[0], out[1]
 
 
-def check_templates(folder: Path | None) -> None:
+def check_templates(folder: Path | None, names: tuple[str, str] = TEMPLATES) -> None:
     """Render both templates with a made-up EPN, so a broken template stops a watch at its start."""
     visit = Visit(
         "12345a",
@@ -167,7 +178,9 @@ def check_templates(folder: Path | None) -> None:
         Person("A", "Scientist", "a@example.org"),
         (Person("B", "Helper", "b@example.org"),),
     )
-    render(folder, _context(["12345a", "12346b"], {"12345a": visit}, [], "example", "x", "s"))
+    render(
+        folder, _context(["12345a", "12346b"], {"12345a": visit}, [], "example", "x", "s"), names
+    )
 
 
 def _visit_dict(v: Visit) -> dict[str, Any]:
@@ -207,6 +220,9 @@ def _context(
         for epn in epns
     ]
     return {
+        # HPC ASSyncy's two variables, built as epnalert built them (its templates render unchanged)
+        "epn_details": "".join(hpc_details(visits[e]) for e in epns if e in visits),
+        "unknown_epns": [e for e in epns if e not in visits],
         "epns": rows,
         "with_visit": [r for r in rows if r["visit"] is not None],
         "without_visit": [r for r in rows if r["visit"] is None],
@@ -219,6 +235,23 @@ def _context(
         "host": socket.gethostname(),
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def hpc_details(v: Visit) -> str:
+    """One EPN's block of HPC ASSyncy's ``epn_details`` text."""
+
+    def who(p: Person | None) -> str:
+        return f"{p.first_names} {p.last_name} {p.email}" if p is not None else ""
+
+    start = v.start_time.isoformat() if v.start_time else ""
+    lines = [
+        f"Epn {v.epn} on {start} is not known.",
+        f"Principal scientist: {who(v.principal)}",
+        "It includes scientists: ",
+        *[who(p) for p in v.data_scientists],
+        "** Please add it the config. **",
+    ]
+    return "\n".join(lines) + "\n\n"
 
 
 # ------------------------------------------------------------------ visits cache
@@ -375,6 +408,10 @@ def alert(
     if portal is not None:
         summary.visits, summary.portal_errors = fetch_visits(db, portal, now)
     visits = cached_visits(db, todo)
+    if opts.only_with_details and not any(e in visits for e in todo):
+        summary.held_back = True  # HPC ASSyncy's rule; they are named once details are known
+        log.info("no alert: none of %d unmapped EPNs has visit details yet", len(todo))
+        return summary
     text, html = render(
         opts.templates,
         _context(
@@ -386,6 +423,7 @@ def alert(
             opts.subject,
             portal=portal is not None or bool(visits),
         ),
+        opts.template_names,
     )
     msg = build_message(opts, text, html)
     summary.alerted = todo
@@ -451,4 +489,9 @@ def options_from_settings(
         ),
         source=source,
         config_path=str(settings.config_path),
+        template_names=(
+            settings.alert_template_text or TEMPLATES[0],
+            settings.alert_template_html or TEMPLATES[1],
+        ),
+        only_with_details=settings.alert_only_with_details,
     )

@@ -268,6 +268,8 @@ class Batch:
                 self._start(c.epn, c)
 
     def _start(self, epn: str, claim: claims.Claim | None) -> None:
+        if claim is not None and not claim.walked and not self._list_first(claim):
+            return
         planned = self.planned.setdefault(
             epn,
             claims.Planned(epn, claim.size, claim.file_count, "pending")
@@ -279,6 +281,28 @@ class Batch:
         self.selected.add(epn)
         self.summary.selected = len(self.selected)
         self._submit(Running(claim, planned, job, dest, repair=repair))
+
+    def _list_first(self, claim: claims.Claim) -> bool:
+        """An EPN asynchy never walked (an imported MeRC or as-walker row): list it now, keeping the
+        claim, so that its files and their kinds are known before it is copied and verified."""
+        assert self.worker is not None
+        epn = claim.epn
+        listed = self._relist(epn)
+        complete = False
+        if listed:
+            complete, size, count = claims.walk_state(self.db, epn)
+            self.planned[epn] = claims.Planned(epn, size, count, "pending")
+        if listed and complete:
+            log.info("EPN %s was never walked by asynchy: listed it (%d files)", epn, count)
+            return True
+        claims.release(self.db, self.worker, claim)  # uncharged
+        self.gave_up.add(epn)
+        self.summary.skipped[epn] = (
+            "never walked, and listing it now was incomplete (see walk_errors); walk it again"
+            if listed
+            else "never walked, and it could not be listed now; walk it (asynchy walk --epn)"
+        )
+        return False
 
     def _submit(self, item: Running) -> None:
         epn = item.planned.epn

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 # A failed EPN with one of these classes is taken again (after its back-off); see docs/failures.md.
 RETRYABLE_CLASSES = (*DATA_CLASSES, *LEGACY_RETRYABLE)
+UNMAPPED = "no destinations entry: not copied (copy_unmapped or --include-unmapped copies it to dest/EPN)"
 Order = Literal["ASC", "DESC"]
 e = epns_table.c
 
@@ -89,6 +90,7 @@ class Claim:
     attempts: int
     failures: int
     last_error_class: str | None = None  # 'checksum': the copy was found bad, repair it
+    walked: bool = True  # False: never walked by asynchy (an imported row): list it first
 
     @property
     def needs_repair(self) -> bool:
@@ -110,7 +112,9 @@ def _now_plus(db: Database, seconds: float) -> ColumnElement[Any]:
 
 def _eligible(now: ColumnElement[Any], max_attempts: Any) -> ColumnElement[bool]:
     return and_(
-        e.walk_complete.is_(True),
+        # walked completely, or never walked by asynchy (imported from MeRC asynchy or as-walker):
+        # sync lists such an EPN itself before copying it
+        or_(e.walk_complete.is_(True), e.walked_at.is_(None)),
         e.status.in_(QUEUE_STATUSES),  # lets the database use ix_epns_queue (a partial index)
         or_(
             e.status == "pending",
@@ -393,7 +397,7 @@ def plan(
             if epn in excluded:
                 continue
             if mapped_only and not is_mapped(epn, destinations):
-                skipped[epn] = "no destination mapping (--mapped-only)"
+                skipped[epn] = UNMAPPED
                 continue
             if len(out) < limit:
                 out.append(Planned(epn, int(size), int(count), status))
@@ -484,6 +488,7 @@ def _claim_statement(
             e.failures,
             e.modified,
             e.last_error_class,
+            e.walked_at,
         )
     )
 
@@ -541,9 +546,17 @@ def claim(
             int(r.attempts),
             int(r.failures),
             r.last_error_class,
+            r.walked_at is not None,
         )
         for r in rows
     ]
+
+
+def walk_state(db: Database, epn: str) -> tuple[bool, int, int]:
+    """(walk_complete, size, file_count) of one EPN as recorded now."""
+    with db.read() as conn:
+        row = conn.execute(select(e.walk_complete, e.size, e.file_count).where(e.epn == epn)).one()
+    return bool(row.walk_complete), int(row.size), int(row.file_count)
 
 
 def expected_files(db: Database, epn: str) -> tuple[tuple[bytes, int, int, str], ...]:

@@ -68,7 +68,11 @@ def _settings(ctx: click.Context, **command_values: Any) -> Any:
 
     set_busy_timeout(settings.db_timeout)
     logs.setup(
-        verbose=g.verbose, quiet=g.quiet, log_file=settings.log_file, log_level=settings.log_level
+        verbose=g.verbose,
+        quiet=g.quiet,
+        log_file=settings.log_file,
+        log_level=settings.log_level,
+        alert_log_file=settings.alert_log_file,
     )
     for level, note in settings.notes:
         logging.getLogger("asynchy.config").log(level, "%s", note)
@@ -567,6 +571,7 @@ def _sync_options(settings: Any, kw: dict[str, Any], **more: Any) -> Any:
         include=settings.include or (),
         exclude=settings.exclude or (),
         chmod=settings.chmod,
+        ignore_file=Path(settings.ignore_file).expanduser() if settings.ignore_file else None,
         **more,
     )
 
@@ -882,9 +887,9 @@ def status_cmd(ctx: click.Context, /, as_json: bool) -> None:
     """
     from asynchy import render, reports
 
-    _, db = _open_existing(ctx)
+    settings, db = _open_existing(ctx)
     try:
-        data = reports.status(db)
+        data = reports.status(db, settings.destinations, settings.copy_unmapped)
     finally:
         db.close()
     click.echo(

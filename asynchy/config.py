@@ -377,7 +377,7 @@ KEYS: dict[str, KeySpec] = {
             "copy_unmapped",
             _as_bool,
             False,
-            "with destinations: also copy EPNs whose number has no entry (into dest/{epn})",
+            "with destinations: also copy EPNs whose number has no entry (to dest/{epn}, plus the layout's parts that need no project)",
             "boolean",
         ),
         KeySpec(
@@ -692,7 +692,7 @@ def _from_hpc_assyncy(
                 notes.append(
                     (
                         logging.INFO,
-                        f"config file {path}: HPC ASSyncy site: {key} {value!r} (as mxsync)",
+                        f"config file {path}: HPC ASSyncy site: {key} {value!r} (as HPC ASSyncy did)",
                     )
                 )
     for old, new in ASWALKER_KEYS.items():
@@ -773,7 +773,7 @@ def _read_config_file(
                 f"chmod 600 {path}, or use password_file / password_env",
             )
         )
-    if "host" in given and given <= set(MERC_KEYS):  # shaped like MeRC asynchy's ~/.as.yaml
+    if given == {"host", "port"}:  # MeRC asynchy's config without its user, keypath and db
         values["merc_missing"] = tuple(k for k in MERC_KEYS if k not in given)
     return values, notes
 

@@ -6,7 +6,8 @@ an EPN *number* - the digits before the letter suffix, ``12282`` for
 layout (config ``layout``) places the EPN below ``dest``: ``{project}/{epn}``
 by default when a map exists, ``{epn}`` without one, ``{project}/{epn}/data``
 for an HPC ASSyncy site.  An EPN without a map entry (copied only with
-``copy_unmapped``) goes to ``dest/{epn}``.
+``copy_unmapped``) goes to ``dest/{epn}``, with the layout's parts that need
+no project (``dest/{epn}/data`` for the HPC layout).
 
 The EPN's own folder is the template's ``{epn}`` part; parts after it (such as
 ``data``) are folders inside it that receive the EPN's content.  rsync's

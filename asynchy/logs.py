@@ -26,12 +26,36 @@ class _TqdmSafeHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
-def setup(*, verbose: int, quiet: bool, log_file: str | None, log_level: str) -> None:
+ALERT_LOGGERS = ("asynchy.alert", "asynchy.portal")
+
+
+def _file_handler(path: Path, key: str, level: int) -> logging.Handler:
+    try:
+        fh = logging.handlers.RotatingFileHandler(
+            path, maxBytes=20 * 2**20, backupCount=5, encoding="utf-8"
+        )
+    except OSError as exc:
+        raise ConfigError(f"{key} {path} cannot be opened: {exc.strerror}; fix {key}") from None
+    fh.setLevel(level)
+    fh.setFormatter(logging.Formatter(FORMAT))
+    fh._asynchy = True  # type: ignore[attr-defined]
+    return fh
+
+
+def setup(
+    *,
+    verbose: int,
+    quiet: bool,
+    log_file: str | None,
+    log_level: str,
+    alert_log_file: str | None = None,
+) -> None:
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_asynchy", False):
-            root.removeHandler(handler)
-            handler.close()
+    for logger in (root, *map(logging.getLogger, ALERT_LOGGERS)):
+        for handler in list(logger.handlers):
+            if getattr(handler, "_asynchy", False):
+                logger.removeHandler(handler)
+                handler.close()
     if quiet:
         console_level = logging.ERROR
     else:
@@ -42,21 +66,14 @@ def setup(*, verbose: int, quiet: bool, log_file: str | None, log_level: str) ->
     console._asynchy = True  # type: ignore[attr-defined]
     root.addHandler(console)
     level = console_level
+    file_level = getattr(logging, log_level)
     if log_file:
-        path = Path(log_file).expanduser()
-        try:
-            fh = logging.handlers.RotatingFileHandler(
-                path, maxBytes=20 * 2**20, backupCount=5, encoding="utf-8"
-            )
-        except OSError as exc:
-            raise ConfigError(
-                f"log_file {path} cannot be opened: {exc.strerror}; fix log_file"
-            ) from None
-        file_level = getattr(logging, log_level)
-        fh.setLevel(file_level)
-        fh.setFormatter(logging.Formatter(FORMAT))
-        fh._asynchy = True  # type: ignore[attr-defined]
-        root.addHandler(fh)
+        root.addHandler(_file_handler(Path(log_file).expanduser(), "log_file", file_level))
+        level = min(level, file_level)
+    if alert_log_file:  # HPC ASSyncy's log-files.epnalert: the alert's own lines, also here
+        handler = _file_handler(Path(alert_log_file).expanduser(), "alert_log_file", file_level)
+        for name in ALERT_LOGGERS:
+            logging.getLogger(name).addHandler(handler)
         level = min(level, file_level)
     root.setLevel(level)
     # paramiko logs every connection failure as ERROR with a traceback; we report those ourselves.

@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import Connection, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from asynchy.db import Database, known_revisions, open_database
-from asynchy.errors import DatabaseError, SchemaError, UsageError
+from asynchy.errors import ConfigError, DatabaseError, SchemaError, UsageError
 from asynchy.models import (
     SCHEMA_HEAD,
     epns_table,
@@ -1028,7 +1028,9 @@ def _legacy_rows_into(
             agg[2] = when if agg[2] is None or when > agg[2] else agg[2]
             if progress is not None and agg[0] % 10_000 == 0:
                 progress.advance(10_000)
-            yield (src, epn, rel, size, convert(when), "file")
+            # as-walker recorded every non-folder (symlinks too) as a file: the kind is not known
+            # until sync lists the EPN again (it never was walked by asynchy)
+            yield (src, epn, rel, size, convert(when), "unverified")
 
     sql.many(
         "INSERT INTO m_rows (src, epn, path, size, modified, kind) VALUES (?, ?, ?, ?, ?, ?)",
@@ -1348,3 +1350,45 @@ def _merge_streamed(
 
 
 __all__ = ["MergeProgress", "MergeSummary", "Source", "decide", "inspect", "merge"]
+
+
+def record_ignore_file(db: Database, path: Path) -> int:
+    """HPC ASSyncy's ``ignore`` file: its previouslySynched EPNs count as copied (before each run).
+
+    The same rule as ``asynchy merge ignore.yml``: such an EPN becomes ``complete`` (a new row when
+    the inventory does not know it yet); nothing is downgraded, a running claim is left alone, and
+    reading the file again changes nothing unless the file changed.  Returns the EPNs newly marked.
+    """
+    if not path.is_file():
+        raise ConfigError(
+            f"ignore_file {path} (HPC ASSyncy's 'ignore') does not exist: fix the path or remove the key"
+        )
+    try:
+        listed = inspect(path).epns_listed
+    except (UsageError, SchemaError) as exc:
+        raise ConfigError(f"ignore_file: {exc}") from None
+    names = sorted({encode_name(epn.encode()) for epn in listed})
+    if not names:
+        return 0
+    e = epns_table.c
+    marked = 0
+    now = datetime.now(UTC).replace(microsecond=0)
+    with db.write() as conn:
+        for start in range(0, len(names), 500):
+            chunk = names[start : start + 500]
+            known = set(conn.execute(select(e.epn).where(e.epn.in_(chunk))).scalars())
+            new = [n for n in chunk if n not in known]
+            if new:
+                conn.execute(
+                    insert(epns_table),
+                    [{"epn": n, "status": "complete", "first_seen_at": now} for n in new],
+                )
+            result = conn.execute(
+                update(epns_table)
+                .where(e.epn.in_(chunk), e.status.in_(("pending", "failed")))
+                .values(status="complete", completed_at=now, failures=0, not_before=None)
+            )
+            marked += len(new) + int(result.rowcount)
+    if marked:
+        log.info("ignore_file %s: %d EPNs recorded as already copied", path, marked)
+    return marked

@@ -116,8 +116,15 @@ def sync_summary(summary: dict[str, Any]) -> str:
         )
     for item in summary.get("given_back", []):
         lines.append(f"  given back: {shown(item['epn'])}: {shown(item['reason'])} (not charged)")
+    by_reason: dict[str, list[str]] = {}
     for epn, why in summary["skipped"].items():
-        lines.append(f"  skipped: {shown(epn)}: {why}")
+        by_reason.setdefault(why, []).append(epn)
+    for why, epns in by_reason.items():
+        if len(epns) <= 3:
+            lines += [f"  skipped: {shown(epn)}: {why}" for epn in epns]
+        else:  # one line per reason, with its count: an unmapped archive is not a wall of text
+            first = ", ".join(shown(e) for e in epns[:3])
+            lines.append(f"  skipped {len(epns)} EPNs ({first}, ...): {why}")
     return "\n".join(lines)
 
 
@@ -237,6 +244,13 @@ def status(data: dict[str, Any], width: int = 80) -> str:
         f"progress:   {human_bytes(b['done'])} of {human_bytes(b['total'])} done ({b['percent_done']:.1f} %), "
         f"{human_bytes(b['remaining'])} to go"
     )
+    unmapped = data.get("unmapped") or {}
+    if unmapped.get("epns"):
+        n = unmapped["epns"]
+        lines.append(
+            f"unmapped:   {n} EPN{'s' if n != 1 else ''} ({human_bytes(unmapped['bytes'])}) not copied: "
+            "no destinations entry (asynchy destinations --unmapped; copy_unmapped copies them)"
+        )
     walk = data["last_walk"]
     if walk:
         took = human_seconds(walk["seconds"]) if walk["seconds"] is not None else "still running"

@@ -34,10 +34,22 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return (end - start).total_seconds() if start and end else None
 
 
-def status(db: Database) -> dict[str, Any]:
+def status(
+    db: Database, destinations: Mapping[str, str] | None = None, copy_unmapped: bool = False
+) -> dict[str, Any]:
     """Everything ``asynchy status`` shows, as one JSON-ready dict (docs/reporting.md lists the keys)."""
     now = datetime.now(UTC)
+    unmapped = {"epns": 0, "bytes": 0}
     with db.read() as conn:
+        if destinations and not copy_unmapped:  # not copied: sync takes only mapped EPNs
+            from asynchy.destinations import is_mapped
+
+            for epn, size in conn.execute(
+                select(e.epn, e.size).where(e.status.in_(("pending", "failed", "changed")))
+            ):
+                if not is_mapped(epn, destinations):
+                    unmapped["epns"] += 1
+                    unmapped["bytes"] += int(size or 0)
         by_status = {
             row.status: {"epns": int(row.n), "bytes": int(row.b or 0), "files": int(row.f or 0)}
             for row in conn.execute(
@@ -133,6 +145,7 @@ def status(db: Database) -> dict[str, Any]:
             "total": sum(v["files"] for v in by_status.values()),
             "done": by_status.get("complete", {}).get("files", 0),
         },
+        "unmapped": unmapped,
         "last_walk": None
         if last_walk is None
         else {

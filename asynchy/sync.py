@@ -72,6 +72,7 @@ class SyncOptions:
     include: tuple[str, ...] = ()  # rsync filter rules (and verification skips what they leave out)
     exclude: tuple[str, ...] = ()
     chmod: str | None = None
+    ignore_file: Path | None = None  # HPC ASSyncy's ignore.yml: its EPNs count as copied
 
 
 class SyncProgress(Protocol):
@@ -337,6 +338,10 @@ def sync(
     rsync_argv(target=target, prefix=opts.src_prefix, opts=ropts)
     check_source(target, opts.src_prefix, ropts)
     summary = SyncSummary(dry_run=opts.dry_run, rsync_version=version_line)
+    if opts.ignore_file is not None and not opts.dry_run:
+        from asynchy.merge import record_ignore_file
+
+        record_ignore_file(db, opts.ignore_file)
     worker: claims.WorkerId | None = None
     heart: _Heartbeat | None = None
     if not opts.dry_run:

@@ -262,9 +262,13 @@ def verify_local(job: Job) -> tuple[int, str | None]:
                 problems.append(f"{os.fsdecode(rel)!r}: {exc.strerror}")
             continue
         want_link = kind == "symlink"
-        if want_link != stat.S_ISLNK(st.st_mode) or (
-            not want_link and not stat.S_ISREG(st.st_mode)
-        ):
+        if kind == "unverified":  # imported without its kind: a file or a symlink will do
+            wrong_kind = not (stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode))
+        else:
+            wrong_kind = want_link != stat.S_ISLNK(st.st_mode) or (
+                not want_link and not stat.S_ISREG(st.st_mode)
+            )
+        if wrong_kind:
             count += 1
             if len(problems) < 3:
                 problems.append(f"{os.fsdecode(rel)!r} is not a {kind}")

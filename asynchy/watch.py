@@ -209,7 +209,7 @@ def watch(
 ) -> CycleSummary:
     """Run cycles until stopped (or one with ``once``); returns the last cycle's summary."""
     if opts.alert is not None:  # a broken template or SMTP setting stops us now, not at 3 am
-        check_templates(opts.alert.templates)
+        check_templates(opts.alert.templates, opts.alert.template_names)
         opts.alert.smtp.check()
     portal = Portal(opts.portal) if opts.portal else None
     stop = threading.Event()

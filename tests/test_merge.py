@@ -714,7 +714,8 @@ def test_merge_into_postgresql(cli: Any, tmp_path: Path, pg_url: str) -> None:
         )
     engine.dispose()
     want = sorted(rows(full, "SELECT epn, path, size, modified, kind FROM files"))
-    assert got == sorted([*want, ("99999z", "x.cbf", 5, "2020-01-01 00:00:00", "file")])
+    # as-walker did not record kinds: 'unverified' until sync lists the EPN (docs/merge.md)
+    assert got == sorted([*want, ("99999z", "x.cbf", 5, "2020-01-01 00:00:00", "unverified")])
     assert epns == sorted([*rows(full, "SELECT epn, size, file_count FROM epns"), ("99999z", 5, 1)])
 
 

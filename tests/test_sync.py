@@ -229,15 +229,44 @@ def test_destination_map_and_mapped_only(
     assert (elsewhere / "99999z" / "f").exists()  # an absolute mapping
 
 
-def test_mapped_only_skips_unmapped(cli: Any, env: dict[str, Path]) -> None:
+@pytest.mark.parametrize("args", [["--mapped-only"], []])
+def test_with_a_map_unmapped_epns_are_not_copied(
+    cli: Any, env: dict[str, Path], args: list[str]
+) -> None:
+    """As mxsync: a destination map means only mapped EPNs are copied (the alert names the rest)."""
     for epn in ("12282a", "55555a"):
         write_file(env["src"] / epn / "f", b"f")
     walk(cli, env)
-    result = sync(cli, env, "--mapped-only", "--destinations", "12282=ny79")
+    result = sync(cli, env, *args, "--destinations", "12282=ny79")
     assert result.exit_code == 0, result.stderr
-    assert "skipped: 55555a: no destination mapping (--mapped-only)" in result.stdout
+    assert "skipped: 55555a: no destinations entry: not copied (copy_unmapped" in result.stdout
     assert statuses(env) == {"12282a": "complete", "55555a": "pending"}
     assert (env["dest"] / "ny79" / "12282a").is_dir()
+    assert not (env["dest"] / "55555a").exists()
+    more = sync(cli, env, "--destinations", "12282=ny79", "--include-unmapped")
+    assert more.exit_code == 0
+    assert (env["dest"] / "55555a" / "f").exists()  # unmapped: dest/EPN
+
+
+def test_status_counts_unmapped_epns(
+    cli: Any, env: dict[str, Path], write_config: Any, sshd: Sshd
+) -> None:
+    for epn in ("12282a", "55555a", "55556a"):
+        write_file(env["src"] / epn / "f", b"ff")
+    conf = write_config(
+        sshd.settings(
+            src_prefix=str(env["src"]),
+            db=str(env["db"]),
+            dest=str(env["dest"]),
+            destinations={"12282": "ny79"},
+        ),
+        name="map.yaml",
+    )
+    assert cli("--config", str(conf), "walk").exit_code == 0
+    data = json.loads(cli("--config", str(conf), "status", "--json").stdout)
+    assert data["unmapped"] == {"epns": 2, "bytes": 4}
+    text = cli("--config", str(conf), "status").stdout
+    assert "unmapped:   2 EPNs (4 B) not copied: no destinations entry" in text
 
 
 def test_hostile_names_copied_exactly_and_nothing_runs(cli: Any, env: dict[str, Path]) -> None:
