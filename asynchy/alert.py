@@ -85,7 +85,9 @@ class AlertOptions:
     smtp: Smtp = field(default_factory=Smtp)
     source: str = ""  # where the EPNs are, for the message
     config_path: str = "~/.as.yaml"
-    template_names: tuple[str, str] = TEMPLATES  # (text, html) file names (HPC: epnalert-text.j2 ...)
+    template_names: tuple[str, str] = (
+        TEMPLATES  # (text, html) file names (HPC: epnalert-text.j2 ...)
+    )
     only_with_details: bool = False  # HPC ASSyncy's rule: no mail unless some EPN has visit details
 
 

@@ -61,7 +61,9 @@ log = logging.getLogger(__name__)
 
 # A failed EPN with one of these classes is taken again (after its back-off); see docs/failures.md.
 RETRYABLE_CLASSES = (*DATA_CLASSES, *LEGACY_RETRYABLE)
-UNMAPPED = "no destinations entry: not copied (copy_unmapped or --include-unmapped copies it to dest/EPN)"
+UNMAPPED = (
+    "no destinations entry: not copied (copy_unmapped or --include-unmapped copies it to dest/EPN)"
+)
 Order = Literal["ASC", "DESC"]
 e = epns_table.c
 

@@ -391,11 +391,10 @@ epnalert-template-text: alert.txt
     )
     notes = [text for _, text in s.notes]
     assert f"config file {path}: HPC ASSyncy key 'epn_cap_map' read as 'destinations'" in notes
-    assert any(
-        "'ignore' is not used: import its EPNs once with `asynchy merge /etc/assyncy/ignore.yml`"
-        in n
-        for n in notes
-    )
+    assert f"config file {path}: HPC ASSyncy key 'ignore' read as 'ignore_file'" in notes
+    assert s.ignore_file == "/etc/assyncy/ignore.yml"  # honoured: its EPNs count as copied
+    assert s.alert_template_text == "alert.txt"
+    assert s.layout == "{project}/{epn}/data" and s.alert_only_with_details  # as HPC ASSyncy did
     assert not any("can be read by other users" in n for n in notes)  # mode 0600
     os.chmod(path, 0o644)
     s = load_settings(config_path=path, env={}, options={})

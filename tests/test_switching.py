@@ -118,7 +118,10 @@ def test_hpc_assyncy_sample_config_is_read_unchanged(
     assert (s.log_level, s.threads, s.every) == ("DEBUG", 2, 3600.0)
     assert (s.smtp_host, s.smtp_port) == ("127.0.0.1", mail.port)
     assert s.ignore_file == str(tmp_path / "etc" / "ignore.yml")
-    assert (s.alert_template_text, s.alert_template_html) == ("epnalert-text.j2", "epnalert-html.j2")
+    assert (s.alert_template_text, s.alert_template_html) == (
+        "epnalert-text.j2",
+        "epnalert-html.j2",
+    )
     assert s.alert_log_file == str(tmp_path / "log" / "epnalert.log")
     # mxsync's layout, filters and permissions, and epnalert's rule, without saying so
     assert s.layout == "{project}/{epn}/data"
@@ -127,7 +130,13 @@ def test_hpc_assyncy_sample_config_is_read_unchanged(
     # -v shows every mapping; nothing is an error
     result = cli("-v", "--config", str(path), "walk")
     assert result.exit_code == 0, result.stderr
-    for key in ("epn_cap_map", "key-file", "destination-root-path", "epnalert-email-smtp", "ignore"):
+    for key in (
+        "epn_cap_map",
+        "key-file",
+        "destination-root-path",
+        "epnalert-email-smtp",
+        "ignore",
+    ):
         assert f"HPC ASSyncy key '{key}' read as" in result.stderr
     assert "HPC ASSyncy site: layout '{project}/{epn}/data'" in result.stderr
 
@@ -204,7 +213,10 @@ def test_hpc_assyncy_site_switches_with_watch_once(
     assert len(mail.received) == 1
     sync_log = (tmp_path / "log" / "sync.log").read_text()
     assert "EPN 30003c complete" in sync_log and sync_log.count("watch cycle 1:") == 2
-    assert "alert sent to to@site.example naming 3 EPNs" in (tmp_path / "log" / "epnalert.log").read_text()
+    assert (
+        "alert sent to to@site.example naming 3 EPNs"
+        in (tmp_path / "log" / "epnalert.log").read_text()
+    )
 
 
 def test_hpc_rule_no_mail_without_any_visit_details(
