@@ -23,10 +23,13 @@ from asynchy.errors import AsynchyError, ConfigError, ExitCode
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-class _Exit(click.ClickException):
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.exit_code = code
+def _Exit(message: str, code: int) -> click.ClickException:
+    """click's one-line ``Error: message`` with our exit code (``exit_code`` is a class attribute in
+    click's types, so the code is set on a subclass, not on the instance)."""
+    kind: type[click.ClickException] = type(
+        f"AsynchyExit{code}", (click.ClickException,), {"exit_code": code}
+    )
+    return kind(message)
 
 
 class AsynchyGroup(click.Group):
