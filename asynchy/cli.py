@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import click
 
 from asynchy import __version__
-from asynchy.errors import AsynchyError, ConfigError, ExitCode
+from asynchy.errors import AsynchyError, ConfigError, ExitCode, Interrupted
 
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -38,10 +38,23 @@ class AsynchyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except Interrupted as exc:  # a normal stop (Ctrl+C, systemctl stop): said, not an error
+            logging.getLogger("asynchy").info("%s", exc)
+            click.echo(f"asynchy: {exc}", err=True)
+            raise click.exceptions.Exit(int(exc.exit_code)) from None
         except AsynchyError as exc:
             raise _Exit(str(exc), int(exc.exit_code)) from None
         except KeyboardInterrupt:
             raise _Exit("interrupted", int(ExitCode.INTERRUPTED)) from None
+        except click.NoSuchOption as exc:  # `asynchy status --db x.db`: a global option too late
+            own = {o for p in self.params for o in (*p.opts, *p.secondary_opts)}
+            if exc.option_name not in own or exc.ctx is None:
+                raise
+            raise click.UsageError(
+                f"{exc.message.rstrip('.')}: {exc.option_name} is a global option, it goes "
+                f"before the command (asynchy {exc.option_name} ... {exc.ctx.info_name} ...)",
+                ctx=exc.ctx,
+            ) from None
         except Exception as exc:
             if not type(exc).__module__.startswith(("sqlalchemy", "sqlite3", "psycopg")):
                 raise  # anything else is a bug: its traceback is wanted
@@ -79,11 +92,27 @@ def _settings(ctx: click.Context, **command_values: Any) -> Any:
     )
     for level, note in settings.notes:
         logging.getLogger("asynchy.config").log(level, "%s", note)
+    where = str(settings.config_path) if settings.config_exists else "none"
+    shown_db = settings.db if "://" not in settings.db else settings.db.split("@")[-1]
+    logging.getLogger("asynchy").info(
+        "asynchy %s started: config %s, db %s (asynchy %s)",
+        ctx.info_name,
+        where,
+        shown_db,
+        __version__,
+    )
     return settings
 
 
+def _log_summary(text: str) -> None:
+    """The command's summary line, in the log file too."""
+    logging.getLogger("asynchy").info("%s", text.splitlines()[0] if text else "")
+
+
 @click.group(cls=AsynchyGroup, context_settings=CONTEXT_SETTINGS)
-@click.version_option(__version__, "--version", prog_name="asynchy", message="%(prog)s %(version)s")
+@click.version_option(
+    __version__, "--version", "-V", prog_name="asynchy", message="%(prog)s %(version)s"
+)
 @click.option(
     "--config",
     "config_path",
@@ -359,6 +388,7 @@ def walk_cmd(
     finally:
         db.close()
     data = summary.as_dict()
+    _log_summary(render.walk_summary(data))
     click.echo(render.as_json(data) if as_json else render.walk_summary(data))
     if summary.error_count:
         ctx.exit(int(ExitCode.PARTIAL))
@@ -646,7 +676,9 @@ def sync_cmd(ctx: click.Context, /, as_json: bool, **kw: Any) -> None:
     finally:
         db.close()
     data = summary.as_dict()
-    click.echo(render.as_json(data) if as_json else render.sync_summary(data))
+    text = render.sync_summary(data)
+    _log_summary(text)
+    click.echo(render.as_json(data) if as_json else text)
     if summary.stop_error is not None:
         raise summary.stop_error
     if summary.interrupted:
@@ -1246,6 +1278,7 @@ def merge_cmd(
         progress=MergeBar(bars_wanted(g.quiet)),
     )
     data = summary.as_dict()
+    _log_summary(render.merge_summary(data))
     click.echo(render.as_json_data(data) if as_json else render.merge_summary(data))
 
 

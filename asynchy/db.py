@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -222,6 +223,15 @@ def _check_sqlite_path(path: Path, shown: str) -> tuple[Engine, str, Path]:
         raise ConfigError(f"db {shown} is a folder; give a file path such as {path / 'files.db'}")
     if not path.parent.is_dir():
         raise ConfigError(f"db {shown}: folder {path.parent} does not exist; create it or fix db")
+    if (
+        not path.exists()
+    ):  # a new inventory is private to its owner (SQLite gives -wal/-shm the same)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise ConfigError(f"db {shown} cannot be created: {exc.strerror}; fix db") from None
     return _sqlite_engine(path), shown, path
 
 

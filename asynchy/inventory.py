@@ -510,6 +510,12 @@ def walk(
 ) -> WalkSummary:
     """Walk the tree into the database; see the module docstring for the guarantees."""
     started = time.monotonic()
+    if opts.epns is not None:
+        try:
+            _refuse_unknown(db, tree, opts.epns)
+        except BaseException:
+            tree.close()
+            raise
     summary = WalkSummary(walk_id=_start_walk(db, tree.source, opts), source=tree.source)
     writer: _Writer | None = None
     try:
@@ -544,6 +550,32 @@ def walk(
         if writer is not None:
             writer.close()
         tree.close()
+
+
+def _refuse_unknown(db: Database, tree: Tree, named: Sequence[str]) -> None:
+    """``--epn`` of a name neither the inventory nor the server has (a typo): refused, nothing written."""
+    import difflib
+
+    wanted = list(dict.fromkeys(parse_epn(n) for n in named))
+    with db.read() as conn:
+        known = set(
+            conn.execute(
+                select(epns_table.c.epn).where(
+                    epns_table.c.epn.in_([encode_name(w) for w in wanted])
+                )
+            ).scalars()
+        )
+    unknown = [w for w in wanted if encode_name(w) not in known]
+    if not unknown:
+        return  # walked before: walking it again records whatever the server has now
+    top, _ = tree.list_epns()
+    on_server = {t.name for t in top if t.is_dir}
+    for raw in unknown:
+        if raw not in on_server:
+            name = encode_name(raw)
+            close = difflib.get_close_matches(name, sorted(encode_name(x) for x in on_server), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UsageError(f"EPN {name!r} is not on {tree.source}{hint}: check the name")
 
 
 def _select_epns(db: Database, tree: Tree, opts: WalkOptions, summary: WalkSummary) -> list[bytes]:

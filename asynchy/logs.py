@@ -1,9 +1,15 @@
-"""Logging: warnings (or more with -v) to stderr, and optionally a rotating log file."""
+"""Logging: warnings (or more with -v) to stderr, and optionally a log file.
+
+The log file is opened by a ``WatchedFileHandler``: logrotate may move it
+away, and the next line goes to a new file (docs/operations.md has a
+logrotate snippet).  A new log file is created with mode 0600.
+"""
 
 from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 from pathlib import Path
 
 from asynchy.errors import ConfigError
@@ -31,9 +37,8 @@ ALERT_LOGGERS = ("asynchy.alert", "asynchy.portal")
 
 def _file_handler(path: Path, key: str, level: int) -> logging.Handler:
     try:
-        fh = logging.handlers.RotatingFileHandler(
-            path, maxBytes=20 * 2**20, backupCount=5, encoding="utf-8"
-        )
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))  # new: 0600
+        fh = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{key} {path} cannot be opened: {exc.strerror}; fix {key}") from None
     fh.setLevel(level)

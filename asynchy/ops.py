@@ -32,9 +32,34 @@ class Changed:
     refused: dict[str, str] = field(default_factory=dict)
 
 
+def similar_epns(conn: Any, epn: str, n: int = 5) -> list[str]:
+    """Inventory EPNs close to a name that is not there (a typo): same start, or the closest names."""
+    import difflib
+
+    near = [
+        r[0]
+        for r in conn.execute(
+            select(e.epn).where(e.epn.like(epn[:5] + "%")).order_by(e.epn).limit(200)
+        )
+    ]
+    close = difflib.get_close_matches(epn, near, n=n, cutoff=0.5)
+    return close or near[:n]
+
+
+def unknown_epn(conn: Any, epn: str) -> UsageError:
+    near = similar_epns(conn, epn)
+    hint = f" (did you mean {', '.join(near)}?)" if near else ""
+    return UsageError(f"EPN {epn!r} is not in the inventory{hint}")
+
+
 def _known(conn: Any, epns: Sequence[str]) -> dict[str, Any]:
+    """The rows of the named EPNs; a UsageError for the first one the inventory does not have."""
     rows = conn.execute(select(e.epn, e.status, e.lease_until).where(e.epn.in_(list(epns)))).all()
-    return {r.epn: r for r in rows}
+    known = {r.epn: r for r in rows}
+    for epn in epns:
+        if epn not in known:
+            raise unknown_epn(conn, epn)
+    return known
 
 
 def reset(db: Database, epns: Sequence[str] = (), statuses: Sequence[str] = ()) -> Changed:
@@ -56,7 +81,9 @@ def reset(db: Database, epns: Sequence[str] = (), statuses: Sequence[str] = ()) 
                     select(e.epn).where(e.status.in_(list(statuses))).order_by(e.epn)
                 )
             ]
-        known = _known(conn, chosen) if chosen else {}
+        known = _known(conn, list(dict.fromkeys(epns))) if epns else {}
+        if statuses:
+            known.update(_known(conn, [c for c in chosen if c not in known]))
         for epn in chosen:
             row = known.get(epn)
             if row is None:

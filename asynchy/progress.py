@@ -55,7 +55,7 @@ class SyncBar:
 
         self._bar = tqdm(
             total=total_bytes,
-            unit="B",
+            unit="iB",  # with unit_scale and 1024: KiB, MiB, GiB - the units of the summaries
             unit_scale=True,
             unit_divisor=1024,
             desc=f"sync {epns} EPNs",

@@ -116,6 +116,9 @@ def sync_summary(summary: dict[str, Any]) -> str:
         )
     for item in summary.get("given_back", []):
         lines.append(f"  given back: {shown(item['epn'])}: {shown(item['reason'])} (not charged)")
+    for w in summary.get("not_taken", []):
+        n = w["epns"]
+        lines.append(f"  not taken: {n} EPN{'s' if n != 1 else ''} {w['reason']} ({w['hint']})")
     by_reason: dict[str, list[str]] = {}
     for epn, why in summary["skipped"].items():
         by_reason.setdefault(why, []).append(epn)

@@ -272,14 +272,9 @@ def show(db: Database, epn: str) -> dict[str, Any]:
     with db.read() as conn:
         row = conn.execute(select(epns_table).where(e.epn == epn)).mappings().first()
         if row is None:
-            near = [
-                r[0]
-                for r in conn.execute(
-                    select(e.epn).where(e.epn.like(epn[:5] + "%")).order_by(e.epn).limit(5)
-                )
-            ]
-            hint = f" (similar: {', '.join(near)})" if near else ""
-            raise UsageError(f"EPN {epn!r} is not in the inventory{hint}")
+            from asynchy.ops import unknown_epn
+
+            raise unknown_epn(conn, epn)
         transfers = (
             conn.execute(select(transfers_table).where(t.epn == epn).order_by(t.id))
             .mappings()

@@ -103,6 +103,7 @@ class SyncSummary:
     rsync_version: str = ""
     worker_id: str | None = None
     stop_error: AsynchyError | None = None  # the setup or link problem that ended the run early
+    not_taken: list[claims.Waiting] = field(default_factory=list)  # why the others were not taken
 
     @property
     def unfinished(self) -> bool:
@@ -121,6 +122,9 @@ class SyncSummary:
             "changed": [{"epn": epn, "reason": why} for epn, why in self.changed.items()],
             "given_back": [{"epn": epn, "reason": why} for epn, why in self.given_back.items()],
             "stopped": str(self.stop_error) if self.stop_error is not None else None,
+            "not_taken": [
+                {"reason": w.reason, "epns": w.epns, "hint": w.hint} for w in self.not_taken
+            ],
             "skipped": self.skipped,
             "cancelled": self.cancelled,
             "would_change": self.would_change,
@@ -376,6 +380,14 @@ def sync(
             )
             batch.run()
             summary.interrupted = stop.requested
+        if summary.selected < opts.limit and not summary.interrupted and batch.halt is None:
+            summary.not_taken = claims.not_taken(
+                db,
+                max_attempts=opts.max_attempts,
+                settled_before=batch.settled_before,
+                destinations=opts.destinations,
+                mapped_only=opts.mapped_only,
+            )
         if batch.halt is not None:
             summary.stop_error = _precise(batch.halt, target, opts.src_prefix, ropts)
             status = "stopped"

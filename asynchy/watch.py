@@ -89,6 +89,7 @@ class CycleSummary:
     interrupted: bool = False
     problems: list[str] = field(default_factory=list)
     next_at: datetime | None = None
+    not_taken: dict[str, int] = field(default_factory=dict)  # reason -> EPNs (docs/sync.md)
 
     @property
     def ok(self) -> bool:
@@ -110,6 +111,7 @@ class CycleSummary:
             "elapsed_seconds": round(self.elapsed, 3),
             "interrupted": self.interrupted,
             "problems": self.problems,
+            "not_taken": self.not_taken,
             "next_cycle": self.next_at.isoformat() if self.next_at else None,
         }
 
@@ -325,6 +327,9 @@ def _cycle(
             len(synced.failed),
             synced.bytes,
         )
+        cycle.not_taken = {
+            w.reason: w.epns for w in synced.not_taken if w.reason != "settling"
+        }  # settling has its own count
         if synced.stop_error is not None:  # the link went down, or the setup is wrong
             raise synced.stop_error
     except DatabaseError:
@@ -369,6 +374,8 @@ def cycle_line(c: CycleSummary) -> str:
         f"{c.waiting} settling",
         f"in {c.elapsed:.1f} s",
     ]
+    if c.not_taken:
+        parts.append("not taken: " + ", ".join(f"{n} {why}" for why, n in c.not_taken.items()))
     line = "; ".join(parts)
     if c.problems:
         line += "; problems: " + " | ".join(c.problems)

@@ -382,11 +382,17 @@ def test_reset_and_skip(cli: Any, known: Path) -> None:
     assert rows(known, "SELECT status, skip_reason FROM epns WHERE epn = '12046b'") == [
         ("skipped", "not ours")
     ]
-    result = cli("--db", str(known), "reset", "12046b", "12045a", "99999x")
+    typo = cli("--db", str(known), "reset", "12046b", "12045a", "12046c")
+    assert typo.exit_code == 2  # a typo changes nothing at all
+    assert typo.stderr.startswith(
+        "Error: EPN '12046c' is not in the inventory (did you mean 12046b"
+    )
+    assert rows(known, "SELECT status FROM epns WHERE epn = '12046b'") == [("skipped",)]
+    assert cli("--db", str(known), "skip", "99999x").exit_code == 2
+    result = cli("--db", str(known), "reset", "12046b", "12045a")
     assert result.exit_code == 3
     assert result.stdout == "reset 1 EPNs to pending\n"
     assert "not reset: 12045a: claimed by a running sync" in result.stderr
-    assert "not reset: 99999x: not in the inventory" in result.stderr
     assert rows(known, "SELECT status, skip_reason FROM epns WHERE epn = '12046b'") == [
         ("pending", None)
     ]

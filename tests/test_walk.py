@@ -251,15 +251,27 @@ def test_epn_options_and_missing_epn(
     build_epns(served, 4, 2)
     epn_file = tmp_path / "epns.txt"
     epn_file.write_text("# wanted\n20002c\n\n20003d\n")
-    result = walk(cli, sftp_conf, "--epn", "20000a", "--epn-file", str(epn_file), "--epn", "99999z")
-    assert result.exit_code == 3
-    assert "error: 99999z: " in result.stdout and "(missing)" in result.stdout
+    # a name the server does not have (and the inventory never had): a typo, refused, nothing written
+    typo = walk(cli, sftp_conf, "--epn", "20000a", "--epn-file", str(epn_file), "--epn", "20001z")
+    assert typo.exit_code == 2
+    assert typo.stderr.startswith("Error: EPN '20001z' is not on ")
+    assert "(did you mean 20001b" in typo.stderr
+    assert rows(tmp_path / "files.db", "SELECT count(*) FROM epns") == [(0,)]
+    assert rows(tmp_path / "files.db", "SELECT count(*) FROM walks") == [(0,)]
+    result = walk(cli, sftp_conf, "--epn", "20000a", "--epn-file", str(epn_file))
+    assert result.exit_code == 0
     assert rows(tmp_path / "files.db", "SELECT epn, walk_complete FROM epns ORDER BY epn") == [
         ("20000a", 1),
         ("20002c", 1),
         ("20003d", 1),
-        ("99999z", 0),
     ]
+    # an EPN the inventory knows that has gone from the server: walked, and recorded as missing
+    import shutil
+
+    shutil.rmtree(served / "20003d")
+    gone = walk(cli, sftp_conf, "--epn", "20003d", "--refresh")
+    assert gone.exit_code == 3
+    assert "error: 20003d: " in gone.stdout and "(missing)" in gone.stdout
 
 
 @pytest.mark.parametrize("bad", ["a/b", "..", ".", "", "bad\\q"])
