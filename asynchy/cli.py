@@ -44,8 +44,9 @@ class AsynchyGroup(click.Group):
             raise click.exceptions.Exit(int(exc.exit_code)) from None
         except AsynchyError as exc:
             raise _Exit(str(exc), int(exc.exit_code)) from None
-        except KeyboardInterrupt:
-            raise _Exit("interrupted", int(ExitCode.INTERRUPTED)) from None
+        except KeyboardInterrupt:  # a stop, not an error
+            click.echo("asynchy: interrupted", err=True)
+            raise click.exceptions.Exit(int(ExitCode.INTERRUPTED)) from None
         except click.NoSuchOption as exc:  # `asynchy status --db x.db`: a global option too late
             own = {o for p in self.params for o in (*p.opts, *p.secondary_opts)}
             if exc.option_name not in own or exc.ctx is None:
@@ -104,9 +105,72 @@ def _settings(ctx: click.Context, **command_values: Any) -> Any:
     return settings
 
 
+def _width() -> int | None:
+    """The terminal's width for tables; None (nothing cut) when stdout is not a terminal."""
+    from asynchy import render
+
+    return render.terminal_width() if sys.stdout.isatty() else None
+
+
 def _log_summary(text: str) -> None:
     """The command's summary line, in the log file too."""
     logging.getLogger("asynchy").info("%s", text.splitlines()[0] if text else "")
+
+
+def output_options(*, listing: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The one output convention (docs/reporting.md): --format table|json|csv|nl, --json and --csv
+    as short forms; listings also --limit / --all.  The command gets ``out: Output``."""
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        options = [
+            click.option(
+                "--format",
+                "fmt",
+                type=click.Choice(["table", "json", "csv", "nl"]),
+                default=None,
+                help="table for people (human units, local times) [default]; json, csv or nl (one "
+                "JSON object a line) for scripts: raw numbers, UTC ISO 8601, never cut.",
+            ),
+            click.option("--json", "as_json", is_flag=True, help="Short for --format json."),
+            click.option("--csv", "as_csv", is_flag=True, help="Short for --format csv."),
+        ]
+        if listing:
+            options += [
+                click.option(
+                    "--limit",
+                    "rows_limit",
+                    type=click.IntRange(min=1),
+                    help="At most this many rows [default: 100 in a table on a terminal, else all].",
+                ),
+                click.option("--all", "all_rows", is_flag=True, help="Every row, also in a table."),
+            ]
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class Output:
+    fmt: str
+    limit: int | None  # rows of a table; None: all
+
+
+def _output(kw: dict[str, Any]) -> Output:
+    """Output from the options of output_options (removed from kw)."""
+    fmt = kw.pop("fmt", None)
+    as_json, as_csv = kw.pop("as_json", False), kw.pop("as_csv", False)
+    chosen = [f for f, on in ((fmt, fmt is not None), ("json", as_json), ("csv", as_csv)) if on]
+    if len(set(chosen)) > 1:
+        raise click.UsageError(f"choose one output format, not {' and '.join(sorted(set(chosen)))}")
+    fmt = chosen[0] if chosen else "table"
+    limit, all_rows = kw.pop("rows_limit", None), kw.pop("all_rows", False)
+    if all_rows:
+        limit = None
+    elif limit is None and fmt == "table" and sys.stdout.isatty():
+        limit = 100
+    return Output(str(fmt), limit)
 
 
 @click.group(cls=AsynchyGroup, context_settings=CONTEXT_SETTINGS)
@@ -337,10 +401,11 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Any
     is_flag=True,
     help="Record the server's host key if known_hosts does not know the host (never a changed key).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@output_options()
 @click.pass_context
 def walk_cmd(
     ctx: click.Context,
+    /,
     src_prefix: str | None,
     epns: tuple[str, ...],
     epn_file: str | None,
@@ -349,7 +414,7 @@ def walk_cmd(
     shard: Any,
     timeout: float | None,
     accept_new_host_key: bool,
-    as_json: bool,
+    **output: Any,
 ) -> None:
     """List every EPN folder under src_prefix into the inventory database.
 
@@ -369,6 +434,7 @@ def walk_cmd(
     from asynchy.remote.factory import open_tree
     from asynchy.signals import terminate_as_interrupt
 
+    out = _output(output)
     g: GlobalOptions = ctx.find_object(GlobalOptions)  # type: ignore[assignment]
     settings = _settings(ctx, src_prefix=src_prefix, timeout=timeout)
     settings.require("src_prefix")
@@ -389,20 +455,9 @@ def walk_cmd(
         db.close()
     data = summary.as_dict()
     _log_summary(render.walk_summary(data))
-    click.echo(render.as_json(data) if as_json else render.walk_summary(data))
+    click.echo(render.data_out(data, out.fmt, lambda: render.walk_summary(data)))
     if summary.error_count:
         ctx.exit(int(ExitCode.PARTIAL))
-
-
-def _format_option(default: str = "table") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    return click.option(
-        "--format",
-        "fmt",
-        type=click.Choice(["table", "json", "csv"]),
-        default=default,
-        show_default=True,
-        help="table for people (human units, local times); json or csv for scripts (bytes, UTC ISO 8601).",
-    )
 
 
 # ---------------------------------------------------------------------------- sync
@@ -623,9 +678,9 @@ def _sync_options(settings: Any, kw: dict[str, Any], **more: Any) -> Any:
     metavar="DURATION",
     help="Only EPNs whose newest file is at least this old, e.g. 1h [default: any].",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@output_options()
 @click.pass_context
-def sync_cmd(ctx: click.Context, /, as_json: bool, **kw: Any) -> None:
+def sync_cmd(ctx: click.Context, /, **kw: Any) -> None:
     """Copy a batch of EPNs with rsync, verify each copy, record every attempt.
 
     EPNs are taken in order of their newest file (pending, changed, and
@@ -647,6 +702,7 @@ def sync_cmd(ctx: click.Context, /, as_json: bool, **kw: Any) -> None:
     from asynchy.progress import SyncBar, bars_wanted
     from asynchy.sync import sync
 
+    out = _output(kw)
     g: GlobalOptions = ctx.find_object(GlobalOptions)  # type: ignore[assignment]
     settings = _sync_settings(ctx, kw)
     target = None if settings.is_local else settings.ssh_target()
@@ -678,7 +734,7 @@ def sync_cmd(ctx: click.Context, /, as_json: bool, **kw: Any) -> None:
     data = summary.as_dict()
     text = render.sync_summary(data)
     _log_summary(text)
-    click.echo(render.as_json(data) if as_json else text)
+    click.echo(render.data_out(data, out.fmt, lambda: text))
     if summary.stop_error is not None:
         raise summary.stop_error
     if summary.interrupted:
@@ -863,14 +919,14 @@ def alert_cmd(
 
 @cli.command("destinations")
 @click.option("--unmapped", is_flag=True, help="Only EPNs whose number has no destination.")
-@_format_option()
+@output_options(listing=True)
 @click.pass_context
-def destinations_cmd(ctx: click.Context, /, unmapped: bool, fmt: str) -> None:
-    """List the inventory's EPNs with where they go (config `destinations`).
+def destinations_cmd(ctx: click.Context, /, unmapped: bool, **output: Any) -> None:
+    """List the inventory's EPNs with where they go (config `destinations`, `layout`).
 
     An EPN number (the digits of `12282a`) mapped to a folder goes to
-    dest/<folder>/<epn>; an unmapped one to dest/<epn>, or nowhere with
-    `sync --mapped-only`.  `asynchy alert` e-mails the unmapped ones.
+    dest/<folder>/<epn> (or as `layout` says); an unmapped one is not copied
+    unless copy_unmapped is set.  `asynchy alert` e-mails the unmapped ones.
 
     \b
     Example:
@@ -888,12 +944,8 @@ def destinations_cmd(ctx: click.Context, /, unmapped: bool, fmt: str) -> None:
         rows = [r for r in rows if not r["mapped"]]
     columns = ["epn", "number", "mapped", "folder", "dest_path", "status"]
     values = [tuple(r[c] for c in columns) for r in rows]
-    if fmt == "json":
-        click.echo(render.as_json_rows(columns, values))
-    elif fmt == "csv":
-        click.echo(render.as_csv(columns, values), nl=False)
-    else:
-        click.echo(render.table(columns, values) if values else "no EPNs")
+    out = _output(output)
+    click.echo(render.rows_out(columns, values, out.fmt, limit=out.limit, empty="no EPNs"))
 
 
 # ---------------------------------------------------------------------------- reporting
@@ -905,11 +957,9 @@ def _open_existing(ctx: click.Context) -> Any:
 
 
 @cli.command("status")
-@click.option(
-    "--json", "as_json", is_flag=True, help="One JSON object (keys in docs/reporting.md)."
-)
+@output_options()
 @click.pass_context
-def status_cmd(ctx: click.Context, /, as_json: bool) -> None:
+def status_cmd(ctx: click.Context, /, **output: Any) -> None:
     """Where the repatriation stands, on one screen.
 
     EPNs and bytes by status, progress, the last walk and sync, throughput
@@ -927,9 +977,7 @@ def status_cmd(ctx: click.Context, /, as_json: bool) -> None:
         data = reports.status(db, settings.destinations, settings.copy_unmapped)
     finally:
         db.close()
-    click.echo(
-        render.as_json_data(data) if as_json else render.status(data, render.terminal_width())
-    )
+    click.echo(render.data_out(data, _output(output).fmt, lambda: render.status(data, _width())))
 
 
 @cli.command("epns")
@@ -955,14 +1003,7 @@ def status_cmd(ctx: click.Context, /, as_json: bool) -> None:
     show_default=True,
     help="Oldest or newest first (by newest file).",
 )
-@click.option(
-    "--limit",
-    type=click.IntRange(min=0),
-    default=100,
-    show_default=True,
-    help="At most this many (0: all).",
-)
-@_format_option()
+@output_options(listing=True)
 @click.pass_context
 def epns_cmd(
     ctx: click.Context,
@@ -972,8 +1013,7 @@ def epns_cmd(
     until: str | None,
     min_size: str | None,
     order: str,
-    limit: int,
-    fmt: str,
+    **output: Any,
 ) -> None:
     """List EPNs with their status, size, files, newest file, attempts and last error.
 
@@ -984,40 +1024,40 @@ def epns_cmd(
     """
     from asynchy import render, reports
 
+    out = _output(output)
     flt = reports.EpnFilter(
         statuses=statuses,
         since=reports.parse_when(since, "--since") if since else None,
         until=reports.parse_when(until, "--until") if until else None,
         min_size=reports.parse_size(min_size) if min_size else None,
         order=order.upper(),
-        limit=limit or None,
+        limit=out.limit + 1 if out.limit is not None and out.fmt != "table" else None,
     )
     _, db = _open_existing(ctx)
     try:
         items = reports.list_epns(db, flt)
     finally:
         db.close()
-    columns = render.EPN_COLUMNS
-    if fmt == "json":
-        click.echo(render.as_json_rows(columns, render.epn_rows(items, human=False)))
-    elif fmt == "csv":
-        click.echo(render.as_csv(columns, render.epn_rows(items, human=False)), nl=False)
-    else:
-        click.echo(
-            render.table(
-                columns,
-                render.epn_rows(items, human=True),
-                width=render.terminal_width(),
-                right={"size", "files", "attempts"},
-            )
+    if out.fmt != "table" and out.limit is not None:
+        items = items[: out.limit]  # an explicit --limit cuts the machine formats too
+    click.echo(
+        render.rows_out(
+            render.EPN_COLUMNS,
+            render.epn_rows(items, human=False),
+            out.fmt,
+            human_rows=render.epn_rows(items, human=True),
+            limit=out.limit,
+            right={"size", "files", "attempts"},
+            empty="no EPNs",
         )
+    )
 
 
 @cli.command("show")
 @click.argument("epn")
-@click.option("--json", "as_json", is_flag=True, help="Everything as one JSON object.")
+@output_options()
 @click.pass_context
-def show_cmd(ctx: click.Context, /, epn: str, as_json: bool) -> None:
+def show_cmd(ctx: click.Context, /, epn: str, **output: Any) -> None:
     """Everything about one EPN: inventory, status, destination, every attempt, walk errors.
 
     \b
@@ -1031,14 +1071,25 @@ def show_cmd(ctx: click.Context, /, epn: str, as_json: bool) -> None:
         data = reports.show(db, epn)
     finally:
         db.close()
-    click.echo(render.as_json_data(data) if as_json else render.show(data, render.terminal_width()))
+    click.echo(render.data_out(data, _output(output).fmt, lambda: render.show(data, _width())))
 
 
 @cli.command("sql")
 @click.argument("query")
-@_format_option()
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    nargs=2,
+    multiple=True,
+    metavar="NAME VALUE",
+    help="A value for :NAME in the query (repeatable); numbers stay numbers.",
+)
+@output_options(listing=True)
 @click.pass_context
-def sql_cmd(ctx: click.Context, /, query: str, fmt: str) -> None:
+def sql_cmd(
+    ctx: click.Context, /, query: str, params: tuple[tuple[str, str], ...], **output: Any
+) -> None:
     """Run one read-only SQL query against the inventory (anything that writes is refused).
 
     The views v_epn_progress, v_status_summary, v_daily_transfers and
@@ -1048,17 +1099,26 @@ def sql_cmd(ctx: click.Context, /, query: str, fmt: str) -> None:
     Example:
         asynchy sql "SELECT * FROM v_daily_transfers ORDER BY day DESC LIMIT 7"
         asynchy sql "SELECT epn, size FROM epns WHERE status = 'pending'" --format csv
+        asynchy sql "SELECT epn FROM epns WHERE size > :n" -p n 1000000000
+        asynchy sql - < report.sql
     """
     from asynchy import render, sqlquery
 
+    out = _output(output)
     settings = _settings(ctx)
-    columns, rows = sqlquery.run(settings.db, query)
-    if fmt == "json":
-        click.echo(render.as_json_rows(columns, rows))
-    elif fmt == "csv":
-        click.echo(render.as_csv(columns, rows), nl=False)
-    else:
-        click.echo(render.table(columns, rows, width=render.terminal_width()))
+    if query == "-":
+        query = sys.stdin.read()
+    columns, rows = sqlquery.run(settings.db, query, dict(params))
+    click.echo(
+        render.rows_out(
+            columns,
+            rows,
+            out.fmt,
+            human_rows=render.human_units(columns, rows),
+            limit=out.limit,
+            empty="(no rows)",
+        )
+    )
 
 
 @cli.command("reset")
@@ -1242,7 +1302,7 @@ def report_cmd(ctx: click.Context, /, html_path: str, title: str) -> None:
     help="Time zone the older tools wrote their local times in, e.g. Australia/Melbourne "
     "[default: this machine's].",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@output_options()
 @click.pass_context
 def merge_cmd(
     ctx: click.Context,
@@ -1251,7 +1311,7 @@ def merge_cmd(
     target: str | None,
     ignore_yml: tuple[str, ...],
     legacy_timezone: str | None,
-    as_json: bool,
+    **output: Any,
 ) -> None:
     """Combine inventories: sharded walks, older asynchy databases, as-walker and MeRC asynchy databases.
 
@@ -1279,7 +1339,7 @@ def merge_cmd(
     )
     data = summary.as_dict()
     _log_summary(render.merge_summary(data))
-    click.echo(render.as_json_data(data) if as_json else render.merge_summary(data))
+    click.echo(render.data_out(data, _output(output).fmt, lambda: render.merge_summary(data)))
 
 
 # ---------------------------------------------------------------------------- several hosts
@@ -1287,9 +1347,9 @@ def merge_cmd(
 @click.option(
     "--all", "all_workers", is_flag=True, help="Also finished, interrupted and dead workers."
 )
-@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+@output_options()
 @click.pass_context
-def workers_cmd(ctx: click.Context, /, all_workers: bool, as_json: bool) -> None:
+def workers_cmd(ctx: click.Context, /, all_workers: bool, **output: Any) -> None:
     """List sync workers (on every host), their claims and how old their leases are.
 
     A worker whose heartbeat is older than its lease is shown as stale: its
@@ -1306,10 +1366,13 @@ def workers_cmd(ctx: click.Context, /, all_workers: bool, as_json: bool) -> None
         rows = claims.workers(db, all_workers=all_workers)
     finally:
         db.close()
-    if as_json:
-        click.echo(render.as_json_data([render.workers_dict(r) for r in rows]))
+    out = _output(output)
+    if out.fmt == "table":
+        click.echo(render.workers(rows, _width()))
         return
-    click.echo(render.workers(rows, render.terminal_width()))
+    dicts = [render.workers_dict(r) for r in rows]
+    columns = list(dicts[0]) if dicts else ["worker_id"]
+    click.echo(render.rows_out(columns, [tuple(d.values()) for d in dicts], out.fmt))
 
 
 @cli.command("release")

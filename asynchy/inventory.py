@@ -568,8 +568,10 @@ def _refuse_unknown(db: Database, tree: Tree, named: Sequence[str]) -> None:
     unknown = [w for w in wanted if encode_name(w) not in known]
     if not unknown:
         return  # walked before: walking it again records whatever the server has now
-    top, _ = tree.list_epns()
+    top, issues = tree.list_epns()
     on_server = {t.name for t in top if t.is_dir}
+    if issues or not on_server:  # the listing itself is in doubt (unreadable, odd names): walk it
+        return
     for raw in unknown:
         if raw not in on_server:
             name = encode_name(raw)

@@ -170,13 +170,100 @@ def as_json_data(data: Any) -> str:
     return json.dumps(machine(data), indent=2, default=str)
 
 
+def _csv_cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    value = machine(v)
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
 def as_csv(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow(["" if v is None else machine(v) for v in row])
+        writer.writerow([_csv_cell(v) for v in row])
     return out.getvalue()
+
+
+# ------------------------------------------------------------------ the one output convention
+FORMATS = ("table", "json", "csv", "nl")
+
+
+def stdout_is_terminal() -> bool:
+    import sys
+
+    return sys.stdout.isatty()
+
+
+def rows_out(
+    columns: list[str],
+    rows: list[tuple[Any, ...]],
+    fmt: str,
+    *,
+    human_rows: list[tuple[Any, ...]] | None = None,
+    limit: int | None = None,
+    right: set[str] | None = None,
+    empty: str = "no rows",
+) -> str:
+    """A listing in one of FORMATS.  json, csv and nl (one JSON object a line) hold every row (raw
+    numbers, UTC ISO times); a table has human units and local times, is cut to ``limit`` rows with a
+    line that says so, and fits the terminal only when it is one (a pipe gets whole cells)."""
+    if fmt == "json":
+        return as_json_rows(columns, rows)
+    if fmt == "nl":
+        return "\n".join(
+            json.dumps(machine(dict(zip(columns, r, strict=True))), default=str) for r in rows
+        )
+    if fmt == "csv":
+        return as_csv(columns, rows).rstrip("\n")
+    shown_rows = human_rows if human_rows is not None else rows
+    if not shown_rows:
+        return empty
+    cut = shown_rows if limit is None else shown_rows[:limit]
+    width = terminal_width() if stdout_is_terminal() else None
+    text = table(columns, cut, width=width, right=right)
+    if len(cut) < len(shown_rows):
+        text += f"\n{len(cut)} of {len(shown_rows)} shown; --all for every row"
+    return text
+
+
+def human_units(columns: list[str], rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows of ``asynchy sql`` for a table: byte counts (columns named size, bytes, *_size,
+    *_bytes) in IEC units; everything else as it is."""
+    sized = [c == "size" or c == "bytes" or c.endswith(("_size", "_bytes")) for c in columns]
+    return [
+        tuple(
+            human_bytes(float(v))
+            if flag and isinstance(v, (int, float, Decimal)) and not isinstance(v, bool)
+            else v
+            for v, flag in zip(row, sized, strict=True)
+        )
+        for row in rows
+    ]
+
+
+def _flat(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(data, dict):
+        out: list[tuple[str, Any]] = []
+        for k, v in data.items():
+            out += _flat(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [(prefix, data)]
+
+
+def data_out(data: Any, fmt: str, human: Any) -> str:
+    """One object (a summary, status, show) in one of FORMATS; ``human()`` renders the table form.
+    csv gives one ``key,value`` row per leaf (dotted keys; lists as JSON)."""
+    if fmt == "json":
+        return as_json_data(data)
+    if fmt == "nl":
+        return as_json_line(data)
+    if fmt == "csv":
+        return as_csv(["key", "value"], [(k, v) for k, v in _flat(data)]).rstrip("\n")
+    return str(human())
 
 
 def as_json_rows(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
@@ -197,14 +284,15 @@ def table(
     columns: list[str],
     rows: list[tuple[Any, ...]],
     *,
-    width: int = 80,
+    width: int | None = 80,
     right: set[str] | None = None,
 ) -> str:
-    """A plain text table that fits ``width`` columns (the widest columns are cut with '…')."""
+    """A plain text table that fits ``width`` columns (the widest columns are cut with '…');
+    ``width=None``: nothing is cut (output to a pipe or a file)."""
     right = right or set()
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    while sum(widths) + 2 * (len(widths) - 1) > width and max(widths) > 8:
+    while width is not None and sum(widths) + 2 * (len(widths) - 1) > width and max(widths) > 8:
         widest = widths.index(max(widths))
         widths[widest] -= 1
 
@@ -223,7 +311,7 @@ def terminal_width() -> int:
 
 
 # ------------------------------------------------------------------ status, epns, show
-def status(data: dict[str, Any], width: int = 80) -> str:
+def status(data: dict[str, Any], width: int | None = 80) -> str:
     lines = [f"asynchy status at {local_time(data['generated_at'])} of {data['database']}"]
     rows = [
         (status, v["epns"], human_bytes(v["bytes"]), f"{v['files']:,}")
@@ -313,7 +401,7 @@ def epn_rows(items: list[dict[str, Any]], human: bool) -> list[tuple[Any, ...]]:
     ]
 
 
-def show(data: dict[str, Any], width: int = 80) -> str:
+def show(data: dict[str, Any], width: int | None = 80) -> str:
     e = data["epn"]
     lines = [
         f"EPN {shown(e['epn'])}: {e['status']}"
@@ -390,7 +478,7 @@ def workers_dict(row: Any) -> dict[str, Any]:
     }
 
 
-def workers(rows: list[Any], width: int = 80) -> str:
+def workers(rows: list[Any], width: int | None = 80) -> str:
     if not rows:
         return "no running workers"
     table_rows = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from asynchy.db import open_database, open_read_only
@@ -19,15 +20,20 @@ WRITE_HINTS = (
 )
 
 
-def run(setting: str, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """(column names, rows) of one statement; anything that would write is refused."""
+def run(
+    setting: str, sql: str, params: dict[str, str] | None = None
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """(column names, rows) of one statement; anything that would write is refused.
+
+    ``params`` fill ``:name`` placeholders; a value that reads as a whole number is passed as one."""
     if not sql.strip():
         raise UsageError('give a query, e.g. asynchy sql "SELECT epn, status FROM epns LIMIT 5"')
     open_database(setting, create=False).close()  # an older schema is brought up to date first
     db = open_read_only(setting)
     try:
         with db.read(faults_only=True) as conn:
-            result = conn.exec_driver_sql(sql)
+            values = {k: _value(v) for k, v in (params or {}).items()}
+            result = conn.execute(text(sql), values) if values else conn.exec_driver_sql(sql)
             if not result.returns_rows:
                 raise UsageError(
                     "that statement returns no rows; asynchy sql is for queries (SELECT, WITH)"
@@ -42,3 +48,13 @@ def run(setting: str, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         raise UsageError(f"the database refused the query: {message}") from None
     finally:
         db.close()
+
+
+def _value(text_value: str) -> Any:
+    try:
+        return int(text_value)
+    except ValueError:
+        try:
+            return float(text_value)
+        except ValueError:
+            return text_value

@@ -241,14 +241,14 @@ def watch(
             if not (opts.once or cycle.interrupted):
                 wait = max(0.0, opts.every - cycle.elapsed)
                 cycle.next_at = datetime.now(UTC) + timedelta(seconds=wait)
-            log.info("%s", cycle_line(cycle))
-            if on_cycle is not None:
-                on_cycle(cycle)
-            if cycle.interrupted:
-                raise Interrupted(f"watch stopped during cycle {number}")
-            if opts.once:
-                return cycle
-            try:
+            try:  # a stop from here on, even while the cycle line is written, ends after the cycle
+                log.info("%s", cycle_line(cycle))
+                if on_cycle is not None:
+                    on_cycle(cycle)
+                if cycle.interrupted:
+                    raise Interrupted(f"watch stopped during cycle {number}")
+                if opts.once:
+                    return cycle
                 stop.wait(max(0.0, opts.every - (time.monotonic() - started)))
             except KeyboardInterrupt:
                 raise Interrupted(f"watch stopped after cycle {number}") from None

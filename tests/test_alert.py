@@ -368,9 +368,9 @@ def test_destinations_lists_mapped_and_unmapped(
     result = cli("--config", str(conf), "destinations", "--format", "csv")
     assert result.stdout.splitlines() == [
         "epn,number,mapped,folder,dest_path,status",
-        "12282a,12282,True,ny79,/vault/ny79/12282a,pending",
-        "12283b,12283,False,,/vault/12283b,pending",
-        "99999z,99999,True,/other/ab12,/other/ab12/99999z,pending",
+        "12282a,12282,true,ny79,/vault/ny79/12282a,pending",
+        "12283b,12283,false,,/vault/12283b,pending",
+        "99999z,99999,true,/other/ab12,/other/ab12/99999z,pending",
     ]
     unmapped = cli("--config", str(conf), "destinations", "--unmapped")
     assert "12283b" in unmapped.stdout and "12282a" not in unmapped.stdout

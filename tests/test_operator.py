@@ -7,6 +7,8 @@ import os
 import signal
 import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +121,104 @@ def test_a_normal_stop_of_watch_is_not_an_error(env: dict[str, Path]) -> None:
     assert "Error:" not in stderr
     assert stderr.strip().endswith("asynchy: watch stopped after cycle 1")
     assert rows(env["db"], "SELECT DISTINCT status FROM workers") == [("finished",)]
+
+
+# ------------------------------------------------------------------ one output convention
+def _inventory_of(tmp_path: Path, n: int) -> Path:
+    """A database with n walked EPNs (a local source), one of them with a long last error."""
+    from asynchy.db import open_database
+    from asynchy.inventory import WalkOptions, walk
+    from asynchy.remote.local import LocalTree
+
+    src = tmp_path / "src"
+    for i in range(n):
+        write_file(src / f"{30000 + i}a" / "f.cbf", b"x" * (i + 1))
+    path = tmp_path / "files.db"
+    db = open_database(str(path))
+    try:
+        walk(db, LocalTree(str(src)), WalkOptions())
+    finally:
+        db.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "UPDATE epns SET status = 'failed', last_error = ? WHERE epn = '30000a'",
+            (
+                "rsync exit 255: ssh failed (ssh: connect to host sftp.example.org port 22: "
+                "Connection timed out after a long wait)",
+            ),
+        )
+    return path
+
+
+def test_every_listing_format_holds_every_row(cli: Any, tmp_path: Path) -> None:
+    db = str(_inventory_of(tmp_path, 120))
+    as_json = json.loads(cli("--db", db, "epns", "--json").stdout)
+    assert len(as_json) == 120 and as_json[0]["size"] == 1
+    assert json.loads(cli("--db", db, "epns", "--format", "json").stdout) == as_json
+    nl = cli("--db", db, "epns", "--format", "nl").stdout.splitlines()
+    assert len(nl) == 120 and json.loads(nl[5])["epn"] == "30005a"
+    csv_lines = cli("--db", db, "epns", "--csv").stdout.splitlines()
+    assert len(csv_lines) == 121 and csv_lines[0].startswith("epn,")
+    table = cli("--db", db, "epns", env={"COLUMNS": "40"}).stdout.splitlines()
+    assert len(table) == 121  # a pipe: every row, and no cell cut
+    assert "…" not in "\n".join(table)
+    assert "Connection timed out after a long wait" in "\n".join(table)
+    cut = cli("--db", db, "epns", "--limit", "100").stdout.splitlines()
+    assert len(cut) == 102 and cut[-1] == "100 of 120 shown; --all for every row"
+    assert len(cli("--db", db, "epns", "--limit", "100", "--all").stdout.splitlines()) == 121
+    both = cli("--db", db, "epns", "--json", "--csv")
+    assert both.exit_code == 2 and "choose one output format" in both.stderr
+    assert json.loads(cli("--db", db, "status", "--format", "json").stdout)["epns"]["total"] == 120
+    flat = cli("--db", db, "status", "--csv").stdout.splitlines()
+    assert flat[0] == "key,value" and "epns.total,120" in flat
+    mapped = cli("--db", db, "destinations", "--csv").stdout.splitlines()
+    assert mapped[1].split(",")[2] == "false"  # booleans as true/false
+
+
+def test_a_table_on_a_terminal_stops_at_100(tmp_path: Path) -> None:
+    import pty
+
+    db = str(_inventory_of(tmp_path, 120))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asynchy", "--db", db, "epns"], stdout=slave, stderr=subprocess.PIPE
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait()
+    os.close(master)
+    lines = b"".join(chunks).decode().replace("\r\n", "\n").strip().splitlines()
+    assert proc.returncode == 0
+    assert len(lines) == 102 and lines[-1] == "100 of 120 shown; --all for every row"
+
+
+def test_sql_takes_parameters_and_stdin_and_shows_human_units(cli: Any, tmp_path: Path) -> None:
+    db = str(_inventory_of(tmp_path, 3))
+    got = cli(
+        "--db",
+        db,
+        "sql",
+        "SELECT epn FROM epns WHERE size > :n ORDER BY epn",
+        "-p",
+        "n",
+        "1",
+        "--json",
+    )
+    assert got.exit_code == 0, got.stderr
+    assert json.loads(got.stdout) == [{"epn": "30001a"}, {"epn": "30002a"}]
+    piped = cli("--db", db, "sql", "-", "--csv", input="SELECT count(*) AS n FROM epns")
+    assert piped.stdout.splitlines() == ["n", "3"]
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE epns SET size = 5368709120 WHERE epn = '30000a'")
+    table = cli("--db", db, "sql", "SELECT epn, size FROM epns WHERE epn = '30000a'").stdout
+    assert "5.0 GiB" in table
+    raw = cli("--db", db, "sql", "SELECT size FROM epns WHERE epn = '30000a'", "--csv").stdout
+    assert raw.splitlines() == ["size", "5368709120"]

@@ -148,6 +148,7 @@ def test_epns_filters_and_formats(cli: Any, known_any: str) -> None:
     assert result.stdout.splitlines() == [
         "epn     status       size  files  modified          attempts  last_error",
         "12000a  complete  1.0 GiB      3  2019-01-01 00:00         1",
+        "1 of 2 shown; --all for every row",
     ]
 
 
@@ -213,10 +214,10 @@ def test_missing_database_is_not_created(cli: Any, tmp_path: Path) -> None:
 # ------------------------------------------------------------------ sql
 def test_sql_formats(cli: Any, known_any: str) -> None:
     q = "SELECT status, epns, bytes FROM v_status_summary WHERE status IN ('complete', 'failed') ORDER BY status"
-    assert cli("--db", known_any, "sql", q).stdout.splitlines() == [
+    assert cli("--db", known_any, "sql", q).stdout.splitlines() == [  # a table: IEC units
         "status    epns  bytes",
-        "complete  40    166429982720",
-        "failed    3     15032385536",
+        "complete  40    155.0 GiB",
+        "failed    3     14.0 GiB",
     ]
     assert cli("--db", known_any, "sql", q, "--format", "csv").stdout == (
         "status,epns,bytes\ncomplete,40,166429982720\nfailed,3,15032385536\n"

@@ -975,7 +975,7 @@ def test_progress_bar_advances_within_a_large_file(env: dict[str, Path]) -> None
         columns=120,
     )
     assert code == 0
-    assert "sync 1 EPNs" in shown and "/6.00MiB" in shown  # IEC units, as the summaries
+    assert "sync 1 EPNs" in shown and "/6.00M" in shown and "iB/s" in shown  # IEC, as the summaries
     seen = {float(m) for m in re.findall(r"\b(\d+(?:\.\d+)?)M/6\.00M", shown)}
     assert len(seen) >= 3, shown  # several distinct positions while the one big file was copied
     assert "running 1" in shown
