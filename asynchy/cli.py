@@ -577,6 +577,11 @@ def _batch_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="rsync include pattern, checked before the excludes (repeatable) [config: include].",
         ),
         click.option(
+            "--metrics-file",
+            metavar="FILE",
+            help="Write Prometheus metrics here after the run (each watch cycle) [config: metrics_file].",
+        ),
+        click.option(
             "--chmod",
             metavar="RULES",
             help="rsync --chmod rules, with --perms, e.g. Dg+s,ug+w,o-wx,ug+X [config: chmod].",
@@ -626,6 +631,7 @@ def _sync_settings(ctx: click.Context, kw: dict[str, Any], **more: Any) -> Any:
         exclude=kw["exclude"] or None,
         include=kw["include"] or None,
         chmod=kw["chmod"],
+        metrics_file=kw["metrics_file"],
         **more,
     )
 
@@ -660,6 +666,7 @@ def _sync_options(settings: Any, kw: dict[str, Any], **more: Any) -> Any:
         exclude=settings.exclude or (),
         chmod=settings.chmod,
         ignore_file=Path(settings.ignore_file).expanduser() if settings.ignore_file else None,
+        metrics_file=Path(settings.metrics_file).expanduser() if settings.metrics_file else None,
         **more,
     )
 

@@ -401,6 +401,13 @@ KEYS: dict[str, KeySpec] = {
             "path",
         ),
         KeySpec("comment", _as_str, None, "free text, ignored (HPC ASSyncy's comment)"),
+        KeySpec(
+            "metrics_file",
+            _as_str,
+            None,
+            "Prometheus text-format metrics, rewritten after every sync run and watch cycle",
+            "path",
+        ),
         KeySpec("threads", _as_count, 2, "EPNs copied at once by sync and watch", "integer"),
         KeySpec("every", _as_interval, 3600.0, "time between two watch cycles", "duration"),
         KeySpec(
@@ -542,6 +549,7 @@ class Settings:
     chmod: str | None = None
     ignore_file: str | None = None
     comment: str | None = None
+    metrics_file: str | None = None
     threads: int = 2
     every: float = 3600.0
     settle: float = 3600.0

@@ -73,6 +73,7 @@ class SyncOptions:
     exclude: tuple[str, ...] = ()
     chmod: str | None = None
     ignore_file: Path | None = None  # HPC ASSyncy's ignore.yml: its EPNs count as copied
+    metrics_file: Path | None = None  # Prometheus text, written after the run (asynchy.metrics)
 
 
 class SyncProgress(Protocol):
@@ -402,6 +403,11 @@ def sync(
         if progress is not None:
             progress.close()
         summary.elapsed = time.monotonic() - started
+    if opts.metrics_file is not None and not opts.dry_run:
+        from asynchy import metrics
+
+        rate = summary.bytes / summary.elapsed if summary.elapsed > 0 else 0.0
+        metrics.write(db, opts.metrics_file, throughput=rate)
     return summary
 
 

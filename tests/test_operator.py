@@ -222,3 +222,31 @@ def test_sql_takes_parameters_and_stdin_and_shows_human_units(cli: Any, tmp_path
     assert "5.0 GiB" in table
     raw = cli("--db", db, "sql", "SELECT size FROM epns WHERE epn = '30000a'", "--csv").stdout
     assert raw.splitlines() == ["size", "5368709120"]
+
+
+def test_metrics_file_for_node_exporter(cli: Any, env: dict[str, Path], tmp_path: Path) -> None:
+    """sync writes Prometheus text metrics atomically; prometheus_client's parser reads them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for epn in ("12282a", "12283b"):
+        write_file(env["src"] / epn / "f", b"abc")
+    walk(cli, env)
+    with sqlite3.connect(env["db"]) as conn:
+        conn.execute("UPDATE epns SET status = 'quarantined' WHERE epn = '12283b'")
+    metrics = tmp_path / "asynchy.prom"
+    result = sync(cli, env, "--metrics-file", str(metrics))
+    assert result.exit_code == 0, result.stderr
+    families = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}
+    by_status = {s.labels["status"]: s.value for s in families["asynchy_epns"].samples}
+    assert (
+        by_status["complete"] == 1 and by_status["quarantined"] == 1 and by_status["pending"] == 0
+    )
+    copied = families["asynchy_bytes_copied"].samples[0].value  # the parser drops _total
+    assert copied == 3
+    classes = {s.labels["classification"]: s.value for s in families["asynchy_transfers"].samples}
+    assert classes == {"ok": 1}
+    last = families["asynchy_last_success_timestamp_seconds"].samples[0].value
+    assert last > 1_700_000_000
+    assert families["asynchy_throughput_bytes_per_second"].samples[0].value >= 0
+    assert families["asynchy_oldest_pending_age_seconds"].samples[0].value >= 0
+    assert not list(tmp_path.glob(".asynchy-metrics-*"))  # written by rename, nothing left over
