@@ -99,6 +99,9 @@ class AlertSummary:
     sent: bool = False
     dry_run: bool = False
     message: str | None = None  # the whole message, in a dry run
+    text: str | None = None  # its text part, in a dry run
+    to: tuple[str, ...] = ()  # who it goes (or would go) to
+    html: str | None = None  # its HTML part, in a dry run
     visits: int = 0  # visits the portal returned
     portal_errors: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # recipients the SMTP server refused
@@ -399,7 +402,7 @@ def alert(
 ) -> AlertSummary:
     """Send (or, dry, show) one message naming the unmapped EPNs not alerted before; record them."""
     now = now or datetime.now(UTC)
-    summary = AlertSummary(dry_run=dry_run)
+    summary = AlertSummary(dry_run=dry_run, to=opts.to)
     summary.unmapped = sorted({e for e in on_server if not is_mapped(e, destinations)})
     since = now - timedelta(days=opts.realert_days) if opts.realert_days is not None else None
     known = _already_alerted(db, summary.unmapped, since)
@@ -430,7 +433,7 @@ def alert(
     msg = build_message(opts, text, html)
     summary.alerted = todo
     if dry_run:
-        summary.message = msg.as_string()
+        summary.message, summary.text, summary.html = msg.as_string(), text, html
         return summary
     summary.refused = send(msg, opts.smtp)
     summary.sent = True
@@ -461,12 +464,13 @@ def epns_on_server(tree: Tree) -> list[str]:
 
 
 def options_from_settings(
-    settings: Settings, env: Mapping[str, str], source: str
+    settings: Settings, env: Mapping[str, str], source: str, *, preview: bool = False
 ) -> AlertOptions | None:
-    """AlertOptions from the configuration, or None when ``alert_to`` is not set.
+    """AlertOptions from the configuration, or None when ``alert_to`` is not set (a ``preview``,
+    ``alert --dry-run``, needs no recipients).
 
     The SMTP password comes from ``ASYNCHY_SMTP_PASSWORD`` or ``smtp_password_file`` only."""
-    if not settings.alert_to:
+    if not settings.alert_to and not preview:
         return None
     password = env.get(SECRET_ENV["smtp_password"]) or None
     if password is None and settings.smtp_password_file:
@@ -476,7 +480,7 @@ def options_from_settings(
         except OSError as exc:
             raise ConfigError(f"smtp_password_file {path} cannot be read: {exc.strerror}") from None
     return AlertOptions(
-        to=tuple(settings.alert_to),
+        to=tuple(settings.alert_to or ()),
         sender=settings.alert_from or f"asynchy@{socket.getfqdn()}",
         subject=settings.alert_subject,
         templates=Path(settings.alert_templates).expanduser() if settings.alert_templates else None,

@@ -321,6 +321,21 @@ def init_cmd(
             overwrite = click.confirm(f"{path} exists. Replace it?", default=False)
             if not overwrite:
                 raise _Exit(f"config file {path} left unchanged", int(ExitCode.USAGE))
+    if path.exists() and not overwrite:
+        raise _Exit(
+            f"config file {path} already exists: pass --overwrite to replace it",
+            int(ExitCode.USAGE),
+        )
+    if overwrite and path.is_file():  # what the file already says stays, unless given anew
+        kept = config.existing_values(path)
+        values = {**kept, **{k: v for k, v in values.items() if v is not None}}
+    missing = config.missing_for_init(values)
+    if missing and not interactive:
+        raise _Exit(
+            f"not writing {path}: give {', '.join('--' + k.replace('_', '-') for k in missing)} "
+            "(asynchy walk and sync need them)",
+            int(ExitCode.USAGE),
+        )
     for key in ("keypath", "known_hosts", "dest"):
         if values.get(key):
             values[key] = str(Path(values[key]).expanduser())
@@ -751,11 +766,11 @@ def sync_cmd(ctx: click.Context, /, **kw: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- watch and alerts
-def _alert_options(settings: Any, source: str) -> Any:
+def _alert_options(settings: Any, source: str, *, preview: bool = False) -> Any:
     """AlertOptions from the settings, or None when alert_to is not configured."""
     from asynchy.alert import options_from_settings
 
-    return options_from_settings(settings, os.environ, source)
+    return options_from_settings(settings, os.environ, source, preview=preview)
 
 
 @cli.command("watch")
@@ -865,6 +880,12 @@ def _source(settings: Any) -> str:
     is_flag=True,
     help="Record the server's host key if known_hosts does not know the host (never a changed key).",
 )
+@click.option(
+    "--html",
+    "html_path",
+    metavar="FILE",
+    help="With --dry-run: write the HTML part of the message to this file.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def alert_cmd(
@@ -875,6 +896,7 @@ def alert_cmd(
     src_prefix: str | None,
     accept_new_host_key: bool,
     as_json: bool,
+    html_path: str | None,
 ) -> None:
     """E-mail the EPNs on the server that no destination mapping claims (once each).
 
@@ -882,11 +904,13 @@ def alert_cmd(
     has no `destinations` entry and that no earlier alert named (or, with
     realert_days, not lately), and sends one message (text and HTML) with
     each EPN's visit from the facility portal when `portal` is configured.
-    Needs alert_to (and smtp_* settings); see docs/operations.md.
+    Needs alert_to (and smtp_* settings); see docs/operations.md.  A dry
+    run needs neither: it prints the text part and writes the HTML part to
+    --html FILE.
 
     \b
     Example:
-        asynchy alert --dry-run
+        asynchy alert --dry-run --html /tmp/alert.html
         asynchy alert --realert-days 7
     """
     from asynchy import alert, render
@@ -895,7 +919,7 @@ def alert_cmd(
     from asynchy.remote.factory import open_tree
 
     settings = _settings(ctx, src_prefix=src_prefix, realert_days=realert_days)
-    opts = _alert_options(settings, _source(settings))
+    opts = _alert_options(settings, _source(settings), preview=dry_run)
     if opts is None:
         raise ConfigError(
             f"alert_to is not set: add 'alert_to: [you@example.org]' to {settings.config_path} "
@@ -916,10 +940,15 @@ def alert_cmd(
         )
     finally:
         db.close()
+    if html_path is not None and summary.html is not None:
+        try:
+            Path(html_path).expanduser().write_text(summary.html, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"--html {html_path} cannot be written: {exc.strerror}") from None
     if as_json:
         click.echo(render.as_json_data(summary.as_dict()))
-    elif dry_run and summary.message is not None:
-        click.echo(summary.message)
+    elif dry_run and summary.text is not None:
+        click.echo(render.alert_preview(summary, html_path))
     else:
         click.echo(render.alert_summary(summary.as_dict()))
 
@@ -1146,14 +1175,14 @@ def reset_cmd(ctx: click.Context, /, epns: tuple[str, ...], statuses: tuple[str,
         asynchy reset 12282a 12283b
         asynchy reset --status quarantined
     """
-    from asynchy import ops
+    from asynchy import ops, render
 
     _, db = _open_existing(ctx)
     try:
         result = ops.reset(db, epns, statuses)
     finally:
         db.close()
-    click.echo(f"reset {len(result.done)} EPNs to pending")
+    click.echo(f"reset {render.plural(len(result.done), 'EPN')} to pending")
     for epn, why in result.refused.items():
         click.echo(f"  not reset: {epn}: {why}", err=True)
     if result.refused and epns:
@@ -1176,14 +1205,14 @@ def skip_cmd(ctx: click.Context, /, epns: tuple[str, ...], reason: str) -> None:
     Example:
         asynchy skip 12290a --reason "test data, not to be kept"
     """
-    from asynchy import ops
+    from asynchy import ops, render
 
     _, db = _open_existing(ctx)
     try:
         result = ops.skip(db, epns, reason)
     finally:
         db.close()
-    click.echo(f"skipped {len(result.done)} EPNs")
+    click.echo(f"skipped {render.plural(len(result.done), 'EPN')}")
     for epn, why in result.refused.items():
         click.echo(f"  not skipped: {epn}: {why}", err=True)
     if result.refused:

@@ -847,6 +847,21 @@ def load_settings(
     )
 
 
+def existing_values(path: Path) -> dict[str, Any]:
+    """The settings an existing config file holds (for ``init --overwrite``, which keeps them)."""
+    values = dict(_read_config_file(path, must_exist=True)[0])
+    values.pop("merc_missing", None)
+    return values
+
+
+INIT_REQUIRED = ("host", "src_prefix", "dest", "db")
+
+
+def missing_for_init(values: Mapping[str, Any]) -> list[str]:
+    """The keys a config written by ``asynchy init`` must have (else walk and sync cannot run)."""
+    return [k for k in INIT_REQUIRED if values.get(k) in (None, "")]
+
+
 def render_config(values: Mapping[str, Any]) -> str:
     """YAML text for a config file, keys in the documented order, unset keys left out."""
     import yaml

@@ -15,11 +15,12 @@ import os
 import re
 import stat
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from asynchy.config import SshTarget
-from asynchy.errors import AsynchyError, LinkDown, SetupError, SourceNotFound
+from asynchy.errors import AsynchyError, ExitCode, LinkDown, SetupError, SourceNotFound
 from asynchy.failures import classify_exit, main_complaint
 from asynchy.rsync import TEMP_DIR, RsyncOptions, child_env, parse_bwlimit, probe_argv
 
@@ -107,6 +108,9 @@ def probe(target: SshTarget | None, prefix: str, ropts: RsyncOptions) -> ProbeRe
 def check_source(target: SshTarget | None, prefix: str, ropts: RsyncOptions) -> None:
     """The server answers, knows us, has rsync and src_prefix; else the one-line error of ``walk``."""
     result = probe(target, prefix, ropts)
+    if result.kind == "link":  # one more look, a second later: a connection reset is not an outage
+        time.sleep(1.0)
+        result = probe(target, prefix, ropts)
     if result.kind == "ok":
         return
     where = target.known_hosts_name if target is not None else "the local source"
@@ -134,11 +138,22 @@ def error_for(
 
 
 def _ssh_diagnosis(target: SshTarget) -> AsynchyError | None:
-    """ssh refused: ask the walk's connection code why, so that both commands say the same line."""
+    """ssh refused: ask the walk's connection code why, so that both commands say the same line.
+
+    Only a refusal counts (host key, login, key file); a connection that fails while asking
+    (a busy server) is asked once more, then OpenSSH's own line is used."""
+    from asynchy.errors import ConfigError, HostKeyChanged
     from asynchy.remote.ssh import connect
 
-    try:
-        connect(target).close()
-    except AsynchyError as exc:
-        return exc
+    for _ in range(2):
+        try:
+            connect(target).close()
+        except (HostKeyChanged, ConfigError) as exc:
+            return exc
+        except AsynchyError as exc:
+            if exc.exit_code != ExitCode.ERROR:
+                return exc
+            time.sleep(0.5)
+            continue
+        return None
     return None

@@ -13,6 +13,11 @@ from typing import Any
 UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 EPN``, ``2 EPNs``, ``1 attempt``: a count and its noun, agreeing."""
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
+
 def human_bytes(n: float) -> str:
     value = float(n)
     for unit in UNITS:
@@ -416,7 +421,7 @@ def show(data: dict[str, Any], width: int | None = 80) -> str:
     )
     lines.append(f"  destination: {shown(e['dest_path'] or '-')}")
     lines.append(
-        f"  transfers:   {e['attempts']} attempts, {e['failures']} failures in a row, "
+        f"  transfers:   {plural(e['attempts'], 'attempt')}, {plural(e['failures'], 'failure')} in a row, "
         f"{human_bytes(e['bytes_transferred'])} moved, completed {local_time(e['completed_at'])}"
     )
     if e["last_error"]:
@@ -514,7 +519,8 @@ def workers(rows: list[Any], width: int | None = 80) -> str:
 
 def merge_summary(data: dict[str, Any]) -> str:
     lines = [
-        f"merged {len(data['inputs'])} inputs: {data['epns']:,} EPNs ({data['epns_added']:,} new), "
+        f"merged {plural(len(data['inputs']), 'input')} into a target of {plural(data['epns'], 'EPN')} "
+        f"({data['epns_added']:,} new), "
         f"{data['files_added']:,} files added, {data['files_updated']:,} updated, {data['files_removed']:,} removed; "
         f"{data['epns_completed']:,} EPNs completed, {data['epns_changed']:,} changed, "
         f"{data['conflicts_resolved']:,} conflicts resolved, {data['transfers_added']:,} transfers added"
@@ -528,6 +534,22 @@ def merge_summary(data: dict[str, Any]) -> str:
 def as_json_line(data: Any) -> str:
     """One JSON object on one line (a stream of them, e.g. a watch's cycles)."""
     return json.dumps(machine(data), default=str)
+
+
+def alert_preview(summary: Any, html_path: str | None) -> str:
+    """``alert --dry-run``: who would get it, the text part as sent, and what the HTML part holds."""
+    html = summary.html or ""
+    to = ", ".join(summary.to) if getattr(summary, "to", None) else "(alert_to not set)"
+    rows = html.count("<tr")
+    where = f"written to {html_path}" if html_path else "--html FILE writes it"
+    lines = [
+        f"alert (dry run): {len(summary.alerted)} EPNs, to {to}; nothing sent, nothing recorded",
+        "",
+        summary.text.rstrip("\n"),
+        "",
+        f"[HTML part: {len(html):,} characters, {rows} table rows; {where}]",
+    ]
+    return "\n".join(lines)
 
 
 def alert_summary(data: dict[str, Any]) -> str:

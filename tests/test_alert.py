@@ -219,13 +219,30 @@ def test_alert_goes_out_without_visit_details_when_the_portal_fails(
 def test_dry_run_prints_the_message_and_records_nothing(
     cli: Any, site: dict[str, Any], mail: MailServer
 ) -> None:
-    result = run_alert(cli, site["conf"], "--dry-run", password=None)
+    html = site["tmp"] / "preview.html"
+    result = run_alert(cli, site["conf"], "--dry-run", "--html", str(html), password=None)
     assert result.exit_code == 0, result.stderr
-    assert "Subject: Unknown ownership of EPNs" in result.stdout
-    assert "To: ops@site.example, pi-desk@site.example" in result.stdout
-    assert "Content-Type: text/html" in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        "alert (dry run): 4 EPNs, to ops@site.example, pi-desk@site.example; nothing sent, "
+        "nothing recorded"
+    )
+    assert "4 EPNs on " in result.stdout and "no destination mapping" in result.stdout  # the text
+    assert "Content-Type" not in result.stdout and "=3D" not in result.stdout  # not raw MIME
+    assert lines[-1].startswith("[HTML part: ") and f"written to {html}" in lines[-1]
+    assert html.read_text().lstrip().startswith("<!DOCTYPE html>") or "<html" in html.read_text()
     assert mail.received == [] and mail.logins == []
     assert rows(site["db"], "SELECT count(*) FROM alerts") == [(0,)]
+
+
+def test_dry_run_needs_no_recipients(cli: Any, site: dict[str, Any], write_config: Any) -> None:
+    values = {k: v for k, v in site["values"].items() if k != "alert_to"}
+    conf = write_config(values, name="noto.yaml")
+    result = run_alert(cli, conf, "--dry-run", password=None)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("alert (dry run): 4 EPNs, to (alert_to not set);")
+    refused = run_alert(cli, conf, password=None)
+    assert refused.exit_code == 2 and "alert_to is not set" in refused.stderr
 
 
 def test_smtp_refusals_are_one_line_and_record_nothing(

@@ -239,8 +239,25 @@ def test_init_refuses_to_overwrite_silently(cli: Any, tmp_path: Path) -> None:
     )
     assert path.read_text() == "host: keep-me\n"
     result = cli("init", "--config_path", str(path), "--host", "new", "--overwrite")
-    assert result.exit_code == 0
-    assert yaml.safe_load(path.read_text()) == {"host": "new"}
+    assert (
+        result.exit_code == 2
+    )  # the file has no src_prefix, dest or db: walk and sync could not run
+    assert result.stderr == (
+        f"Error: not writing {path}: give --src-prefix, --dest, --db (asynchy walk and sync need them)\n"
+    )
+    path.write_text(
+        "host: keep-me\nsrc_prefix: /data/mx\ndest: /srv/vault\ndb: /srv/f.db\n"
+        "destinations: {'12282': ny79}\n"
+    )
+    result = cli("init", "--config_path", str(path), "--host", "new", "--overwrite")
+    assert result.exit_code == 0, result.stderr
+    assert yaml.safe_load(path.read_text()) == {  # --overwrite keeps what it is not given
+        "host": "new",
+        "db": "/srv/f.db",
+        "src_prefix": "/data/mx",
+        "dest": "/srv/vault",
+        "destinations": {"12282": "ny79"},
+    }
 
 
 def test_init_prompts_on_a_terminal(cli: Any, tmp_path: Path) -> None:
@@ -272,6 +289,21 @@ def test_init_prompt_confirms_overwrite(cli: Any, tmp_path: Path) -> None:
 def test_init_uses_global_config_option(cli: Any, tmp_path: Path) -> None:
     path = tmp_path / "via-global.yaml"
     result = cli("--config", str(path), "--host", "global-host", "init")
+    assert result.exit_code == 2  # an empty config is not written
+    assert not path.exists()
+    result = cli(
+        "--config",
+        str(path),
+        "--host",
+        "global-host",
+        "--db",
+        str(tmp_path / "f.db"),
+        "init",
+        "--src-prefix",
+        "/data/mx",
+        "--dest",
+        str(tmp_path),
+    )
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(path.read_text())["host"] == "global-host"
 

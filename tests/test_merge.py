@@ -66,7 +66,7 @@ def test_sharded_walks_merge_to_exactly_one_full_walk(
     result = merge(cli, tmp_path / "merged.db", *(tmp_path / f"s{k}.db" for k in (1, 2, 3)))
     assert result.exit_code == 0, result.stderr
     assert result.stdout.startswith(
-        "merged 3 inputs: 30 EPNs (30 new), 356 files added, 0 updated, 0 removed;"
+        "merged 3 inputs into a target of 30 EPNs (30 new), 356 files added, 0 updated, 0 removed;"
     )
     assert inventory(tmp_path / "merged.db") == inventory(full)
     assert rows(

@@ -392,7 +392,7 @@ def test_reset_and_skip(cli: Any, known: Path) -> None:
     assert cli("--db", str(known), "skip", "99999x").exit_code == 2
     result = cli("--db", str(known), "reset", "12046b", "12045a")
     assert result.exit_code == 3
-    assert result.stdout == "reset 1 EPNs to pending\n"
+    assert result.stdout == "reset 1 EPN to pending\n"
     assert "not reset: 12045a: claimed by a running sync" in result.stderr
     assert rows(known, "SELECT status, skip_reason FROM epns WHERE epn = '12046b'") == [
         ("pending", None)
