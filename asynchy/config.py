@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import getpass
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -882,16 +880,9 @@ def write_config(path: Path, values: Mapping[str, Any], *, overwrite: bool) -> N
         raise ConfigError(f"config file {path} already exists: pass --overwrite to replace it")
     if not path.parent.is_dir():
         raise ConfigError(f"cannot write config file {path}: folder {path.parent} does not exist")
-    text = render_config(checked)
+    from asynchy.files import write_atomically
+
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".asynchy-config-", dir=path.parent)
+        write_atomically(path, render_config(checked), 0o600)
     except OSError as exc:
         raise ConfigError(f"cannot write config file {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -7,8 +7,6 @@ file.  docs/operations.md lists the metrics and two alert rules.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -114,16 +112,11 @@ def render(db: Database, *, throughput: float | None = None) -> str:
 
 def write(db: Database, path: Path, *, throughput: float | None = None) -> None:
     """Replace ``path`` with the current metrics, atomically; ConfigError when it cannot be written."""
-    text = render(db, throughput=throughput)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".asynchy-metrics-", dir=path.parent)
+    from asynchy.files import write_atomically
+
+    try:  # 0644: node_exporter runs as its own user
+        write_atomically(path, render(db, throughput=throughput), 0o644)
     except OSError as exc:
-        raise ConfigError(f"metrics_file {path}: {exc.strerror}; fix metrics_file") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # node_exporter runs as its own user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        raise ConfigError(
+            f"metrics_file {path} cannot be written: {exc.strerror}; fix metrics_file"
+        ) from None

@@ -249,4 +249,4 @@ def test_metrics_file_for_node_exporter(cli: Any, env: dict[str, Path], tmp_path
     assert last > 1_700_000_000
     assert families["asynchy_throughput_bytes_per_second"].samples[0].value >= 0
     assert families["asynchy_oldest_pending_age_seconds"].samples[0].value >= 0
-    assert not list(tmp_path.glob(".asynchy-metrics-*"))  # written by rename, nothing left over
+    assert not list(tmp_path.glob(".asynchy.prom.*"))  # written by rename, nothing left over
