@@ -352,7 +352,7 @@ def status(data: dict[str, Any], width: int | None = 80) -> str:
         took = human_seconds(walk["seconds"]) if walk["seconds"] is not None else "still running"
         lines.append(
             f"last walk:  {local_time(walk['started_at'])}, {took}, {walk['status']} "
-            f"({walk['epns_walked']} EPNs, {walk['errors']} errors)"
+            f"({plural(walk['epns_walked'], 'EPN')}, {plural(walk['errors'], 'error')})"
         )
     else:
         lines.append("last walk:  never (run asynchy walk)")

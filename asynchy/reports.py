@@ -35,10 +35,16 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 
 
 def status(
-    db: Database, destinations: Mapping[str, str] | None = None, copy_unmapped: bool = False
+    db: Database,
+    destinations: Mapping[str, str] | None = None,
+    copy_unmapped: bool = False,
+    *,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Everything ``asynchy status`` shows, as one JSON-ready dict (docs/reporting.md lists the keys)."""
-    now = datetime.now(UTC)
+    """Everything ``asynchy status`` shows, as one JSON-ready dict (docs/reporting.md lists the keys).
+
+    ``now``: the clock to measure against (the docs sample is made with a fixed one)."""
+    now = now or datetime.now(UTC)
     unmapped = {"epns": 0, "bytes": 0}
     with db.read() as conn:
         if destinations and not copy_unmapped:  # not copied: sync takes only mapped EPNs

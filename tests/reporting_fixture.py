@@ -25,11 +25,12 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 GiB = 2**30
 
 
-def build(setting: str | Path, *, days: int = 30) -> Database:
+def build(setting: str | Path, *, days: int = 30, now: datetime | None = None) -> Database:
     """30 days of a repatriation: 40 complete, 3 failed, 1 quarantined, 1 skipped, 1 running, 14 pending."""
+    now_ = now or NOW  # a fixed clock makes the output reproducible (docs samples)
     db = open_database(str(setting))
     epns, files, transfers = [], [], []
-    start = NOW - timedelta(days=days)
+    start = now_ - timedelta(days=days)
     for n in range(60):
         epn = f"{12000 + n}{'abc'[n % 3]}"
         size = (n % 7 + 1) * GiB
@@ -79,7 +80,7 @@ def build(setting: str | Path, *, days: int = 30) -> Database:
                 "last_error_class": "partial" if code == 23 else "retryable",
             }
             for attempt in (1, 2):
-                when = NOW - timedelta(hours=10 - 3 * attempt - n % 3)
+                when = now_ - timedelta(hours=10 - 3 * attempt - n % 3)
                 transfers.append(
                     {
                         "epn": epn,
@@ -117,8 +118,8 @@ def build(setting: str | Path, *, days: int = 30) -> Database:
             extra = {
                 "claim_owner": "w3",
                 "claim_token": 1,
-                "claimed_at": NOW - timedelta(minutes=10),
-                "lease_until": NOW + timedelta(minutes=5),
+                "claimed_at": now_ - timedelta(minutes=10),
+                "lease_until": now_ + timedelta(minutes=5),
                 "claimed_from": "pending",
             }
         epns.append(
@@ -199,9 +200,9 @@ def build(setting: str | Path, *, days: int = 30) -> Database:
                     "host": "mover1",
                     "pid": 200,
                     "command": "sync",
-                    "started_at": NOW - timedelta(hours=9),
-                    "heartbeat_at": NOW - timedelta(hours=3),
-                    "finished_at": NOW - timedelta(hours=3),
+                    "started_at": now_ - timedelta(hours=9),
+                    "heartbeat_at": now_ - timedelta(hours=3),
+                    "finished_at": now_ - timedelta(hours=3),
                     "status": "finished",
                 },
                 {
@@ -209,8 +210,8 @@ def build(setting: str | Path, *, days: int = 30) -> Database:
                     "host": "mover2",
                     "pid": 300,
                     "command": "sync",
-                    "started_at": NOW - timedelta(minutes=11),
-                    "heartbeat_at": NOW - timedelta(seconds=20),
+                    "started_at": now_ - timedelta(minutes=11),
+                    "heartbeat_at": now_ - timedelta(seconds=20),
                     "finished_at": None,
                     "status": "running",
                 },

@@ -101,11 +101,6 @@ def test_ci_runs_the_readme_test_command() -> None:
     )
 
 
-if __name__ == "__main__":
-    CLI_MD.write_text(render_cli_reference())
-    print(f"wrote {CLI_MD}", file=sys.stderr)
-
-
 def test_failure_table_is_the_code() -> None:
     """docs/failures.md's class table and asynchy.failures.POLICY name the same classes and charges."""
     from asynchy.failures import POLICY
@@ -117,3 +112,66 @@ def test_failure_table_is_the_code() -> None:
     assert set(documented) == set(POLICY)
     for name, policy in POLICY.items():
         assert documented[name] == ("yes" if policy.charged else "no"), name
+
+
+# ------------------------------------------------------------------ samples made by running the code
+REPORTING_MD = ROOT / "docs" / "reporting.md"
+SAMPLE_CLOCK_TEXT = "2026-11-25T18:06:00+00:00"
+SAMPLE_DB = "/srv/asynchy/files.db"
+
+
+def render_status_sample(folder: Path) -> str:
+    """`asynchy status` of the reporting fixture at a fixed clock, in UTC, 100 columns wide."""
+    import os
+    import time
+    from datetime import datetime
+
+    from reporting_fixture import build
+
+    from asynchy import render, reports
+
+    clock = datetime.fromisoformat(SAMPLE_CLOCK_TEXT)
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    try:
+        path = folder / "files.db"
+        db = build(path, now=clock)
+        try:
+            data = reports.status(db, now=clock)
+        finally:
+            db.close()
+        return render.status(data, 100).replace(str(path.resolve()), SAMPLE_DB)
+    finally:
+        if saved is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()
+
+
+def _sample_block(text: str, name: str) -> tuple[int, int]:
+    start = text.index(f"<!-- {name}:start -->\n```\n") + len(f"<!-- {name}:start -->\n```\n")
+    return start, text.index(f"\n```\n<!-- {name}:end -->", start)
+
+
+def test_reporting_status_sample_is_real_output(tmp_path: Path) -> None:
+    """docs/reporting.md's `asynchy status` sample is what the command prints for the fixture."""
+    text = REPORTING_MD.read_text()
+    start, end = _sample_block(text, "status-sample")
+    assert text[start:end] == render_status_sample(tmp_path), (
+        "docs/reporting.md's status sample is stale: run `python tests/test_docs.py`"
+    )
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    CLI_MD.write_text(render_cli_reference())
+    print(f"wrote {CLI_MD}", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as scratch:
+        sample = render_status_sample(Path(scratch))
+    doc = REPORTING_MD.read_text()
+    a, b = _sample_block(doc, "status-sample")
+    REPORTING_MD.write_text(doc[:a] + sample + doc[b:])
+    print(f"wrote the status sample in {REPORTING_MD}", file=sys.stderr)

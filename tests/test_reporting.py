@@ -64,7 +64,7 @@ def test_status_human(cli: Any, known: Path) -> None:
     ]
     assert lines[9] == "progress:   155.0 GiB of 234.0 GiB done (66.2 %), 76.0 GiB to go"
     assert re.match(
-        r"last walk:  \d{4}-\d\d-\d\d \d\d:\d\d, 12 min 0 s, partial \(60 EPNs, 1 errors\)",
+        r"last walk:  \d{4}-\d\d-\d\d \d\d:\d\d, 12 min 0 s, partial \(60 EPNs, 1 error\)",
         lines[10],
     )
     assert re.match(r"last sync:  .*, 11 min 0 s|last sync:  .*still running", lines[11]), lines[11]
