@@ -469,8 +469,9 @@ def walk_cmd(
     finally:
         db.close()
     data = summary.as_dict()
-    _log_summary(render.walk_summary(data))
-    click.echo(render.data_out(data, out.fmt, lambda: render.walk_summary(data)))
+    text = render.walk_summary(data)
+    _log_summary(text)
+    click.echo(render.data_out(data, out.fmt, lambda: text))
     if summary.error_count:
         ctx.exit(int(ExitCode.PARTIAL))
 
@@ -1374,8 +1375,9 @@ def merge_cmd(
         progress=MergeBar(bars_wanted(g.quiet)),
     )
     data = summary.as_dict()
-    _log_summary(render.merge_summary(data))
-    click.echo(render.data_out(data, _output(output).fmt, lambda: render.merge_summary(data)))
+    text = render.merge_summary(data)
+    _log_summary(text)
+    click.echo(render.data_out(data, _output(output).fmt, lambda: text))
 
 
 # ---------------------------------------------------------------------------- several hosts

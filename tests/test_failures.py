@@ -232,16 +232,12 @@ def test_a_locked_database_is_one_line_after_db_timeout(cli: Any, env: dict[str,
 
 
 # ------------------------------------------------------------------ interrupts, environment
-def test_ctrl_c_during_parallel_start_up_charges_nothing(env: dict[str, Path]) -> None:
+def test_ctrl_c_during_parallel_start_up_charges_nothing(cli: Any, env: dict[str, Path]) -> None:
     """failures.md, cancelled: Ctrl+C on the terminal (the whole process group) 0.5 s in."""
     big_epns(env["src"], ["62000a", "62001a"])
     for n in range(3):
         write_file(env["src"] / f"6201{n}a" / "x", b"x")
-    subprocess.run(
-        [sys.executable, "-m", "asynchy", "--config", str(env["conf"]), "walk"],
-        check=True,
-        capture_output=True,
-    )
+    walk(cli, env)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -274,14 +270,10 @@ def test_ctrl_c_during_parallel_start_up_charges_nothing(env: dict[str, Path]) -
     wait_until(lambda: not rsyncs_into(env["dest"]), timeout=10, what="rsyncs to end")
 
 
-def test_rsync_never_sees_our_secrets(env: dict[str, Path]) -> None:
+def test_rsync_never_sees_our_secrets(cli: Any, env: dict[str, Path]) -> None:
     """rsync and ssh get an allow-listed environment: no ASYNCHY_SMTP_PASSWORD, no *TOKEN*."""
     big_epns(env["src"], ["63000a"])
-    subprocess.run(
-        [sys.executable, "-m", "asynchy", "--config", str(env["conf"]), "walk"],
-        check=True,
-        capture_output=True,
-    )
+    walk(cli, env)
     secret_env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCHY_")}
     secret_env.update(ASYNCHY_SMTP_PASSWORD="hunter2-secret", SOME_API_TOKEN="tok-secret")
     proc = subprocess.Popen(
