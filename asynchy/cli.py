@@ -443,11 +443,8 @@ def walk_cmd(
         asynchy walk --epn 12282a --epn 12283b --refresh
         asynchy --db shard2.db walk --shard 2/3
     """
-    from asynchy import inventory, render
-    from asynchy.db import open_database
-    from asynchy.progress import WalkBar, bars_wanted
+    from asynchy.names import parse_epn, read_epn_file
     from asynchy.remote.factory import open_tree
-    from asynchy.signals import terminate_as_interrupt
 
     out = _output(output)
     g: GlobalOptions = ctx.find_object(GlobalOptions)  # type: ignore[assignment]
@@ -455,14 +452,27 @@ def walk_cmd(
     settings.require("src_prefix")
     chosen: list[str] = list(epns)
     if epn_file:
-        chosen += inventory.read_epn_file(epn_file)
+        chosen += read_epn_file(epn_file)
     selection = tuple(chosen) if (epns or epn_file) else None
-    if selection is not None:
-        for name in selection:
-            inventory.parse_epn(name)
+    for name in selection or ():
+        parse_epn(name)
+    # The connection opens while the database modules load (start-up, docs/benchmarks.md).
+    tree = open_tree(
+        settings, workers=workers, accept_new_host_key=accept_new_host_key, connect_ahead=True
+    )
+    try:
+        from asynchy import inventory
+        from asynchy.db import open_database
+
+        db = open_database(settings.db)
+    except BaseException:
+        tree.close()
+        raise
+    from asynchy import render
+    from asynchy.progress import WalkBar, bars_wanted
+    from asynchy.signals import terminate_as_interrupt
+
     opts = inventory.WalkOptions(epns=selection, refresh=refresh, shard=shard, workers=workers)
-    tree = open_tree(settings, workers=workers, accept_new_host_key=accept_new_host_key)
-    db = open_database(settings.db)
     try:
         with terminate_as_interrupt():
             summary = inventory.walk(db, tree, opts, progress=WalkBar(bars_wanted(g.quiet)))
@@ -730,7 +740,7 @@ def sync_cmd(ctx: click.Context, /, **kw: Any) -> None:
     settings = _sync_settings(ctx, kw)
     target = None if settings.is_local else settings.ssh_target()
     if kw["epns"]:
-        from asynchy.inventory import parse_epn
+        from asynchy.names import parse_epn
 
         for name in kw["epns"]:
             parse_epn(name)

@@ -723,8 +723,6 @@ def _from_hpc_assyncy(
 def _read_config_file(
     path: Path, *, must_exist: bool
 ) -> tuple[dict[str, Any], list[tuple[int, str]]]:
-    import yaml  # deferred: only commands that read the config pay for it
-
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -739,6 +737,8 @@ def _read_config_file(
         raise ConfigError(f"config file {path} is not readable: check its permissions") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    import yaml  # deferred: only a config file that exists costs its import
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

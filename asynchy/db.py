@@ -32,7 +32,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, S
 
 from asynchy import views
 from asynchy.errors import ConfigError, DatabaseError, SchemaError
-from asynchy.models import SCHEMA_HEAD, metadata
+from asynchy.models import SCHEMA_HEAD, add_postgresql_options, metadata
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -204,6 +204,7 @@ def make_engine(setting: str) -> tuple[Engine, str, Path | None]:
             hint = " (install asynchy[postgres])" if url.get_backend_name() == "postgresql" else ""
             raise ConfigError(f"db {shown}: no driver for this URL{hint}: {exc}") from None
         if engine.dialect.name == "postgresql":
+            add_postgresql_options()
 
             @event.listens_for(engine, "connect")
             def _on_pg_connect(dbapi_conn: Any, _record: Any) -> None:

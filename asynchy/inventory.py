@@ -48,7 +48,7 @@ from asynchy.models import (
     walk_errors_table,
     walks_table,
 )
-from asynchy.names import check_component, decode_name, encode_name, reserved_epn
+from asynchy.names import decode_name, encode_name, parse_epn, reserved_epn
 from asynchy.processes import pid_alive
 from asynchy.remote.base import Entry, EpnDone, Files, Issue, Tree
 
@@ -151,33 +151,6 @@ class WalkSummary:
 
 def _row_dict(e: ErrorRow) -> dict[str, Any]:
     return {"epn": e.epn, "path": e.path, "kind": e.kind, "message": e.message}
-
-
-def parse_epn(text: str) -> bytes:
-    """An EPN name given by the user -> its bytes; UsageError when it cannot be a folder name."""
-    try:
-        raw = decode_name(text.strip())
-    except ValueError as exc:
-        raise UsageError(f"EPN {text!r}: {exc}") from None
-    problem = check_component(raw)
-    if problem:
-        raise UsageError(f"EPN {text!r} is not a folder name ({problem})")
-    problem = reserved_epn(raw)
-    if problem:
-        raise UsageError(problem)
-    return raw
-
-
-def read_epn_file(path: str) -> list[str]:
-    """EPNs from a file: one a line; blank lines and lines starting with # are ignored."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    except OSError as exc:
-        raise UsageError(f"--epn-file {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"--epn-file {path} is not UTF-8 text") from None
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _now() -> datetime:

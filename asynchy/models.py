@@ -152,8 +152,7 @@ epns_table = Table(
         "ix_epns_queue",
         "modified",
         "epn",
-        postgresql_where=text(QUEUE_CONDITION),
-        sqlite_where=text(QUEUE_CONDITION),
+        sqlite_where=text(QUEUE_CONDITION),  # postgresql_where: see add_postgresql_options
     ),
 )
 
@@ -259,3 +258,11 @@ alerts_table = Table(
     Column("subject", Text, nullable=False),
     Index(None, "epn", "sent_at"),
 )
+
+
+def add_postgresql_options() -> None:
+    """The PostgreSQL half of the partial queue index.  Given at import time, a ``postgresql_*``
+    keyword loads SQLAlchemy's PostgreSQL dialect (and asyncio, ~50 ms) in every command, also
+    on SQLite; so db.py adds it when it opens a PostgreSQL database (idempotent)."""
+    index = next(i for i in epns_table.indexes if i.name == "ix_epns_queue")
+    index.dialect_kwargs["postgresql_where"] = text(QUEUE_CONDITION)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import re
 
+from asynchy.errors import UsageError
+
 _ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
 
 
@@ -96,3 +98,30 @@ def reserved_epn(name: bytes) -> str | None:
             "source to copy it"
         )
     return None
+
+
+def parse_epn(text: str) -> bytes:
+    """An EPN name given by the user -> its bytes; UsageError when it cannot be a folder name."""
+    try:
+        raw = decode_name(text.strip())
+    except ValueError as exc:
+        raise UsageError(f"EPN {text!r}: {exc}") from None
+    problem = check_component(raw)
+    if problem:
+        raise UsageError(f"EPN {text!r} is not a folder name ({problem})")
+    problem = reserved_epn(raw)
+    if problem:
+        raise UsageError(problem)
+    return raw
+
+
+def read_epn_file(path: str) -> list[str]:
+    """EPNs from a file: one a line; blank lines and lines starting with # are ignored."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        raise UsageError(f"--epn-file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--epn-file {path} is not UTF-8 text") from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]

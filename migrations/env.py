@@ -9,9 +9,10 @@ autogenerate a revision against a scratch database.
 from alembic import context
 from sqlalchemy import create_engine
 
-from asynchy.models import metadata
+from asynchy.models import add_postgresql_options, metadata
 
 config = context.config
+add_postgresql_options()  # alembic compares against the whole schema, both dialects' options
 target_metadata = metadata
 
 

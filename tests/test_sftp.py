@@ -299,3 +299,72 @@ def test_hostile_names_recorded_in_postgresql(
     engine.dispose()
     assert "nul\\x00byte" in bad and "../escape" in bad
     assert files == {"good.cbf", "sub/good.cbf"}
+
+
+def test_connect_ahead_lists_and_hands_over_its_error(
+    sshd: Sshd, served: Path, tmp_path: Path
+) -> None:
+    """connect_ahead opens the connection in the background: the first request uses it; an error
+    of the background connect (here an unknown host key) is raised by that first request."""
+    tree = SftpTree(sftp_target(sshd), str(served))
+    tree.connect_ahead()
+    ahead = tree._ahead
+    assert ahead is not None
+    top, issues = tree.list_epns()
+    assert tree._ahead is None and tree._proto is not None
+    assert sorted(e.name for e in top) == sorted(p.name.encode() for p in served.iterdir())
+    assert not issues
+    tree.close()
+
+    kh = tmp_path / "known_hosts"
+    kh.write_text("")
+    refused = SftpTree(sftp_target(sshd, known_hosts=kh), str(served))
+    refused.connect_ahead()
+    with pytest.raises(HostKeyUnknown, match="is not in"):
+        refused.list_epns()
+    refused.close()
+
+
+def test_connect_ahead_closed_unused_closes_its_connection(sshd: Sshd, served: Path) -> None:
+    """A tree closed before its first request (the database could not be opened, say) never waits
+    for the background connect, and that connection is closed when it is ready."""
+    tree = SftpTree(sftp_target(sshd), str(served))
+    tree.connect_ahead()
+    ahead = tree._ahead
+    assert ahead is not None
+    started = time.monotonic()
+    tree.close()
+    assert time.monotonic() - started < 0.5
+    assert ahead._done.wait(30)
+    assert ahead._value is None  # handed to nobody
+    client = ahead._closed_client
+    assert client is not None
+    transport = client.get_transport()
+    assert transport is None or not transport.is_active()
+
+
+def test_walk_loads_neither_invoke_nor_the_postgresql_dialect(
+    sshd: Sshd, served: Path, tmp_path: Path
+) -> None:
+    """Start-up (docs/benchmarks.md): a walk into SQLite imports neither paramiko's optional
+    `invoke` nor SQLAlchemy's PostgreSQL dialect (with asyncio)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, runpy\n"
+        "sys.argv = ['asynchy', *sys.argv[1:]]\n"
+        "try:\n"
+        "    runpy.run_module('asynchy', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "loaded = {m for m in ('invoke', 'sqlalchemy.dialects.postgresql', 'paramiko') if m in sys.modules}\n"
+        "print(sorted(loaded))\n"
+    )
+    opts = sshd.settings(db=str(tmp_path / "w.db"), known_hosts=sshd.known_hosts)
+    args = [a for k, v in opts.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    args += ["-q", "walk", "--src-prefix", str(served)]
+    out = subprocess.run(
+        [sys.executable, "-c", probe, *args], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip().splitlines()[-1] == "['paramiko']"

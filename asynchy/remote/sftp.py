@@ -23,7 +23,7 @@ import stat
 import struct
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -230,6 +230,49 @@ class _Dir:
     eof: bool = False
 
 
+class _Ahead:
+    """A connection being opened in a background thread (SftpTree.connect_ahead)."""
+
+    def __init__(self, open_: Callable[[], tuple[paramiko.SSHClient, _Protocol]]) -> None:
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._abandoned = False
+        self._value: tuple[paramiko.SSHClient, _Protocol] | None = None
+        self._error: BaseException | None = None
+        self._closed_client: paramiko.SSHClient | None = None  # an abandoned one, for the tests
+        threading.Thread(target=self._run, args=(open_,), name="sftp-connect", daemon=True).start()
+
+    def _run(self, open_: Callable[[], tuple[paramiko.SSHClient, _Protocol]]) -> None:
+        try:
+            value = open_()
+        except BaseException as exc:  # handed to the thread that uses the connection
+            self._error = exc
+        else:
+            with self._lock:
+                if self._abandoned:  # nobody will use it: close it here
+                    value[0].close()
+                    self._closed_client = value[0]
+                else:
+                    self._value = value
+        self._done.set()
+
+    def result(self) -> tuple[paramiko.SSHClient, _Protocol]:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+    def abandon(self) -> None:
+        """Close the connection when it is ready (or now, if it is); never waits."""
+        with self._lock:
+            self._abandoned = True
+            value, self._value = self._value, None
+        if value is not None:
+            value[0].close()
+            self._closed_client = value[0]
+
+
 class SftpTree:
     """The Tree protocol over SFTP: ``prefix/<epn>/...`` on the facility's server."""
 
@@ -249,10 +292,22 @@ class SftpTree:
         self.source = f"sftp://{target.user}@{target.known_hosts_name}{prefix}"
         self._client: paramiko.SSHClient | None = None
         self._proto: _Protocol | None = None
+        self._ahead: _Ahead | None = None
 
     # -- connection -------------------------------------------------------------
     def connect(self) -> None:
         self.close()
+        self._client, self._proto = self._open()
+        # After a user's first accept-new, the key is known: never accept another one silently.
+        self.accept_new_host_key = False
+
+    def connect_ahead(self) -> None:
+        """Start connecting in a background thread (paramiko's import and the ssh handshake then
+        overlap the caller's own start-up); the first request waits for it and raises its error."""
+        if self._proto is None and self._ahead is None:
+            self._ahead = _Ahead(self._open)
+
+    def _open(self) -> tuple[paramiko.SSHClient, _Protocol]:
         client = ssh.connect(self.target, accept_new_host_key=self.accept_new_host_key)
         where = self.target.known_hosts_name
         transport = client.get_transport()
@@ -280,17 +335,22 @@ class SftpTree:
             ) from None
         finally:
             watchdog.cancel()
-        self._client, self._proto = client, proto
-        # After a user's first accept-new, the key is known: never accept another one silently.
-        self.accept_new_host_key = False
+        return client, proto
 
     def _session(self) -> _Protocol:
+        if self._ahead is not None:
+            ahead, self._ahead = self._ahead, None
+            self._client, self._proto = ahead.result()
+            self.accept_new_host_key = False
         if self._proto is None:
             self.connect()
         assert self._proto is not None
         return self._proto
 
     def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.abandon()
+            self._ahead = None
         if self._client is not None:
             self._client.close()
         self._client, self._proto = None, None

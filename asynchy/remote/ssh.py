@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,8 +82,21 @@ class _Policy:
         )
 
 
+def _import_paramiko() -> None:
+    """Import paramiko without `invoke`: paramiko.config imports it at load time (~70 ms) for
+    ``Match exec`` in an ssh_config file, which asynchy never reads (it uses no ssh_config)."""
+    if "paramiko" in sys.modules or "invoke" in sys.modules:
+        return
+    sys.modules["invoke"] = None  # type: ignore[assignment]  # `import invoke` raises ImportError
+    try:
+        import paramiko  # noqa: F401
+    finally:
+        del sys.modules["invoke"]
+
+
 def connect(target: SshTarget, *, accept_new_host_key: bool = False) -> paramiko.SSHClient:
     """An authenticated SSHClient; raises an AsynchyError subclass that says what to fix."""
+    _import_paramiko()
     import paramiko
 
     client = paramiko.SSHClient()
