@@ -470,11 +470,11 @@ def walk_cmd(
         raise
     from asynchy import render
     from asynchy.progress import WalkBar, bars_wanted
-    from asynchy.signals import terminate_as_interrupt
+    from asynchy.signals import StopSignals
 
     opts = inventory.WalkOptions(epns=selection, refresh=refresh, shard=shard, workers=workers)
     try:
-        with terminate_as_interrupt():
+        with StopSignals():
             summary = inventory.walk(db, tree, opts, progress=WalkBar(bars_wanted(g.quiet)))
     finally:
         db.close()

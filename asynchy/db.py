@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.pool import QueuePool
 
 from asynchy import views
 from asynchy.errors import ConfigError, DatabaseError, SchemaError
@@ -58,8 +59,22 @@ def is_url(setting: str) -> bool:
     return "://" in setting
 
 
-def sqlite_url(path: Path) -> str:
-    return "sqlite:///" + str(path)
+def sqlite_uri(path: Path, *, read_only: bool = False) -> str:
+    """The ``file:`` URI of a SQLite file; '#', '?' and '%' in its name are quoted."""
+    from urllib.parse import quote
+
+    return "file:" + quote(str(path)) + ("?mode=ro" if read_only else "")
+
+
+def _sqlite_file_engine(path: Path, *, read_only: bool = False) -> Engine:
+    """An engine on the SQLite file, opened by URI (a plain ``sqlite:///`` URL cuts a name at '?')."""
+    uri = sqlite_uri(path, read_only=read_only)
+    timeout = _busy_timeout_ms / 1000
+    return create_engine(
+        "sqlite://",
+        creator=lambda: sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False),
+        poolclass=QueuePool,
+    )
 
 
 @dataclass
@@ -153,7 +168,7 @@ def database_fault(exc: BaseException, display: str | None = None) -> DatabaseEr
 
 
 def _sqlite_engine(path: Path) -> Engine:
-    engine = create_engine(sqlite_url(path), connect_args={"timeout": _busy_timeout_ms / 1000})
+    engine = _sqlite_file_engine(path)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
@@ -376,10 +391,7 @@ def open_read_only(setting: str) -> Database:
             )
         if not _sqlite_magic_ok(path):
             raise SchemaError(f"{path} is not a SQLite database; give another db path")
-        engine = create_engine(
-            "sqlite:///file:" + str(path) + "?mode=ro&uri=true",
-            connect_args={"timeout": _busy_timeout_ms / 1000},
-        )
+        engine = _sqlite_file_engine(path, read_only=True)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:

@@ -279,7 +279,8 @@ def render(db: Database, title: str = "asynchy progress") -> str:
 
 
 def write(db: Database, path: str, title: str = "asynchy progress") -> int:
-    text = render(db, title)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    return len(text)
+    """Write the page; returns its size in bytes (UTF-8)."""
+    data = render(db, title).encode("utf-8")
+    with open(path, "wb") as fh:
+        fh.write(data)
+    return len(data)

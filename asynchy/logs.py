@@ -17,19 +17,15 @@ from asynchy.errors import ConfigError
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-class _TqdmSafeHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes through tqdm.write when a bar is active so that bars stay intact."""
+class _AtLeast(logging.Filter):
+    """The console's level as a filter too: tqdm's logging redirect copies filters, not levels."""
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            from tqdm import tqdm
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
 
-            if getattr(tqdm, "_instances", None):
-                tqdm.write(self.format(record), file=self.stream)
-                return
-        except Exception:  # noqa: S110 - logging must never fail the program
-            pass
-        super().emit(record)
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
 
 
 ALERT_LOGGERS = ("asynchy.alert", "asynchy.portal")
@@ -65,8 +61,9 @@ def setup(
         console_level = logging.ERROR
     else:
         console_level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    console = _TqdmSafeHandler()
+    console = logging.StreamHandler()  # bars redirect it through tqdm.write (progress.py)
     console.setLevel(console_level)
+    console.addFilter(_AtLeast(console_level))
     console.setFormatter(logging.Formatter("asynchy: %(levelname)s: %(message)s"))
     console._asynchy = True  # type: ignore[attr-defined]
     root.addHandler(console)

@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import socket
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -35,7 +34,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from asynchy.db import Database, known_revisions, open_database
+from asynchy.db import Database, known_revisions, open_database, sqlite_uri
 from asynchy.errors import ConfigError, DatabaseError, SchemaError, UsageError
 from asynchy.models import (
     SCHEMA_HEAD,
@@ -134,7 +133,7 @@ LEGACY_EPNS = {"epn", "size", "modified", "complete", "bytestransferred"}
 
 
 def _open_ro(path: Path) -> sqlite3.Connection:
-    con = sqlite3.connect(_ro_uri(path), uri=True, timeout=30)
+    con = sqlite3.connect(sqlite_uri(path, read_only=True), uri=True, timeout=30)
     con.execute("PRAGMA query_only = ON")
     return con
 
@@ -444,9 +443,6 @@ def legacy_candidates(
             status="complete" if complete else "pending",
             bytes_transferred=int(moved or 0),
         )
-
-
-_ASWALKER_PATH = re.compile(r"^/(?:.*/)?(?P<epn>[^/]+)/(?P<rel>.+)$")
 
 
 def legacy_file_rows(
@@ -1111,7 +1107,10 @@ def _merge_sqlite(
             for start in range(0, len(direct), MAX_ATTACHED):
                 for i in direct[start : start + MAX_ATTACHED]:
                     name = f"m_src{i}"
-                    con.execute("ATTACH DATABASE ? AS " + name, (_ro_uri(sources[i - 1].path),))
+                    con.execute(
+                        "ATTACH DATABASE ? AS " + name,
+                        (sqlite_uri(sources[i - 1].path, read_only=True),),
+                    )
                     attached[i] = name
                     source = sources[i - 1]
                     _collect(candidates, _candidates_of(con, name, source, i, zone, None))
@@ -1184,12 +1183,6 @@ def _check_references(sql: _Sql) -> None:
     )
     if broken:
         raise SchemaError(f"the merge would break {broken} references; nothing was changed")
-
-
-def _ro_uri(path: Path) -> str:
-    from urllib.parse import quote
-
-    return "file:" + quote(str(path)) + "?mode=ro"
 
 
 def _rows_in(con: sqlite3.Connection, table: str, schema: str = "main") -> int:

@@ -1,28 +1,53 @@
-"""Progress bars (tqdm) for long work, shown only on a terminal and never with -q."""
+"""Progress bars (tqdm) for long work, shown only on a terminal and never with -q.
+
+While a bar is shown, console log lines go through ``tqdm.write``
+(``tqdm.contrib.logging.logging_redirect_tqdm``), so that bars stay intact.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
 
-class WalkBar:
-    """EPNs done of total, with files and bytes counted so far."""
+class _Bar:
+    """One tqdm bar at a time, with the console log redirected around it."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._bar: Any = None
+        self._redirect: contextlib.ExitStack | None = None
+
+    def _open(self, **kwargs: Any) -> None:
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        self._close()
+        self._redirect = contextlib.ExitStack()
+        self._redirect.enter_context(logging_redirect_tqdm())
+        self._bar = tqdm(dynamic_ncols=True, file=sys.stderr, **kwargs)
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._redirect is not None:
+            self._redirect.close()
+            self._redirect = None
+
+
+class WalkBar(_Bar):
+    """EPNs done of total, with files and bytes counted so far."""
+
+    def __init__(self, enabled: bool) -> None:
+        super().__init__(enabled)
         self.files = 0
         self.bytes = 0
 
     def start(self, total: int) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        self._bar = tqdm(
-            total=total, unit="EPN", desc="walk", dynamic_ncols=True, file=sys.stderr, leave=False
-        )
+        if self.enabled:
+            self._open(total=total, unit="EPN", desc="walk", leave=False)
 
     def epn_done(self, files: int, nbytes: int) -> None:
         self.files += files
@@ -36,34 +61,23 @@ class WalkBar:
             self._bar.update(1)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self._close()
 
 
-class SyncBar:
+class SyncBar(_Bar):
     """Bytes of the selected EPNs; advances while rsync copies; postfix: EPNs done/failed/running."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._bar: Any = None
-
     def start(self, total_bytes: int, epns: int) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        self._bar = tqdm(
-            total=total_bytes,
-            unit="iB",  # with unit_scale and 1024: KiB, MiB, GiB - the units of the summaries
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=f"sync {epns} EPNs",
-            dynamic_ncols=True,
-            file=sys.stderr,
-            leave=False,
-            mininterval=0.5,
-        )
+        if self.enabled:
+            self._open(
+                total=total_bytes,
+                unit="iB",  # with unit_scale and 1024: KiB, MiB, GiB - the units of the summaries
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=f"sync {epns} EPNs",
+                leave=False,
+                mininterval=0.5,
+            )
 
     def advance(self, nbytes: int) -> None:
         if self._bar is not None and nbytes > 0:
@@ -74,41 +88,23 @@ class SyncBar:
             self._bar.set_postfix_str(f"done {done}, failed {failed}, running {running}")
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self._close()
 
 
-class MergeBar:
+class MergeBar(_Bar):
     """One bar per input: its file rows."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._bar: Any = None
-
     def start(self, name: str, total: int) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        label = name if len(name) <= 30 else "…" + name[-29:]
-        self._bar = tqdm(
-            total=total,
-            unit="row",
-            unit_scale=True,
-            desc=label,
-            dynamic_ncols=True,
-            file=sys.stderr,
-        )
+        if self.enabled:
+            label = name if len(name) <= 30 else "…" + name[-29:]
+            self._open(total=total, unit="row", unit_scale=True, desc=label)
 
     def advance(self, n: int) -> None:
         if self._bar is not None:
             self._bar.update(n)
 
     def done(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self._close()
 
 
 def bars_wanted(quiet: bool) -> bool:

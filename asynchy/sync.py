@@ -26,7 +26,6 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import FrameType
 from typing import Any, Literal, Protocol
 
 from asynchy import claims
@@ -39,6 +38,7 @@ from asynchy.preflight import check_dest, check_options, check_source
 from asynchy.processes import pid_alive
 from asynchy.remote.base import Tree
 from asynchy.rsync import RsyncOptions, rsync_argv, rsync_version
+from asynchy.signals import StopSignals
 from asynchy.transfer import Job, TransferResult, close_master, run_job
 
 log = logging.getLogger(__name__)
@@ -237,35 +237,6 @@ class _Pool:
 
 
 # ------------------------------------------------------------------ the run
-class _Stop:
-    """SIGINT/SIGTERM: the first asks for a clean stop, the second exits at once."""
-
-    def __init__(self, on_first: Callable[[], None]) -> None:
-        self.requested = False
-        self._on_first = on_first
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _Stop:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested:
-            os.write(2, b"asynchy: interrupted again: exiting now\n")
-            os._exit(130)  # rsync children die with us (parent-death signal)
-        self.requested = True
-        os.write(
-            2, b"asynchy: stopping: cancelling running transfers (Ctrl+C again to exit at once)\n"
-        )
-        self._on_first()
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 class _Heartbeat(threading.Thread):
     def __init__(self, db: Database, worker: claims.WorkerId, lease: float) -> None:
         super().__init__(name="asynchy-heartbeat", daemon=True)
@@ -365,7 +336,7 @@ def sync(
             _sweep_control_dirs()
             control_dir = tempfile.mkdtemp(prefix=f"{CONTROL_PREFIX}{os.getpid()}-")
             ropts = replace(ropts, control_dir=control_dir)
-        with _Stop(pool.cancel.set) as stop:
+        with StopSignals(pool.cancel.set) as stop:
             batch = Batch(
                 db=db,
                 target=target,

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from asynchy.models import epns_table
 from asynchy.portal import Portal
 from asynchy.remote.base import Tree
 from asynchy.render import human_bytes
-from asynchy.signals import terminate_as_interrupt
+from asynchy.signals import StopSignals
 from asynchy.sync import SyncOptions, SyncSummary, sync
 
 log = logging.getLogger(__name__)
@@ -214,9 +213,8 @@ def watch(
         check_templates(opts.alert.templates, opts.alert.template_names)
         opts.alert.smtp.check()
     portal = Portal(opts.portal) if opts.portal else None
-    stop = threading.Event()
     number = 0
-    with instance_lock(db), terminate_as_interrupt():
+    with instance_lock(db), StopSignals():
         log.info(
             "watch started: every %s, settle %s, database %s",
             _span(opts.every),
@@ -249,7 +247,7 @@ def watch(
                     raise Interrupted(f"watch stopped during cycle {number}")
                 if opts.once:
                     return cycle
-                stop.wait(max(0.0, opts.every - (time.monotonic() - started)))
+                time.sleep(max(0.0, opts.every - (time.monotonic() - started)))
             except KeyboardInterrupt:
                 raise Interrupted(f"watch stopped after cycle {number}") from None
 

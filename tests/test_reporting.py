@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -530,8 +530,29 @@ def test_report_unwritable_path(cli: Any, known: Path, tmp_path: Path) -> None:
     result = cli("--db", str(known), "report", "--html", str(tmp_path / "no" / "dir" / "r.html"))
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: cannot write ")
-    assert os.listdir(tmp_path) == [
-        "known.db",
-        "known.db-wal",
-        "known.db-shm",
-    ] or "no" not in os.listdir(tmp_path)
+    assert not (tmp_path / "no").exists()  # no folder made on the way
+
+
+def test_read_only_commands_open_a_file_name_with_uri_characters(
+    cli: Any, known: Path, tmp_path: Path
+) -> None:
+    """'#', '?' and '%' in the database's name: the read-only URI quotes them (no stray file 'a')."""
+    odd = tmp_path / "a#1?x%41.db"
+    shutil.copy(known, odd)
+    result = cli("--db", str(odd), "sql", "--csv", "SELECT count(*) AS n FROM epns")
+    assert result.exit_code == 0, result.stderr
+    expected = sqlite3.connect(known).execute("SELECT count(*) FROM epns").fetchone()[0]
+    assert result.stdout.splitlines()[1] == str(expected)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("known.db")) == [
+        "a#1?x%41.db",
+        *[n for n in ("a#1?x%41.db-shm", "a#1?x%41.db-wal") if (tmp_path / n).exists()],
+    ]
+
+
+def test_report_says_its_size_in_bytes(cli: Any, known: Path, tmp_path: Path) -> None:
+    page = tmp_path / "r.html"
+    result = cli("--db", str(known), "report", "--html", str(page), "--title", "Rückführung · MX")
+    assert result.exit_code == 0, result.stderr
+    size = page.stat().st_size
+    assert size > len(page.read_text(encoding="utf-8"))  # the page has non-ASCII characters
+    assert f"({size:,} bytes)" in result.stdout
