@@ -41,10 +41,10 @@ from asynchy.failures import (
     backoff,
 )
 from asynchy.filters import Filters
+from asynchy.jobs import FailureClass, Job, TransferResult
 from asynchy.names import decode_name
 from asynchy.preflight import ProbeResult, error_for, probe
 from asynchy.rsync import RsyncOptions, files_from, partial_dir_for, rsync_argv, temp_dir_for
-from asynchy.transfer import Job, TransferResult
 
 if TYPE_CHECKING:
     from asynchy.sync import SyncOptions, SyncProgress, SyncSummary
@@ -346,7 +346,7 @@ class Batch:
         except (
             BrokenExecutor
         ):  # a --parallel worker process died (kill -9, OOM, Ctrl+C at start-up)
-            kind = "cancelled" if self.stop.requested else "link"
+            kind: FailureClass = "cancelled" if self.stop.requested else "link"
             result = _made_up(item.job, kind, "the worker process died")
         except Exception as exc:  # a bug in the worker: not the EPN's fault; record it, keep going
             log.exception("transfer of EPN %s failed unexpectedly", event.epn)
@@ -512,7 +512,7 @@ class Batch:
             )
 
 
-def _made_up(job: Job, kind: str, reason: str) -> TransferResult:
+def _made_up(job: Job, kind: FailureClass, reason: str) -> TransferResult:
     now = datetime.now(UTC)
     return TransferResult(job.epn, job.attempt, job.token, now, now, job.argv, None, kind, reason)
 

@@ -45,6 +45,7 @@ from sqlalchemy import (
 from asynchy.db import Database
 from asynchy.destinations import is_mapped
 from asynchy.failures import DATA_CLASSES, LEGACY_RETRYABLE, charged
+from asynchy.jobs import TransferResult
 from asynchy.models import (
     QUEUE_STATUSES,
     UTCDateTime,
@@ -55,7 +56,6 @@ from asynchy.models import (
 )
 from asynchy.names import decode_name
 from asynchy.processes import pid_alive
-from asynchy.transfer import TransferResult
 
 log = logging.getLogger(__name__)
 

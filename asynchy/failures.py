@@ -15,12 +15,9 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import Literal
 
-# The classes stored in ``epns.last_error_class`` and ``transfers.classification``.
-FailureClass = Literal[
-    "ok", "link", "setup", "partial", "verify", "checksum", "changed", "cancelled"
-]
+from asynchy.jobs import FailureClass
+
 DATA_CLASSES: tuple[str, ...] = ("partial", "verify", "checksum")
 # Written by asynchy before 0.2 (revision 0006 and older); read so that old databases keep working.
 LEGACY_RETRYABLE = ("retryable",)

@@ -16,10 +16,11 @@ from asynchy.db import Database
 from asynchy.destinations import dest_folder, stored_folder
 from asynchy.errors import UsageError
 from asynchy.filters import Filters
+from asynchy.jobs import Job
 from asynchy.models import epns_table
 from asynchy.names import decode_name
 from asynchy.rsync import RsyncOptions, files_from, rsync_argv, rsync_version
-from asynchy.transfer import Job, run_rsync, verify_local
+from asynchy.transfer import run_rsync, verify_local
 
 log = logging.getLogger(__name__)
 e = epns_table.c

@@ -34,12 +34,13 @@ from asynchy.config import SshTarget
 from asynchy.db import Database
 from asynchy.destinations import resolve_layout
 from asynchy.errors import AsynchyError, SetupError, UsageError
+from asynchy.jobs import Job, TransferResult
 from asynchy.preflight import check_dest, check_options, check_source
 from asynchy.processes import pid_alive
 from asynchy.remote.base import Tree
 from asynchy.rsync import RsyncOptions, rsync_argv, rsync_version
 from asynchy.signals import StopSignals
-from asynchy.transfer import Job, TransferResult, close_master, run_job
+from asynchy.transfer import close_master, run_job
 
 log = logging.getLogger(__name__)
 

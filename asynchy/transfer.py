@@ -24,7 +24,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from asynchy.failures import FailureClass, classify_exit, main_complaint
+from asynchy.failures import classify_exit, main_complaint
+from asynchy.jobs import FailureClass, Job, TransferResult
 from asynchy.rsync import (
     SLOT,
     child_env,
@@ -43,53 +44,6 @@ PROGRESS_EVERY = 0.25  # seconds between progress reports of one rsync
 READ_PAUSE = 0.05
 
 ProgressFn = Callable[[str, int], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    epn: str
-    epn_raw: bytes
-    attempt: int
-    token: int
-    argv: tuple[str, ...]
-    stdin: bytes
-    dest_dir: bytes  # the folder that receives the EPN's content: rsync runs there (its cwd)
-    expected: tuple[tuple[bytes, int, int, str], ...]  # (path in the EPN, size, mtime, kind)
-    regular_files: int  # regular files the inventory lists (an empty source is not a success)
-    temp_dir: bytes | None = None  # rsync --temp-dir: emptied before and removed after each attempt
-    partial_dir: bytes | None = None  # --partial: kept between attempts, removed once complete
-    control_dir: str | None = None  # where this run's shared ssh connections live
-    # the dry run that compares the source now with the copy
-    check_argv: tuple[str, ...] | None = None
-    check_checksum: bool = False  # ... by content too (--verify checksum, or a repair)
-    # the copy again with rsync --checksum: run at once when the checksum check finds files whose
-    # content differs but whose size and mtime do not (rsync's quick check skipped a bad copy)
-    repair_argv: tuple[str, ...] | None = None
-    stall_timeout: float = 300.0
-    dry_run: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class TransferResult:
-    epn: str
-    attempt: int
-    token: int
-    started_at: datetime
-    finished_at: datetime
-    argv: tuple[str, ...]
-    exit_code: int | None
-    classification: str  # a failures.FailureClass: ok, link, setup, partial, verify, checksum, changed, cancelled
-    reason: str | None
-    bytes_transferred: int = 0
-    files_transferred: int = 0
-    changes: int = 0  # dry run: items rsync would transfer
-    stdout_tail: str = ""
-    stderr_tail: str = ""
-    stderr_log: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.classification == "ok"
 
 
 @dataclass

@@ -14,9 +14,9 @@ from trees import build_epns
 from asynchy import claims
 from asynchy.db import Database, open_database
 from asynchy.inventory import WalkOptions, walk
+from asynchy.jobs import TransferResult
 from asynchy.models import epns_table
 from asynchy.remote.local import LocalTree
-from asynchy.transfer import TransferResult
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
