@@ -8,7 +8,10 @@ import json
 import shutil
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from asynchy.reports import StatusReport
 
 UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -316,7 +319,7 @@ def terminal_width() -> int:
 
 
 # ------------------------------------------------------------------ status, epns, show
-def status(data: dict[str, Any], width: int | None = 80) -> str:
+def status(data: StatusReport, width: int | None = 80) -> str:
     lines = [f"asynchy status at {local_time(data['generated_at'])} of {data['database']}"]
     rows = [
         (status, v["epns"], human_bytes(v["bytes"]), f"{v['files']:,}")

@@ -11,9 +11,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from asynchy.db import Database
 from asynchy.errors import UsageError
@@ -34,107 +34,46 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return (end - start).total_seconds() if start and end else None
 
 
+class StatusReport(TypedDict):
+    """What ``asynchy status`` shows (docs/reporting.md lists the keys); render.status draws it."""
+
+    database: str
+    generated_at: datetime
+    epns: dict[str, Any]  # total, by_status {status: {epns, bytes, files}}
+    bytes: dict[str, Any]  # total, done, remaining, percent_done
+    files: dict[str, int]  # total, done
+    unmapped: dict[str, int]  # epns, bytes
+    last_walk: dict[str, Any] | None
+    last_sync: dict[str, Any] | None
+    throughput: dict[str, float]
+    eta_seconds: float | None
+    eta_at: datetime | None
+    top_failures: list[dict[str, Any]]
+    active_claims: list[dict[str, Any]]
+
+
 def status(
     db: Database,
     destinations: Mapping[str, str] | None = None,
     copy_unmapped: bool = False,
     *,
     now: datetime | None = None,
-) -> dict[str, Any]:
-    """Everything ``asynchy status`` shows, as one JSON-ready dict (docs/reporting.md lists the keys).
+) -> StatusReport:
+    """Everything ``asynchy status`` shows, JSON-ready.
 
     ``now``: the clock to measure against (the docs sample is made with a fixed one)."""
     now = now or datetime.now(UTC)
-    unmapped = {"epns": 0, "bytes": 0}
     with db.read() as conn:
-        if destinations and not copy_unmapped:  # not copied: sync takes only mapped EPNs
-            from asynchy.destinations import is_mapped
-
-            for epn, size in conn.execute(
-                select(e.epn, e.size).where(e.status.in_(("pending", "failed", "changed")))
-            ):
-                if not is_mapped(epn, destinations):
-                    unmapped["epns"] += 1
-                    unmapped["bytes"] += int(size or 0)
-        by_status = {
-            row.status: {"epns": int(row.n), "bytes": int(row.b or 0), "files": int(row.f or 0)}
-            for row in conn.execute(
-                select(
-                    e.status,
-                    func.count().label("n"),
-                    func.sum(e.size).label("b"),
-                    func.sum(e.file_count).label("f"),
-                ).group_by(e.status)
-            )
-        }
-        w = walks_table.c
-        last_walk = (
-            conn.execute(select(walks_table).order_by(w.id.desc()).limit(1)).mappings().first()
-        )
-        k = workers_table.c
-        last_sync = (
-            conn.execute(
-                select(workers_table)
-                .where(k.command == "sync")
-                .order_by(k.started_at.desc())
-                .limit(1)
-            )
-            .mappings()
-            .first()
-        )
-        sync_counts: dict[str, int] = {}
-        if last_sync is not None:
-            sync_counts = {
-                outcome: int(n)
-                for outcome, n in conn.execute(
-                    select(t.outcome, func.count())
-                    .where(t.worker_id == last_sync["worker_id"])
-                    .group_by(t.outcome)
-                )
-            }
-        moved: dict[str, int] = {}
-        for label, span in (("last_hour", timedelta(hours=1)), ("last_day", timedelta(days=1))):
-            moved[label] = int(
-                conn.execute(
-                    select(func.coalesce(func.sum(t.bytes_transferred), 0)).where(
-                        t.finished_at >= now - span
-                    )
-                ).scalar_one()
-            )
-        failures = conn.execute(
-            select(
-                e.last_error_class,
-                e.last_exit_code,
-                func.count().label("n"),
-                func.min(e.last_error),
-            )
-            .where(e.status.in_(("failed", "quarantined")))
-            .group_by(e.last_error_class, e.last_exit_code)
-            .order_by(func.count().desc())
-            .limit(5)
-        ).all()
-        claims = (
-            conn.execute(
-                select(
-                    e.epn, e.claim_owner, e.claimed_at, e.lease_until, k.host, k.pid, k.heartbeat_at
-                )
-                .select_from(epns_table.outerjoin(workers_table, k.worker_id == e.claim_owner))
-                .where(e.status == "running")
-                .order_by(e.claimed_at)
-            )
-            .mappings()
-            .all()
-        )
+        unmapped = _unmapped(conn, destinations) if destinations and not copy_unmapped else {}
+        by_status = _by_status(conn)
+        last_walk = _last_walk(conn)
+        last_sync = _last_sync(conn)
+        rates = _throughput(conn, now)
+        failures = _top_failures(conn)
+        claims = _active_claims(conn)
     total = sum(v["bytes"] for v in by_status.values())
     done = by_status.get("complete", {}).get("bytes", 0)
-    skipped = by_status.get("skipped", {}).get("bytes", 0)
-    remaining = total - done - skipped
-    rates = {
-        "last_hour_bytes": moved["last_hour"],
-        "last_hour_bytes_per_second": moved["last_hour"] / 3600,
-        "last_day_bytes": moved["last_day"],
-        "last_day_bytes_per_second": moved["last_day"] / 86400,
-    }
+    remaining = total - done - by_status.get("skipped", {}).get("bytes", 0)
     rate = rates["last_day_bytes_per_second"] or rates["last_hour_bytes_per_second"]
     eta = remaining / rate if rate and remaining else (0.0 if not remaining else None)
     return {
@@ -151,51 +90,154 @@ def status(
             "total": sum(v["files"] for v in by_status.values()),
             "done": by_status.get("complete", {}).get("files", 0),
         },
-        "unmapped": unmapped,
-        "last_walk": None
-        if last_walk is None
-        else {
-            "id": last_walk["id"],
-            "started_at": last_walk["started_at"],
-            "finished_at": last_walk["finished_at"],
-            "seconds": _seconds(last_walk["started_at"], last_walk["finished_at"]),
-            "status": last_walk["status"],
-            "epns_walked": last_walk["epns_walked"],
-            "files": last_walk["files"],
-            "errors": last_walk["errors"],
-        },
-        "last_sync": None
-        if last_sync is None
-        else {
-            "worker_id": last_sync["worker_id"],
-            "host": last_sync["host"],
-            "started_at": last_sync["started_at"],
-            "finished_at": last_sync["finished_at"],
-            "seconds": _seconds(last_sync["started_at"], last_sync["finished_at"]),
-            "status": last_sync["status"],
-            "complete": sync_counts.get("complete", 0),
-            "failed": sum(sync_counts.get(x, 0) for x in ("failed", "quarantined", "superseded")),
-        },
+        "unmapped": {"epns": unmapped.get("epns", 0), "bytes": unmapped.get("bytes", 0)},
+        "last_walk": last_walk,
+        "last_sync": last_sync,
         "throughput": rates,
         "eta_seconds": eta,
         "eta_at": now + timedelta(seconds=eta) if eta else None,
-        "top_failures": [
-            {"class": cls, "exit_code": code, "epns": int(n), "reason": short_reason(sample)}
-            for cls, code, n, sample in failures
-        ],
-        "active_claims": [
-            {
-                "epn": c["epn"],
-                "worker_id": c["claim_owner"],
-                "host": c["host"],
-                "pid": c["pid"],
-                "claimed_at": c["claimed_at"],
-                "lease_until": c["lease_until"],
-                "heartbeat_at": c["heartbeat_at"],
-            }
-            for c in claims
-        ],
+        "top_failures": failures,
+        "active_claims": claims,
     }
+
+
+def _unmapped(conn: Connection, destinations: Mapping[str, str]) -> dict[str, int]:
+    """EPNs sync does not take because no destination maps them (only mapped EPNs are copied)."""
+    from asynchy.destinations import is_mapped
+
+    out = {"epns": 0, "bytes": 0}
+    for epn, size in conn.execute(
+        select(e.epn, e.size).where(e.status.in_(("pending", "failed", "changed")))
+    ):
+        if not is_mapped(epn, destinations):
+            out["epns"] += 1
+            out["bytes"] += int(size or 0)
+    return out
+
+
+def _by_status(conn: Connection) -> dict[str, dict[str, int]]:
+    return {
+        row.status: {"epns": int(row.n), "bytes": int(row.b or 0), "files": int(row.f or 0)}
+        for row in conn.execute(
+            select(
+                e.status,
+                func.count().label("n"),
+                func.sum(e.size).label("b"),
+                func.sum(e.file_count).label("f"),
+            ).group_by(e.status)
+        )
+    }
+
+
+def _last_walk(conn: Connection) -> dict[str, Any] | None:
+    w = walks_table.c
+    row = conn.execute(select(walks_table).order_by(w.id.desc()).limit(1)).mappings().first()
+    if row is None:
+        return None
+    return {
+        "id": row["id"],
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+        "seconds": _seconds(row["started_at"], row["finished_at"]),
+        "status": row["status"],
+        "epns_walked": row["epns_walked"],
+        "files": row["files"],
+        "errors": row["errors"],
+    }
+
+
+def _last_sync(conn: Connection) -> dict[str, Any] | None:
+    k = workers_table.c
+    row = (
+        conn.execute(
+            select(workers_table).where(k.command == "sync").order_by(k.started_at.desc()).limit(1)
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return None
+    counts = {
+        outcome: int(n)
+        for outcome, n in conn.execute(
+            select(t.outcome, func.count())
+            .where(t.worker_id == row["worker_id"])
+            .group_by(t.outcome)
+        )
+    }
+    return {
+        "worker_id": row["worker_id"],
+        "host": row["host"],
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+        "seconds": _seconds(row["started_at"], row["finished_at"]),
+        "status": row["status"],
+        "complete": counts.get("complete", 0),
+        "failed": sum(counts.get(x, 0) for x in ("failed", "quarantined", "superseded")),
+    }
+
+
+def _throughput(conn: Connection, now: datetime) -> dict[str, float]:
+    moved: dict[str, int] = {}
+    for label, span in (("last_hour", timedelta(hours=1)), ("last_day", timedelta(days=1))):
+        moved[label] = int(
+            conn.execute(
+                select(func.coalesce(func.sum(t.bytes_transferred), 0)).where(
+                    t.finished_at >= now - span
+                )
+            ).scalar_one()
+        )
+    return {
+        "last_hour_bytes": moved["last_hour"],
+        "last_hour_bytes_per_second": moved["last_hour"] / 3600,
+        "last_day_bytes": moved["last_day"],
+        "last_day_bytes_per_second": moved["last_day"] / 86400,
+    }
+
+
+def _top_failures(conn: Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        select(
+            e.last_error_class,
+            e.last_exit_code,
+            func.count().label("n"),
+            func.min(e.last_error),
+        )
+        .where(e.status.in_(("failed", "quarantined")))
+        .group_by(e.last_error_class, e.last_exit_code)
+        .order_by(func.count().desc())
+        .limit(5)
+    ).all()
+    return [
+        {"class": cls, "exit_code": code, "epns": int(n), "reason": short_reason(sample)}
+        for cls, code, n, sample in rows
+    ]
+
+
+def _active_claims(conn: Connection) -> list[dict[str, Any]]:
+    k = workers_table.c
+    rows = (
+        conn.execute(
+            select(e.epn, e.claim_owner, e.claimed_at, e.lease_until, k.host, k.pid, k.heartbeat_at)
+            .select_from(epns_table.outerjoin(workers_table, k.worker_id == e.claim_owner))
+            .where(e.status == "running")
+            .order_by(e.claimed_at)
+        )
+        .mappings()
+        .all()
+    )
+    return [
+        {
+            "epn": c["epn"],
+            "worker_id": c["claim_owner"],
+            "host": c["host"],
+            "pid": c["pid"],
+            "claimed_at": c["claimed_at"],
+            "lease_until": c["lease_until"],
+            "heartbeat_at": c["heartbeat_at"],
+        }
+        for c in rows
+    ]
 
 
 def short_reason(reason: str | None) -> str:

@@ -896,6 +896,11 @@ def test_second_interrupt_exits_at_once(env: dict[str, Path], cli: Any) -> None:
     proc = spawn_sync(env, "--bwlimit", "500", "--parallel", "--threads", "1")
     wait_until(lambda: bool(rsyncs_into(env["dest"])), what="rsync to start")
     proc.send_signal(signal.SIGINT)
+    assert proc.stderr is not None
+    seen = [proc.stderr.readline() for _ in range(1)]
+    while "stopping: cancelling running transfers" not in seen[-1] and len(seen) < 50:
+        seen.append(proc.stderr.readline())  # until the first signal was seen
+    assert "stopping: cancelling running transfers" in seen[-1], seen
     asked = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=15)
