@@ -290,11 +290,18 @@ def _as_chmod(value: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class KeySpec:
+    """One setting, declared once: Settings' defaults, the validation, the environment variable,
+    the options' help, `asynchy init`'s prompts and docs/configuration.md's table come from here."""
+
     name: str
-    parse: Callable[[Any], Any]
+    parse: Callable[[Any], Any]  # raw value (YAML, environment text, option) -> typed; ValueError
     default: Any
-    help: str
-    kind: str = "text"
+    help: str  # one line: option help and init's prompt
+    kind: str = "text"  # the metavar of its options (path -> PATH)
+    option_doc: str = ""  # docs/configuration.md: which options set it
+    default_doc: str = ""  # docs/configuration.md: the default, in words
+    doc: str = ""  # docs/configuration.md: what it means, in full
+    init: bool = False  # asked by `asynchy init`
 
     @property
     def env(self) -> str:
@@ -314,11 +321,42 @@ KEYS: dict[str, KeySpec] = {
             _as_str,
             None,
             "SFTP/ssh host of the facility; empty or 'local' for a local folder",
+            option_doc="`--host`",
+            default_doc="*(none)*",
+            doc="the facility's SFTP/ssh host; empty or `local` means `src_prefix` is a local folder",
+            init=True,
         ),
-        KeySpec("port", _as_port, 22, "ssh port", "integer"),
-        KeySpec("user", _as_str, None, "ssh user name (default: your login name)"),
         KeySpec(
-            "keypath", _as_str, None, "private key file for ssh (default: ssh-agent only)", "path"
+            "port",
+            _as_port,
+            22,
+            "ssh port",
+            "integer",
+            option_doc="`--port`",
+            default_doc="`22`",
+            doc="ssh port (1-65535)",
+            init=True,
+        ),
+        KeySpec(
+            "user",
+            _as_str,
+            None,
+            "ssh user name (default: your login name)",
+            option_doc="`--user`",
+            default_doc="your login name",
+            doc="ssh user",
+            init=True,
+        ),
+        KeySpec(
+            "keypath",
+            _as_str,
+            None,
+            "private key file for ssh (default: ssh-agent only)",
+            "path",
+            option_doc="`--keypath`",
+            default_doc="*(none: ssh-agent only)*",
+            doc="private key file; a key with a passphrase must be loaded into ssh-agent instead",
+            init=True,
         ),
         KeySpec(
             "known_hosts",
@@ -326,20 +364,60 @@ KEYS: dict[str, KeySpec] = {
             "~/.ssh/known_hosts",
             "known_hosts file that holds the server's host key",
             "path",
+            option_doc="`--known-hosts`",
+            default_doc="`~/.ssh/known_hosts`",
+            doc="the only file used to check the server's host key",
+            init=True,
         ),
         KeySpec(
-            "db", _as_str, "files.db", "inventory database: a SQLite file path or a SQLAlchemy URL"
+            "db",
+            _as_str,
+            "files.db",
+            "inventory database: a SQLite file path or a SQLAlchemy URL",
+            option_doc="`--db`",
+            default_doc="`files.db` (in the current folder)",
+            doc="inventory database: a SQLite file path, or a SQLAlchemy URL such as `postgresql+psycopg://user@dbhost/asynchy`",
+            init=True,
         ),
         KeySpec(
             "src_prefix",
             _as_str,
             None,
             "folder on the source whose sub-folders are EPNs, e.g. /data/mx",
+            option_doc="`walk`/`sync --src-prefix` (alias `--src_prefix`)",
+            default_doc="*(none; required by walk)*",
+            doc="folder on the source whose sub-folders are EPNs, e.g. `/data/mx`",
+            init=True,
         ),
-        KeySpec("dest", _as_str, None, "local folder the EPNs are copied into", "path"),
-        KeySpec("log_file", _as_str, None, "also write the log to this file (rotated)", "path"),
         KeySpec(
-            "log_level", _as_level, "INFO", "level of the log file: DEBUG, INFO, WARNING or ERROR"
+            "dest",
+            _as_str,
+            None,
+            "local folder the EPNs are copied into",
+            "path",
+            option_doc="`sync --dest`",
+            default_doc="*(none; required by sync)*",
+            doc="local folder the EPNs are copied into (must exist)",
+            init=True,
+        ),
+        KeySpec(
+            "log_file",
+            _as_str,
+            None,
+            "also write the log to this file (rotated)",
+            "path",
+            option_doc="`--log-file`",
+            default_doc="*(none)*",
+            doc="also write the log to this file (rotated at 20 MiB, 5 kept)",
+        ),
+        KeySpec(
+            "log_level",
+            _as_level,
+            "INFO",
+            "level of the log file: DEBUG, INFO, WARNING or ERROR",
+            option_doc="`--log-level`",
+            default_doc="`INFO`",
+            doc="level of the log file: `DEBUG`, `INFO`, `WARNING`, `ERROR`",
         ),
         KeySpec(
             "timeout",
@@ -347,6 +425,9 @@ KEYS: dict[str, KeySpec] = {
             30.0,
             "seconds before a silent connection or request counts as dead",
             "seconds",
+            option_doc="`walk`/`sync --timeout`",
+            default_doc="`30`",
+            doc="seconds before a connection step or an SFTP request with no answer counts as a dead link; ssh's `ConnectTimeout` for rsync",
         ),
         KeySpec(
             "db_timeout",
@@ -354,6 +435,9 @@ KEYS: dict[str, KeySpec] = {
             60.0,
             "seconds a command waits for a database another process holds locked",
             "seconds",
+            option_doc="-",
+            default_doc="`60`",
+            doc="seconds a command waits for a database that another process holds locked, then stops with one line ([failures.md](failures.md#database-faults))",
         ),
         KeySpec(
             "destinations",
@@ -361,8 +445,20 @@ KEYS: dict[str, KeySpec] = {
             None,
             "EPN number -> folder under dest (the HPC ASSyncy epn_cap_map)",
             "mapping",
+            option_doc="`sync --destinations`",
+            default_doc="*(none)*",
+            doc='EPN number -> folder (relative to `dest`, or absolute): `12282a` goes to `dest/ny79/12282a` with `{"12282": ny79}`; the HPC ASSyncy `epn_cap_map`. In the environment or option: `12282=ny79,12283=ab12` or YAML `{12282: ny79}`',
         ),
-        KeySpec("rsync", _as_str, "rsync", "the rsync program (>= 3.4.1)", "path"),
+        KeySpec(
+            "rsync",
+            _as_str,
+            "rsync",
+            "the rsync program (>= 3.4.1)",
+            "path",
+            option_doc="`--rsync` (global)",
+            default_doc="`rsync`",
+            doc="the rsync program; must be >= 3.4.1",
+        ),
         KeySpec(
             "layout",
             _as_layout,
@@ -370,6 +466,9 @@ KEYS: dict[str, KeySpec] = {
             "where an EPN goes below dest: {project}/{epn} (default with destinations), {epn} "
             "(default without), {project}/{epn}/data (default for an HPC ASSyncy config)",
             "template",
+            option_doc="-",
+            default_doc="`{project}/{epn}` with `destinations`, else `{epn}`; `{project}/{epn}/data` for an HPC ASSyncy config",
+            doc="where an EPN goes below `dest`: a template of `{project}` (its `destinations` folder), `{epn}` (a whole folder name, required) and `{number}`; parts after `{epn}` are folders inside it that receive the EPN's content. Unknown fields, `..`, `.` and empty parts are refused. An unmapped EPN goes to `dest/{epn}` plus the parts that need no project. `asynchy destinations` shows where each EPN goes",
         ),
         KeySpec(
             "copy_unmapped",
@@ -377,6 +476,9 @@ KEYS: dict[str, KeySpec] = {
             False,
             "with destinations: also copy EPNs whose number has no entry (to dest/{epn}, plus the layout's parts that need no project)",
             "boolean",
+            option_doc="`sync`/`watch --include-unmapped`",
+            default_doc="`false`",
+            doc="with `destinations`: also copy EPNs whose number has no entry. Without it (as mxsync), only mapped EPNs are copied; the others are counted in the summary and in `status`, and named by the alert",
         ),
         KeySpec(
             "exclude",
@@ -384,12 +486,29 @@ KEYS: dict[str, KeySpec] = {
             None,
             "rsync exclude patterns (checked in order, after include)",
             "list",
+            option_doc="`sync`/`watch --exclude`",
+            default_doc="*(none)*",
+            doc='rsync exclude patterns; verification leaves out what they leave out (an excluded file is not "missing")',
         ),
         KeySpec(
-            "include", _as_patterns, None, "rsync include patterns, checked before exclude", "list"
+            "include",
+            _as_patterns,
+            None,
+            "rsync include patterns, checked before exclude",
+            "list",
+            option_doc="`sync`/`watch --include`",
+            default_doc="*(none)*",
+            doc="rsync include patterns (a YAML list, or one per line), given to rsync before the excludes",
         ),
         KeySpec(
-            "chmod", _as_chmod, None, "rsync --chmod rules (with --perms), e.g. Dg+s,ug+w", "rules"
+            "chmod",
+            _as_chmod,
+            None,
+            "rsync --chmod rules (with --perms), e.g. Dg+s,ug+w",
+            "rules",
+            option_doc="`sync`/`watch --chmod`",
+            default_doc="*(none)*",
+            doc="rsync `--chmod` rules, passed with `--perms`, e.g. `Dg+s,ug+w,o-wx,ug+X` (mxsync's)",
         ),
         KeySpec(
             "ignore_file",
@@ -397,28 +516,87 @@ KEYS: dict[str, KeySpec] = {
             None,
             "an HPC ASSyncy ignore.yml: its previouslySynched EPNs count as already copied",
             "path",
+            option_doc="-",
+            default_doc="*(none)*",
+            doc="an HPC ASSyncy `ignore.yml`: before every sync (and watch cycle) its `previouslySynched` EPNs are recorded as already copied (the same rule as `asynchy merge ignore.yml`; read again each time, idempotent). A missing file is a one-line configuration error",
         ),
-        KeySpec("comment", _as_str, None, "free text, ignored (HPC ASSyncy's comment)"),
+        KeySpec(
+            "comment",
+            _as_str,
+            None,
+            "free text, ignored (HPC ASSyncy's comment)",
+            option_doc="-",
+            default_doc="*(none)*",
+            doc="free text, ignored (HPC ASSyncy's sample has one)",
+        ),
         KeySpec(
             "metrics_file",
             _as_str,
             None,
             "Prometheus text-format metrics, rewritten after every sync run and watch cycle",
             "path",
+            option_doc="`sync`/`watch --metrics-file`",
+            default_doc="*(none)*",
+            doc="Prometheus text-format metrics, rewritten atomically after every sync run and watch cycle (for node_exporter's textfile collector; [operations.md](operations.md#metrics))",
         ),
-        KeySpec("threads", _as_count, 2, "EPNs copied at once by sync and watch", "integer"),
-        KeySpec("every", _as_interval, 3600.0, "time between two watch cycles", "duration"),
+        KeySpec(
+            "threads",
+            _as_count,
+            2,
+            "EPNs copied at once by sync and watch",
+            "integer",
+            option_doc="`sync`/`watch --threads`",
+            default_doc="`2`",
+            doc="EPNs copied at once (1-64); HPC ASSyncy's `max-tasks`",
+        ),
+        KeySpec(
+            "every",
+            _as_interval,
+            3600.0,
+            "time between two watch cycles",
+            "duration",
+            option_doc="`watch --every`",
+            default_doc="`1h`",
+            doc="time from the start of one watch cycle to the next: a duration (`90s`, `30m`, `1h`, `1h30m`, `2d`; a plain number is seconds)",
+        ),
         KeySpec(
             "settle",
             parse_duration,
             3600.0,
             "watch copies an EPN once its newest file is this old",
             "duration",
+            option_doc="`watch --settle` (also `sync --settle`)",
+            default_doc="`1h`",
+            doc="a watch copies an EPN only once its newest file is at least this old (an empty EPN: once it was first seen this long ago)",
         ),
-        KeySpec("alert_to", _as_addresses, None, "who gets the alert e-mails", "addresses"),
-        KeySpec("alert_from", _as_address, None, "sender of the alert e-mails", "address"),
         KeySpec(
-            "alert_subject", _as_line, "Unknown ownership of EPNs", "subject of the alert e-mails"
+            "alert_to",
+            _as_addresses,
+            None,
+            "who gets the alert e-mails",
+            "addresses",
+            option_doc="-",
+            default_doc="*(none: no alerts)*",
+            doc="who gets the alert e-mails: a YAML list, or addresses separated by commas",
+        ),
+        KeySpec(
+            "alert_from",
+            _as_address,
+            None,
+            "sender of the alert e-mails",
+            "address",
+            option_doc="-",
+            default_doc="`asynchy@<this host>`",
+            doc="the sender of the alert e-mails",
+        ),
+        KeySpec(
+            "alert_subject",
+            _as_line,
+            "Unknown ownership of EPNs",
+            "subject of the alert e-mails",
+            option_doc="-",
+            default_doc="`Unknown ownership of EPNs`",
+            doc="the subject of the alert e-mails",
         ),
         KeySpec(
             "alert_templates",
@@ -426,18 +604,27 @@ KEYS: dict[str, KeySpec] = {
             None,
             "folder with alert.txt.j2 / alert.html.j2 replacing the shipped ones",
             "path",
+            option_doc="-",
+            default_doc="*(the shipped ones)*",
+            doc="a folder whose `alert.txt.j2` and/or `alert.html.j2` replace the shipped templates (docs/operations.md)",
         ),
         KeySpec(
             "alert_template_text",
             _as_str,
             None,
             "file name of the text template in alert_templates (default alert.txt.j2)",
+            option_doc="-",
+            default_doc="`alert.txt.j2`",
+            doc="file name of the text template (HPC ASSyncy: `epnalert-text.j2`)",
         ),
         KeySpec(
             "alert_template_html",
             _as_str,
             None,
             "file name of the HTML template in alert_templates (default alert.html.j2)",
+            option_doc="-",
+            default_doc="`alert.html.j2`",
+            doc="file name of the HTML template (HPC ASSyncy: `epnalert-html.j2`)",
         ),
         KeySpec(
             "alert_only_with_details",
@@ -445,20 +632,67 @@ KEYS: dict[str, KeySpec] = {
             False,
             "send an alert only when some unknown EPN has portal visit details (HPC ASSyncy's rule)",
             "boolean",
+            option_doc="-",
+            default_doc="`false`; `true` for an HPC ASSyncy config",
+            doc="send an alert only when at least one of its EPNs has visit details from the portal (epnalert's rule); EPNs left out are named once details are known",
         ),
-        KeySpec("alert_log_file", _as_str, None, "also write the alert's log lines here", "path"),
+        KeySpec(
+            "alert_log_file",
+            _as_str,
+            None,
+            "also write the alert's log lines here",
+            "path",
+            option_doc="-",
+            default_doc="*(none)*",
+            doc="also write the alert's (and the portal's) log lines here; HPC ASSyncy's `log-files.epnalert`",
+        ),
         KeySpec(
             "realert_days",
             _as_days,
             None,
             "alert about an EPN again after this many days (default: never)",
             "number",
+            option_doc="`alert --realert-days`",
+            default_doc="*(never)*",
+            doc="name an EPN in an alert again when its last alert is older than this many days",
         ),
-        KeySpec("smtp_host", _as_line, "localhost", "SMTP server for alerts"),
-        KeySpec("smtp_port", _as_port, 25, "SMTP port", "integer"),
-        KeySpec("smtp_starttls", _as_bool, False, "use STARTTLS (certificate checked)", "boolean"),
         KeySpec(
-            "smtp_user", _as_line, None, "SMTP login (password: ASYNCHY_SMTP_PASSWORD or file)"
+            "smtp_host",
+            _as_line,
+            "localhost",
+            "SMTP server for alerts",
+            option_doc="-",
+            default_doc="`localhost`",
+            doc="SMTP server for the alerts",
+        ),
+        KeySpec(
+            "smtp_port",
+            _as_port,
+            25,
+            "SMTP port",
+            "integer",
+            option_doc="-",
+            default_doc="`25`",
+            doc="its port (587 for submission with STARTTLS)",
+        ),
+        KeySpec(
+            "smtp_starttls",
+            _as_bool,
+            False,
+            "use STARTTLS (certificate checked)",
+            "boolean",
+            option_doc="-",
+            default_doc="`false`",
+            doc="upgrade the connection with STARTTLS; the server's certificate is checked against the system's CAs (or `SSL_CERT_FILE`)",
+        ),
+        KeySpec(
+            "smtp_user",
+            _as_line,
+            None,
+            "SMTP login (password: ASYNCHY_SMTP_PASSWORD or file)",
+            option_doc="-",
+            default_doc="*(no login)*",
+            doc="SMTP login name. The password comes from the environment variable `ASYNCHY_SMTP_PASSWORD` or from `smtp_password_file`, never from the config file or the command line. A login needs `smtp_starttls: true` unless the server is on this host",
         ),
         KeySpec(
             "smtp_password_file",
@@ -466,8 +700,20 @@ KEYS: dict[str, KeySpec] = {
             None,
             "file holding the SMTP password (or set ASYNCHY_SMTP_PASSWORD)",
             "path",
+            option_doc="-",
+            default_doc="*(none)*",
+            doc="a file (mode 0600) holding the SMTP password",
         ),
-        KeySpec("portal", _as_portal, None, "the facility portal, for visit details", "mapping"),
+        KeySpec(
+            "portal",
+            _as_portal,
+            None,
+            "the facility portal, for visit details",
+            "mapping",
+            option_doc="-",
+            default_doc="*(none)*",
+            doc="the facility portal, for the visit details in alerts (in the environment: YAML); see below",
+        ),
     )
 }
 
@@ -526,46 +772,49 @@ class SshTarget:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    host: str | None = None
-    port: int = 22
-    user: str | None = None
-    keypath: str | None = None
-    known_hosts: str = "~/.ssh/known_hosts"
-    db: str = "files.db"
-    src_prefix: str | None = None
-    dest: str | None = None
-    log_file: str | None = None
-    log_level: str = "INFO"
-    timeout: float = 30.0
-    db_timeout: float = 60.0
-    destinations: Mapping[str, str] | None = None
-    rsync: str = "rsync"
-    layout: str | None = None
-    copy_unmapped: bool = False
-    exclude: tuple[str, ...] | None = None
-    include: tuple[str, ...] | None = None
-    chmod: str | None = None
-    ignore_file: str | None = None
-    comment: str | None = None
-    metrics_file: str | None = None
-    threads: int = 2
-    every: float = 3600.0
-    settle: float = 3600.0
-    alert_to: tuple[str, ...] | None = None
-    alert_from: str | None = None
-    alert_subject: str = "Unknown ownership of EPNs"
-    alert_templates: str | None = None
-    alert_template_text: str | None = None
-    alert_template_html: str | None = None
-    alert_only_with_details: bool = False
-    alert_log_file: str | None = None
-    realert_days: float | None = None
-    smtp_host: str = "localhost"
-    smtp_port: int = 25
-    smtp_starttls: bool = False
-    smtp_user: str | None = None
-    smtp_password_file: str | None = None
-    portal: Mapping[str, Any] | None = None
+    """The settings of one command.  The key fields are KEYS' names (a test checks), given by
+    load_settings from KEYS' defaults, the file, the environment and the options."""
+
+    host: str | None
+    port: int
+    user: str | None
+    keypath: str | None
+    known_hosts: str
+    db: str
+    src_prefix: str | None
+    dest: str | None
+    log_file: str | None
+    log_level: str
+    timeout: float
+    db_timeout: float
+    destinations: Mapping[str, str] | None
+    rsync: str
+    layout: str | None
+    copy_unmapped: bool
+    exclude: tuple[str, ...] | None
+    include: tuple[str, ...] | None
+    chmod: str | None
+    ignore_file: str | None
+    comment: str | None
+    metrics_file: str | None
+    threads: int
+    every: float
+    settle: float
+    alert_to: tuple[str, ...] | None
+    alert_from: str | None
+    alert_subject: str
+    alert_templates: str | None
+    alert_template_text: str | None
+    alert_template_html: str | None
+    alert_only_with_details: bool
+    alert_log_file: str | None
+    realert_days: float | None
+    smtp_host: str
+    smtp_port: int
+    smtp_starttls: bool
+    smtp_user: str | None
+    smtp_password_file: str | None
+    portal: Mapping[str, Any] | None
     notes: tuple[tuple[int, str], ...] = ()  # (log level, text): HPC ASSyncy keys read or ignored
     merc_missing: tuple[str, ...] = ()  # a MeRC asynchy config file without some of its five keys
     config_path: Path = field(default_factory=lambda: Path(DEFAULT_CONFIG).expanduser())
@@ -821,7 +1070,7 @@ def load_settings(
         path, explicit = default_config_path(env)
     file_values, notes = _read_config_file(path, must_exist=explicit)
     merc_missing = file_values.pop("merc_missing", ())
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {name: spec.default for name, spec in KEYS.items()}
     origin: dict[str, str] = {}
     for name, spec in KEYS.items():
         if options.get(name) is not None:

@@ -1,6 +1,7 @@
 """The documentation stays true: CLI reference, config keys, schema columns, the README's test command.
 
-Regenerate docs/cli.md with:  python tests/test_docs.py
+Regenerate docs/cli.md, the status sample in docs/reporting.md and the table of keys in
+docs/configuration.md with:  python tests/test_docs.py
 """
 
 from __future__ import annotations
@@ -65,14 +66,45 @@ def test_every_command_has_help_and_an_example(path: str, command: click.Command
         assert "Example:" in command.help, f"`asynchy {path}` help has no Example: block"
 
 
-def test_every_config_key_is_documented() -> None:
+CONFIGURATION_MD = ROOT / "docs" / "configuration.md"
+
+
+def render_config_table() -> str:
+    """docs/configuration.md's table of keys, from config.KEYS (their one declaration)."""
     from asynchy.config import KEYS
 
-    text = (ROOT / "docs" / "configuration.md").read_text()
+    lines = ["| key | environment | option | default | meaning |", "|---|---|---|---|---|"]
     for name, spec in KEYS.items():
-        assert f"| `{name}` | `{spec.env}` |" in text, (
-            f"config key {name} missing from docs/configuration.md"
-        )
+        cells = (f"`{name}`", f"`{spec.env}`", spec.option_doc, spec.default_doc, spec.doc)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _table_block(text: str) -> tuple[int, int]:
+    start = text.index("<!-- keys:start -->\n") + len("<!-- keys:start -->\n")
+    return start, text.index("<!-- keys:end -->", start)
+
+
+def test_config_table_is_made_from_the_keys() -> None:
+    text = CONFIGURATION_MD.read_text()
+    start, end = _table_block(text)
+    assert text[start:end] == render_config_table(), (
+        "docs/configuration.md's table of keys is stale: run `python tests/test_docs.py`"
+    )
+
+
+def test_every_key_has_its_documentation_and_a_settings_field() -> None:
+    """Each key is declared once (config.KEYS): its doc line, its default's words, and the
+    Settings field that holds it, with nothing in Settings that is not a key or known metadata."""
+    import dataclasses
+
+    from asynchy.config import KEYS, Settings
+
+    for name, spec in KEYS.items():
+        assert spec.doc and spec.default_doc and spec.help, f"key {name} lacks documentation"
+    meta = {"notes", "merc_missing", "config_path", "config_exists", "origin"}
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    assert fields - meta == set(KEYS)
 
 
 def test_every_column_is_documented() -> None:
@@ -175,3 +207,7 @@ if __name__ == "__main__":
     a, b = _sample_block(doc, "status-sample")
     REPORTING_MD.write_text(doc[:a] + sample + doc[b:])
     print(f"wrote the status sample in {REPORTING_MD}", file=sys.stderr)
+    doc = CONFIGURATION_MD.read_text()
+    a, b = _table_block(doc)
+    CONFIGURATION_MD.write_text(doc[:a] + render_config_table() + doc[b:])
+    print(f"wrote the table of keys in {CONFIGURATION_MD}", file=sys.stderr)
