@@ -1135,3 +1135,62 @@ def write_config(path: Path, values: Mapping[str, Any], *, overwrite: bool) -> N
         write_atomically(path, render_config(checked), 0o600)
     except OSError as exc:
         raise ConfigError(f"cannot write config file {path}: {exc.strerror}") from None
+
+
+INIT_KEYS = tuple(name for name, spec in KEYS.items() if spec.init)
+
+
+def init_config(
+    path: Path,
+    given: Mapping[str, Any],
+    *,
+    overwrite: bool,
+    ask: Callable[[str, str, Any], Any] | None = None,
+    confirm: Callable[[str], bool] | None = None,
+) -> str | None:
+    """``asynchy init``: write the config file at path from the given values; returns a note
+    for the user, if any.
+
+    With ``ask(key, help, default)`` (a terminal) every INIT_KEYS key is asked for, and an
+    existing file is replaced only if ``confirm(question)`` says so.  Without it an existing file
+    needs ``overwrite``, which keeps the keys it is not given, and the keys walk and sync need
+    (INIT_REQUIRED) must be given.
+    """
+    values: dict[str, Any] = {key: given.get(key) for key in INIT_KEYS}
+    if ask is not None:
+        for key in INIT_KEYS:
+            spec = KEYS[key]
+            default = values[key]
+            if default is None:
+                default = getpass.getuser() if key == "user" else spec.default
+            answer = ask(key, spec.help, "" if default is None else default)
+            values[key] = answer if answer != "" else None
+        if path.exists() and not overwrite:
+            overwrite = confirm is not None and confirm(f"{path} exists. Replace it?")
+            if not overwrite:
+                raise ConfigError(f"config file {path} left unchanged")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"config file {path} already exists: pass --overwrite to replace it")
+    if overwrite and path.is_file():  # what the file already says stays, unless given anew
+        values = {**existing_values(path), **{k: v for k, v in values.items() if v is not None}}
+    missing = missing_for_init(values)
+    if missing and ask is None:
+        raise ConfigError(
+            f"not writing {path}: give {', '.join('--' + k.replace('_', '-') for k in missing)} "
+            "(asynchy walk and sync need them)"
+        )
+    for key in ("keypath", "known_hosts", "dest"):
+        if values.get(key):
+            values[key] = str(Path(values[key]).expanduser())
+    if values.get("db") and "://" not in values["db"]:
+        values["db"] = str(Path(values["db"]).expanduser().resolve())
+    write_config(path, values, overwrite=overwrite)
+    kh = Path(values.get("known_hosts") or KEYS["known_hosts"].default).expanduser()
+    host = values.get("host")
+    if host and host != "local" and not kh.is_file():
+        port = values.get("port") or KEYS["port"].default
+        return (
+            f"note: {kh} does not exist yet; add the server's host key after checking its "
+            f"fingerprint, e.g. ssh-keyscan -p {port} {host} >> {kh}"
+        )
+    return None

@@ -1,0 +1,124 @@
+"""The ``asynchy`` group: global options, the commands, and the one place that turns exceptions
+into a line and an exit code (docs/exit-codes.md)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import click
+
+from asynchy import __version__
+from asynchy.cli import alert, hosts, init, manage, merge, report, schema, sync, walk
+from asynchy.cli.common import CONTEXT_SETTINGS, GlobalOptions, key_option, options
+from asynchy.errors import AsynchyError, ExitCode, Interrupted
+
+
+def _exit_with(message: str, code: int) -> click.ClickException:
+    """click's one-line ``Error: message`` with our exit code (``exit_code`` is a class attribute in
+    click's types, so the code is set on a subclass, not on the instance)."""
+    kind: type[click.ClickException] = type(
+        f"AsynchyExit{code}", (click.ClickException,), {"exit_code": code}
+    )
+    return kind(message)
+
+
+class AsynchyGroup(click.Group):
+    """Translates asynchy's exceptions (and Ctrl+C) into one line and an exit code.
+
+    Commands return normally (0) or raise: an AsynchyError says its message as ``Error: ...``
+    with its exit code; one with no message (the command already showed why, e.g. a summary
+    with failures: PartialFailure, 3) only sets the code; Interrupted (130) is a stop, not an error.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Interrupted as exc:  # a normal stop (Ctrl+C, systemctl stop): said, not an error
+            if str(exc):
+                logging.getLogger("asynchy").info("%s", exc)
+                click.echo(f"asynchy: {exc}", err=True)
+            raise click.exceptions.Exit(int(exc.exit_code)) from None
+        except AsynchyError as exc:
+            if not str(exc):
+                raise click.exceptions.Exit(int(exc.exit_code)) from None
+            raise _exit_with(str(exc), int(exc.exit_code)) from None
+        except KeyboardInterrupt:  # a stop, not an error
+            click.echo("asynchy: interrupted", err=True)
+            raise click.exceptions.Exit(int(ExitCode.INTERRUPTED)) from None
+        except click.NoSuchOption as exc:  # `asynchy status --db x.db`: a global option too late
+            own = {o for p in self.params for o in (*p.opts, *p.secondary_opts)}
+            if exc.option_name not in own or exc.ctx is None:
+                raise
+            raise click.UsageError(
+                f"{exc.message.rstrip('.')}: {exc.option_name} is a global option, it goes "
+                f"before the command (asynchy {exc.option_name} ... {exc.ctx.info_name} ...)",
+                ctx=exc.ctx,
+            ) from None
+        except Exception as exc:
+            if not type(exc).__module__.startswith(("sqlalchemy", "sqlite3", "psycopg")):
+                raise  # anything else is a bug: its traceback is wanted
+            from asynchy.db import as_database_error
+
+            err = as_database_error(exc)
+            raise _exit_with(str(err), int(err.exit_code)) from None
+
+
+GLOBAL_OPTIONS = [
+    click.version_option(
+        __version__, "--version", "-V", prog_name="asynchy", message="%(prog)s %(version)s"
+    ),
+    click.option(
+        "--config",
+        "config_path",
+        metavar="PATH",
+        help="Config file [default: $ASYNCHY_CONFIG or ~/.as.yaml].",
+    ),
+    key_option("db", metavar="PATH|URL", help="Inventory database: SQLite file or SQLAlchemy URL."),
+    key_option("host", help="Facility ssh host; empty or 'local' for a local folder."),
+    key_option("port", type=click.IntRange(1, 65535)),
+    key_option("user", help="ssh user [default: your login name]."),
+    key_option("keypath", metavar="FILE", help="ssh private key."),
+    key_option("known_hosts", metavar="FILE", help="known_hosts file with the server's key."),
+    key_option("log_file", metavar="FILE", help="Also log to this file."),
+    key_option(
+        "log_level",
+        type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+        help="Level of the log file.",
+    ),
+    key_option("rsync", metavar="PATH", help="The rsync program, >= 3.4.1."),
+    click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug)."),
+    click.option(
+        "-q", "--quiet", is_flag=True, help="No progress bars, only errors and the final summary."
+    ),
+]
+
+
+@click.group(cls=AsynchyGroup, context_settings=CONTEXT_SETTINGS)
+@options(GLOBAL_OPTIONS)
+@click.pass_context
+def cli(
+    ctx: click.Context, /, config_path: str | None, verbose: int, quiet: bool, **values: Any
+) -> None:
+    """asynchy: bring experiment data (EPNs) home from a facility.
+
+    Global options go before the command, command options after it.
+    Settings come from the config file, then ASYNCHY_<KEY> environment
+    variables, then options (options win).
+
+    \b
+    Example:
+        asynchy init
+        asynchy walk
+        asynchy --db shard1.db walk --shard 1/3
+    """
+    ctx.obj = GlobalOptions(config_path=config_path, values=values, verbose=verbose, quiet=quiet)
+
+
+for module in (init, walk, sync, alert, report, manage, merge, hosts, schema):
+    for command in module.COMMANDS:
+        cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="asynchy")

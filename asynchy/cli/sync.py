@@ -1,0 +1,358 @@
+"""asynchy sync and asynchy watch: copy batches of EPNs (the library: sync.sync, watch.watch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from asynchy.cli.common import (
+    accept_new_host_key_option,
+    bars,
+    duration,
+    epn_option,
+    get_settings,
+    json_flag,
+    key_option,
+    open_db,
+    options,
+    output_options,
+    summary_out,
+    take_output,
+)
+from asynchy.cli.walk import SRC_PREFIX
+from asynchy.errors import AsynchyError, Interrupted, PartialFailure
+
+if TYPE_CHECKING:
+    from asynchy.config import Settings
+    from asynchy.sync import SyncOptions
+
+# The options of one sync batch, shared by `sync` and `watch`.
+BATCH_OPTIONS = [
+    key_option("dest", help="Local folder the EPNs are copied into."),
+    SRC_PREFIX,
+    click.option(
+        "--order",
+        type=click.Choice(["ASC", "DESC"], case_sensitive=False),
+        default="ASC",
+        show_default=True,
+        help="Oldest (ASC) or newest (DESC) EPNs first, by their newest file.",
+    ),
+    click.option(
+        "--limit",
+        type=click.IntRange(min=1),
+        default=50,
+        show_default=True,
+        help="EPNs in this run (a watch: in each cycle).",
+    ),
+    click.option(
+        "--retry",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="Attempts of one EPN after the first in this run (spaced); also the breaker's probes "
+        "of a server that stopped answering, and ssh ConnectionAttempts.",
+    ),
+    key_option("threads", type=click.IntRange(1, 64), metavar="N", help="EPNs copied at once."),
+    click.option(
+        "--parallel",
+        is_flag=True,
+        help="Run the --threads workers as processes instead of threads.",
+    ),
+    click.option(
+        "--partial",
+        is_flag=True,
+        help="Keep partly copied files (in <dest>/.asynchy-tmp) to resume them.",
+    ),
+    click.option("--compress", is_flag=True, help="Compress data in transit (rsync -z)."),
+    click.option(
+        "--bwlimit",
+        metavar="RATE",
+        help="rsync --bwlimit, e.g. 50M (bytes per second, rsync units).",
+    ),
+    click.option(
+        "--max-attempts",
+        type=click.IntRange(min=1),
+        default=5,
+        show_default=True,
+        help="Data failures in a row (over all runs) before an EPN is quarantined.",
+    ),
+    click.option(
+        "--verify",
+        type=click.Choice(["size", "checksum"]),
+        default="size",
+        show_default=True,
+        help="After rsync: compare size and mtime with the inventory; 'checksum' also compares "
+        "content with the source (reads everything again) and copies again what differs.",
+    ),
+    click.option(
+        "--checksum",
+        is_flag=True,
+        help="Short for --verify checksum (as `asynchy verify --checksum`).",
+    ),
+    click.option(
+        "--mapped-only",
+        is_flag=True,
+        help="Skip EPNs whose number has no destinations entry (the default when "
+        "destinations are configured).",
+    ),
+    click.option(
+        "--include-unmapped",
+        is_flag=True,
+        default=None,
+        help="With destinations: copy unmapped EPNs too, into dest/EPN [config: copy_unmapped].",
+    ),
+    key_option(
+        "exclude",
+        multiple=True,
+        metavar="PATTERN",
+        help="rsync exclude pattern (repeatable); verification skips what it leaves out.",
+    ),
+    key_option(
+        "include",
+        multiple=True,
+        metavar="PATTERN",
+        help="rsync include pattern, checked before the excludes (repeatable).",
+    ),
+    key_option(
+        "metrics_file",
+        metavar="FILE",
+        help="Write Prometheus metrics here after the run (each watch cycle).",
+    ),
+    key_option(
+        "chmod",
+        metavar="RULES",
+        help="rsync --chmod rules, with --perms, e.g. Dg+s,ug+w,o-wx,ug+X.",
+    ),
+    key_option(
+        "destinations", metavar="MAP", help="EPN number -> folder, e.g. '12282=ny79,12283=ab12'."
+    ),
+    click.option(
+        "--stall-timeout",
+        type=click.FloatRange(min=1),
+        default=300,
+        show_default=True,
+        metavar="SECONDS",
+        help="Kill an rsync that shows no progress for this long (a link failure: not charged).",
+    ),
+    click.option(
+        "--lease",
+        type=click.FloatRange(min=2),
+        default=300,
+        show_default=True,
+        metavar="SECONDS",
+        help="How long a claim lasts without a heartbeat (renewed every third of it).",
+    ),
+    key_option(
+        "timeout", type=click.FloatRange(min=0.1), metavar="SECONDS", help="ssh ConnectTimeout."
+    ),
+]
+
+
+def _sync_settings(ctx: click.Context, kw: dict[str, Any], **more: Any) -> Settings:
+    return get_settings(
+        ctx,
+        dest=kw["dest"],
+        src_prefix=kw["src_prefix"],
+        destinations=kw["destinations"],
+        timeout=kw["timeout"],
+        threads=kw["threads"],
+        copy_unmapped=kw["include_unmapped"],
+        exclude=kw["exclude"] or None,
+        include=kw["include"] or None,
+        chmod=kw["chmod"],
+        metrics_file=kw["metrics_file"],
+        **more,
+    )
+
+
+def _sync_options(settings: Settings, kw: dict[str, Any], **more: Any) -> SyncOptions:
+    """SyncOptions from the batch options and the settings."""
+    from asynchy.sync import SyncOptions
+
+    dest = Path(settings.require("dest")).expanduser().resolve()
+    return SyncOptions(
+        dest=dest,
+        src_prefix=settings.require("src_prefix"),
+        order=kw["order"].upper(),
+        limit=kw["limit"],
+        retry=kw["retry"],
+        threads=settings.threads,
+        parallel=kw["parallel"],
+        partial=kw["partial"],
+        compress=kw["compress"],
+        bwlimit=kw["bwlimit"],
+        max_attempts=kw["max_attempts"],
+        verify="checksum" if kw["checksum"] else kw["verify"],
+        # With a destination map, only mapped EPNs are copied (as mxsync) unless asked otherwise.
+        mapped_only=kw["mapped_only"]
+        or (bool(settings.destinations) and not settings.copy_unmapped),
+        stall_timeout=kw["stall_timeout"],
+        lease=kw["lease"],
+        destinations=settings.destinations,
+        rsync=settings.rsync,
+        layout=settings.layout,
+        include=settings.include or (),
+        exclude=settings.exclude or (),
+        chmod=settings.chmod,
+        ignore_file=Path(settings.ignore_file).expanduser() if settings.ignore_file else None,
+        metrics_file=Path(settings.metrics_file).expanduser() if settings.metrics_file else None,
+        **more,
+    )
+
+
+@click.command("sync")
+@options(BATCH_OPTIONS)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Show what would be copied; copy nothing, change nothing in the DB.",
+)
+@epn_option("Only this EPN (repeatable).")
+@click.option(
+    "--settle",
+    callback=duration,
+    metavar="DURATION",
+    help="Only EPNs whose newest file is at least this old, e.g. 1h [default: any].",
+)
+@output_options()
+@click.pass_context
+def sync_cmd(ctx: click.Context, /, **kw: Any) -> None:
+    """Copy a batch of EPNs with rsync, verify each copy, record every attempt.
+
+    EPNs are taken in order of their newest file (pending, changed, and
+    failed for a data reason once their back-off has passed); an EPN is
+    complete only when rsync succeeded and the local copy matches the
+    inventory and the source.  A server outage or a setup mistake is never
+    charged to an EPN (docs/failures.md).  Exit code 3 when some EPNs were
+    not completed, 2 for a setup problem, 1 when the server cannot be
+    reached, 130 when interrupted.
+
+    \b
+    Example:
+        asynchy sync --dest /srv/as/vault/data --src_prefix /data/mx --limit 30 --retry 5 --parallel --threads 2
+        asynchy sync --epn 12282a --verify checksum
+        asynchy sync --dry-run --limit 5
+    """
+    from asynchy import render
+    from asynchy.progress import SyncBar
+    from asynchy.sync import sync
+
+    out = take_output(kw)
+    settings = _sync_settings(ctx, kw)
+    target = None if settings.is_local else settings.ssh_target()
+    if kw["epns"]:
+        from asynchy.names import parse_epn
+
+        for name in kw["epns"]:
+            parse_epn(name)
+    opts = _sync_options(
+        settings,
+        kw,
+        dry_run=kw["dry_run"],
+        epns=tuple(kw["epns"]) or None,
+        settle=kw["settle"],
+    )
+    from asynchy.remote.factory import open_tree
+
+    summary = sync(
+        open_db(ctx, settings.db),
+        target,
+        opts,
+        progress=SyncBar(bars(ctx)),
+        open_tree=lambda: open_tree(settings, workers=4),
+    )
+    data = summary.as_dict()
+    summary_out(data, render.sync_summary(data), out)
+    if summary.stop_error is not None:
+        raise summary.stop_error
+    if summary.interrupted:
+        raise Interrupted()  # the summary says so
+    if summary.unfinished:
+        raise PartialFailure()
+
+
+def alert_options(settings: Settings, *, preview: bool = False) -> Any:
+    """AlertOptions from the settings, or None when alert_to is not configured."""
+    import os
+
+    from asynchy.alert import options_from_settings
+
+    prefix = settings.src_prefix or "?"
+    source = prefix if settings.is_local else f"{settings.host}:{prefix}"
+    return options_from_settings(settings, os.environ, source, preview=preview)
+
+
+@click.command("watch")
+@options(BATCH_OPTIONS)
+@click.option(
+    "--every",
+    callback=duration,
+    metavar="DURATION",
+    help="Time from the start of one cycle to the next, e.g. 1h [config: every; default 1h].",
+)
+@click.option(
+    "--settle",
+    callback=duration,
+    metavar="DURATION",
+    help="Copy an EPN once its newest file is this old [config: settle; default 1h].",
+)
+@click.option(
+    "--recent",
+    callback=duration,
+    default="7d",
+    show_default=True,
+    metavar="DURATION",
+    help="Walk again, each cycle, the EPNs whose newest file is younger than this.",
+)
+@click.option("--once", is_flag=True, help="Run one cycle and exit (for cron or a systemd timer).")
+@click.option("--no-alert", is_flag=True, help="No alert e-mails, even with alert_to configured.")
+@accept_new_host_key_option
+@json_flag("Print each cycle's summary as a JSON line.")
+@click.pass_context
+def watch_cmd(ctx: click.Context, /, **kw: Any) -> None:
+    """Keep repatriating: walk new and growing EPNs, alert, copy settled ones, sleep, repeat.
+
+    Each cycle walks the new EPNs and those that may still grow, e-mails
+    the EPNs without a destination mapping (when alert_to is configured),
+    and copies one batch (--limit) of the EPNs whose newest file is older
+    than --settle.  One line per cycle.  One watch per database.  SIGTERM or
+    Ctrl+C ends the current cycle cleanly (exit code 130).  See
+    docs/operations.md for a systemd unit, a timer and a crontab line.
+
+    \b
+    Example:
+        asynchy watch --every 1h --settle 2h --limit 20
+        asynchy watch --once
+    """
+    from asynchy import render, watch
+    from asynchy.remote.factory import open_tree
+
+    settings = _sync_settings(ctx, kw, every=kw["every"], settle=kw["settle"])
+    target = None if settings.is_local else settings.ssh_target()
+    sync_opts = _sync_options(settings, kw, settle=settings.settle)
+    alert_opts = None if kw["no_alert"] else alert_options(settings)
+    opts = watch.WatchOptions(
+        sync=sync_opts,
+        every=settings.every,
+        recent=kw["recent"],
+        once=kw["once"],
+        alert=alert_opts,
+        portal=settings.portal,
+        destinations=settings.destinations,
+    )
+
+    def tree() -> Any:
+        return open_tree(settings, workers=32, accept_new_host_key=kw["accept_new_host_key"])
+
+    def show(cycle: Any) -> None:
+        line = render.as_json_line(cycle.as_dict()) if kw["as_json"] else watch.cycle_line(cycle)
+        click.echo(line)
+
+    last = watch.watch(open_db(ctx, settings.db), tree, target, opts, on_cycle=show)
+    if not last.ok:  # the cycle's line said why
+        raise AsynchyError() if last.problems else PartialFailure()
+
+
+COMMANDS = [sync_cmd, watch_cmd]
