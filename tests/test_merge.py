@@ -785,3 +785,48 @@ def test_the_example_in_docs_merge_md(
     assert rows(tmp_path / "all.db", "SELECT status, size, file_count, completed_at FROM epns") == [
         (status, sum(s for _, s in files), len(files), "2026-03-02 00:00:00")
     ]
+
+
+# ------------------------------------------------------------------ a claim in the target
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_claim_in_the_target_is_left_to_its_owner_on_both_backends(
+    cli: Any, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """docs/merge.md rule 3: an EPN running in the target itself keeps its row and its claim,
+    and is not counted as completed - the same on SQLite and PostgreSQL (one target reader)."""
+    from sqlalchemy import create_engine, text
+
+    src = tmp_path / "src"
+    build_epns(src, 2, 2)
+    target: str = (
+        str(tmp_path / "target.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
+    )
+    source = tmp_path / "input.db"
+    for db in (target, str(source)):
+        assert cli("--db", db, "--host", "local", "walk", "--src-prefix", str(src)).exit_code == 0
+    with sqlite3.connect(source) as con:  # the input completed both EPNs
+        con.execute(
+            "UPDATE epns SET status = 'complete', completed_at = '2026-01-02 03:04:05', "
+            "bytes_transferred = size"
+        )
+    url = target if "://" in target else f"sqlite:///{target}"
+    engine = create_engine(url)
+    with engine.begin() as conn:  # the target holds a claim on the first one
+        conn.execute(
+            text(
+                "UPDATE epns SET status = 'running', claim_owner = 'gone-worker', claim_token = 7 "
+                "WHERE epn = '20000a'"
+            )
+        )
+    result = merge(cli, target, source, extra=("--json",))
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["epns_completed"] == 1  # 20001b only
+    with engine.connect() as conn:
+        got = conn.execute(
+            text("SELECT epn, status, claim_owner, claim_token FROM epns ORDER BY epn")
+        ).all()
+    engine.dispose()
+    assert [tuple(r) for r in got] == [
+        ("20000a", "running", "gone-worker", 7),
+        ("20001b", "complete", None, 0),
+    ]
