@@ -16,7 +16,7 @@ from asynchy.db import Database
 from asynchy.destinations import dest_folder, stored_folder
 from asynchy.errors import UsageError
 from asynchy.filters import Filters
-from asynchy.jobs import Job
+from asynchy.jobs import FailureClass, Job
 from asynchy.models import epns_table
 from asynchy.names import decode_name
 from asynchy.rsync import RsyncOptions, files_from, rsync_argv, rsync_version
@@ -173,12 +173,30 @@ def verify(
             rsync=rsync, old_rsync=version < (3, 4, 3), include=include, exclude=exclude
         )
     rules = Filters(include, exclude)
+    for row in _verify_rows(db, epns, out):
+        folder = (
+            stored_folder(row.dest_path, row.epn)
+            if row.dest_path
+            else dest_folder(row.epn, dest, destinations, layout)
+        )
+        reason, kind = _check_copy(db, row.epn, folder, rules)
+        if reason is None and ropts is not None:
+            assert src_prefix is not None
+            reason, kind = _check_source(row.epn, folder, target, src_prefix, ropts)
+        out.checked.append(row.epn)
+        if reason:
+            out.differ[row.epn] = reason
+            _mark_changed(db, row.epn, reason, kind)
+        if on_epn is not None:
+            on_epn(row.epn, reason is None)
+    return out
+
+
+def _verify_rows(db: Database, epns: Sequence[str], out: Verified) -> list[Any]:
+    """The complete EPNs to check (all, or those named); named ones that cannot be are noted."""
     with db.read() as conn:
-        query = select(e.epn, e.status, e.dest_path).where(e.status == "complete").order_by(e.epn)
-        if epns:
-            query = (
-                select(e.epn, e.status, e.dest_path).where(e.epn.in_(list(epns))).order_by(e.epn)
-            )
+        query = select(e.epn, e.status, e.dest_path).order_by(e.epn)
+        query = query.where(e.epn.in_(list(epns))) if epns else query.where(e.status == "complete")
         rows = conn.execute(query).all()
     found = {r.epn for r in rows}
     for epn in epns:
@@ -187,60 +205,64 @@ def verify(
     for row in rows:
         if row.status != "complete":
             out.missing[row.epn] = f"status {row.status}: only complete EPNs are verified"
-            continue
-        raw = decode_name(row.epn)
-        folder = (
-            stored_folder(row.dest_path, row.epn)
-            if row.dest_path
-            else dest_folder(row.epn, dest, destinations, layout)
-        )
-        expected = claims.expected_files(db, row.epn)
-        if rules:
-            expected = tuple(x for x in expected if not rules.excludes(x[0]))
-        job = Job(
-            epn=row.epn,
-            epn_raw=raw,
-            attempt=0,
-            token=0,
-            argv=(),
-            stdin=files_from(raw),
-            dest_dir=folder,
-            expected=expected,
-            regular_files=0,
-        )
-        count, problems = verify_local(job)
-        reason = f"verify: {count} files differ from the inventory ({problems})" if count else None
-        kind = "verify"
-        if reason is None and ropts is not None:
-            assert src_prefix is not None
-            argv = rsync_argv(target=target, prefix=src_prefix, opts=ropts, check="checksum")
-            run = run_rsync(
-                tuple(argv),
-                job.stdin,
-                cwd=folder,
-                stall_timeout=None,
-                cancel=None,
-                count_itemized=True,
+    return [r for r in rows if r.status == "complete"]
+
+
+def _check_copy(
+    db: Database, epn: str, folder: bytes, rules: Filters
+) -> tuple[str | None, FailureClass]:
+    """The local copy against the inventory (size, mtime, kind of every file)."""
+    expected = claims.expected_files(db, epn)
+    if rules:
+        expected = tuple(x for x in expected if not rules.excludes(x[0]))
+    raw = decode_name(epn)
+    job = Job(
+        epn=epn,
+        epn_raw=raw,
+        attempt=0,
+        token=0,
+        argv=(),
+        stdin=files_from(raw),
+        dest_dir=folder,
+        expected=expected,
+        regular_files=0,
+    )
+    count, problems = verify_local(job)
+    if count:
+        return f"verify: {count} files differ from the inventory ({problems})", "verify"
+    return None, "verify"
+
+
+def _check_source(
+    epn: str, folder: bytes, target: SshTarget | None, src_prefix: str, ropts: RsyncOptions
+) -> tuple[str | None, FailureClass]:
+    """The local copy against the source by content (an rsync -c dry run)."""
+    argv = rsync_argv(target=target, prefix=src_prefix, opts=ropts, check="checksum")
+    run = run_rsync(
+        tuple(argv),
+        files_from(decode_name(epn)),
+        cwd=folder,
+        stall_timeout=None,
+        cancel=None,
+        count_itemized=True,
+    )
+    if run.exit_code != 0:
+        problem = f"rsync exit {run.exit_code}: {run.stderr.strip()[-300:]}"
+        return f"checksum check failed: {problem}", "verify"
+    if run.lines:  # the next sync repairs it: rsync --checksum for this EPN
+        return f"verify: {run.lines} files differ from the source by checksum", "checksum"
+    return None, "verify"
+
+
+def _mark_changed(db: Database, epn: str, reason: str, kind: FailureClass) -> None:
+    with db.write() as conn:
+        conn.execute(
+            update(epns_table)
+            .where(e.epn == epn, e.status == "complete")
+            .values(
+                status="changed",
+                changed_at=func.now() if not db.is_sqlite else func.datetime("now"),
+                last_error=reason,
+                last_error_class=kind,
             )
-            if run.exit_code != 0:
-                reason = f"checksum check failed: rsync exit {run.exit_code}: {run.stderr.strip()[-300:]}"
-            elif run.lines:
-                reason = f"verify: {run.lines} files differ from the source by checksum"
-                kind = "checksum"  # the next sync repairs it: rsync --checksum for this EPN
-        out.checked.append(row.epn)
-        if reason:
-            out.differ[row.epn] = reason
-            with db.write() as conn:
-                conn.execute(
-                    update(epns_table)
-                    .where(e.epn == row.epn, e.status == "complete")
-                    .values(
-                        status="changed",
-                        changed_at=func.now() if not db.is_sqlite else func.datetime("now"),
-                        last_error=reason,
-                        last_error_class=kind,
-                    )
-                )
-        if on_epn is not None:
-            on_epn(row.epn, reason is None)
-    return out
+        )

@@ -293,27 +293,7 @@ def sync(
     with ``stop_error`` set, after giving every claim back.
     """
     started = time.monotonic()
-    check_options(target, opts.bwlimit)
-    version, version_line = rsync_version(opts.rsync)
-    log.info("using %s", version_line)
-    check_dest(opts.dest, write=not opts.dry_run)
-    resolve_layout(opts.layout, opts.destinations)
-    ropts = RsyncOptions(
-        rsync=opts.rsync,
-        compress=opts.compress,
-        partial=opts.partial,
-        bwlimit=opts.bwlimit,
-        dry_run=opts.dry_run,
-        retry=opts.retry,
-        old_rsync=version < (3, 4, 3),
-        include=opts.include,
-        exclude=opts.exclude,
-        chmod=opts.chmod,
-    )
-    # ssh options that cannot be built fail here; the server, its host key, our login, its rsync and
-    # src_prefix are checked by one small rsync - all before the database is touched.
-    rsync_argv(target=target, prefix=opts.src_prefix, opts=ropts)
-    check_source(target, opts.src_prefix, ropts)
+    ropts, version_line = _preflight(target, opts)
     summary = SyncSummary(dry_run=opts.dry_run, rsync_version=version_line)
     if opts.ignore_file is not None and not opts.dry_run:
         from asynchy.merge import record_ignore_file
@@ -353,19 +333,7 @@ def sync(
             )
             batch.run()
             summary.interrupted = stop.requested
-        if summary.selected < opts.limit and not summary.interrupted and batch.halt is None:
-            summary.not_taken = claims.not_taken(
-                db,
-                max_attempts=opts.max_attempts,
-                settled_before=batch.settled_before,
-                destinations=opts.destinations,
-                mapped_only=opts.mapped_only,
-            )
-        if batch.halt is not None:
-            summary.stop_error = _precise(batch.halt, target, opts.src_prefix, ropts)
-            status = "stopped"
-        elif summary.interrupted:
-            status = "interrupted"
+        status = _conclude(db, batch, target, opts, ropts, summary)
     except BaseException:
         status = "failed"
         pool.cancel.set()
@@ -381,6 +349,57 @@ def sync(
         rate = summary.bytes / summary.elapsed if summary.elapsed > 0 else 0.0
         metrics.write(db, opts.metrics_file, throughput=rate)
     return summary
+
+
+def _preflight(target: SshTarget | None, opts: SyncOptions) -> tuple[RsyncOptions, str]:
+    """Everything checked before the database is touched (docs/failures.md): option values,
+    rsync's version, the destination, the layout, and one small rsync that proves the server,
+    its host key, our login, its rsync and src_prefix.  Returns the rsync options and version."""
+    check_options(target, opts.bwlimit)
+    version, version_line = rsync_version(opts.rsync)
+    log.info("using %s", version_line)
+    check_dest(opts.dest, write=not opts.dry_run)
+    resolve_layout(opts.layout, opts.destinations)
+    ropts = RsyncOptions(
+        rsync=opts.rsync,
+        compress=opts.compress,
+        partial=opts.partial,
+        bwlimit=opts.bwlimit,
+        dry_run=opts.dry_run,
+        retry=opts.retry,
+        old_rsync=version < (3, 4, 3),
+        include=opts.include,
+        exclude=opts.exclude,
+        chmod=opts.chmod,
+    )
+    rsync_argv(
+        target=target, prefix=opts.src_prefix, opts=ropts
+    )  # ssh options that cannot be built
+    check_source(target, opts.src_prefix, ropts)
+    return ropts, version_line
+
+
+def _conclude(
+    db: Database,
+    batch: Batch,
+    target: SshTarget | None,
+    opts: SyncOptions,
+    ropts: RsyncOptions,
+    summary: SyncSummary,
+) -> str:
+    """After the batch: why fewer EPNs were taken than asked for, and how the run ended."""
+    if summary.selected < opts.limit and not summary.interrupted and batch.halt is None:
+        summary.not_taken = claims.not_taken(
+            db,
+            max_attempts=opts.max_attempts,
+            settled_before=batch.settled_before,
+            destinations=opts.destinations,
+            mapped_only=opts.mapped_only,
+        )
+    if batch.halt is not None:
+        summary.stop_error = _precise(batch.halt, target, opts.src_prefix, ropts)
+        return "stopped"
+    return "interrupted" if summary.interrupted else "finished"
 
 
 def _precise(

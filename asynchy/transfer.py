@@ -81,7 +81,6 @@ def run_rsync(
     cmd = list(argv)
     if SETPRIV:
         cmd = [SETPRIV, "--pdeathsig", "TERM", "--", *cmd]
-    env = child_env(os.environ)
     try:
         proc = subprocess.Popen(
             cmd,
@@ -89,111 +88,137 @@ def run_rsync(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            env=env,
+            env=child_env(os.environ),
             cwd=cwd,
         )
     except OSError as exc:
         return _Run(None, "", "", "", False, False, error=f"cannot run {argv[0]}: {exc.strerror}")
-    finished = threading.Event()  # set when rsync has exited
-    last_activity = [time.monotonic()]
-    out_tail: deque[bytes] = deque()
-    out_size = [0]
-    err_parts: list[bytes] = []
-    err_size = [0]
-    itemized = [0]
-    content_only = [0]
-    seen = [0]
-    last_report = [0.0]
+    watched = _Watched(proc, on_progress=on_progress, count_itemized=count_itemized)
+    watched.start(stdin)
+    watched.wait(cancel, stall_timeout)
+    return watched.result()
 
-    def read_stdout() -> None:
-        assert proc.stdout is not None
+
+class _Watched:
+    """A running rsync: its output read by two threads (progress, itemized lines, stderr for the
+    log), its exit awaited by a third; the caller's thread watches for a stall or a cancel."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        *,
+        on_progress: Callable[[int], None] | None,
+        count_itemized: bool,
+    ) -> None:
+        self.proc = proc
+        self.on_progress = on_progress
+        self.count_itemized = count_itemized
+        self.finished = threading.Event()  # set when rsync has exited
+        self.last_activity = time.monotonic()
+        self.out_tail: deque[bytes] = deque()
+        self.out_size = 0
+        self.err_parts: list[bytes] = []
+        self.err_size = 0
+        self.itemized = 0
+        self.content_only = 0
+        self.seen = 0
+        self.last_report = 0.0
+        self.stalled = self.cancelled = False
+        self.threads: list[threading.Thread] = []
+
+    def start(self, stdin: bytes) -> None:
+        for target in (self._read_stdout, self._read_stderr, self._wait_for_exit):
+            thread = threading.Thread(target=target, daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(stdin)
+            self.proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+
+    def _wait_for_exit(self) -> None:
+        self.proc.wait()
+        self.finished.set()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
         pending = b""
-        while True:
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            last_activity[0] = time.monotonic()
-            out_tail.append(chunk)
-            out_size[0] += len(chunk)
-            while out_size[0] > 65536 and len(out_tail) > 1:
-                out_size[0] -= len(out_tail.popleft())
+        while chunk := os.read(self.proc.stdout.fileno(), 65536):
+            self.last_activity = time.monotonic()
+            self._keep_tail(chunk)
             pending += chunk
             *pieces, pending = pending.replace(b"\r", b"\n").split(b"\n")
             for piece in pieces:
-                if count_itemized and piece[:1] in (b">", b"<", b"c", b"h", b"*") and b" " in piece:
-                    itemized[0] += 1
-                    flags = piece.split(b" ", 1)[0]  # YXcstpoguax: c checksum, s size, t time
-                    if flags[2:3] == b"c" and flags[3:5] == b"..":
-                        content_only[0] += 1
-                    continue
-                done = progress_bytes(piece)
-                if done is not None:
-                    seen[0] = done
-                    now = time.monotonic()
-                    if on_progress is not None and now - last_report[0] >= PROGRESS_EVERY:
-                        last_report[0] = now
-                        on_progress(done)
+                self._take_line(piece)
             if len(chunk) < 65536:  # the pipe holds 64 KiB: rsync does not wait for us meanwhile
-                finished.wait(READ_PAUSE)  # but rsync's end is read at once
+                self.finished.wait(READ_PAUSE)  # but rsync's end is read at once
 
-    def read_stderr() -> None:
-        assert proc.stderr is not None
-        while True:
-            chunk = os.read(proc.stderr.fileno(), 65536)
-            if not chunk:
-                break
-            last_activity[0] = time.monotonic()
-            if err_size[0] < LOG_CHARS:
-                err_parts.append(chunk)
-                err_size[0] += len(chunk)
+    def _keep_tail(self, chunk: bytes) -> None:
+        self.out_tail.append(chunk)
+        self.out_size += len(chunk)
+        while self.out_size > 65536 and len(self.out_tail) > 1:
+            self.out_size -= len(self.out_tail.popleft())
 
-    readers = [
-        threading.Thread(target=read_stdout, daemon=True),
-        threading.Thread(target=read_stderr, daemon=True),
-    ]
-    for t in readers:
-        t.start()
-    try:
-        assert proc.stdin is not None
-        proc.stdin.write(stdin)
-        proc.stdin.close()
-    except (BrokenPipeError, OSError):
-        pass
-    stalled = cancelled = False
+    def _take_line(self, piece: bytes) -> None:
+        """An itemized line (counted) or a progress line (reported at most every PROGRESS_EVERY)."""
+        if self.count_itemized and piece[:1] in (b">", b"<", b"c", b"h", b"*") and b" " in piece:
+            self.itemized += 1
+            flags = piece.split(b" ", 1)[0]  # YXcstpoguax: c checksum, s size, t time
+            if flags[2:3] == b"c" and flags[3:5] == b"..":
+                self.content_only += 1
+            return
+        done = progress_bytes(piece)
+        if done is None:
+            return
+        self.seen = done
+        now = time.monotonic()
+        if self.on_progress is not None and now - self.last_report >= PROGRESS_EVERY:
+            self.last_report = now
+            self.on_progress(done)
 
-    def wait_for_exit() -> None:
-        proc.wait()
-        finished.set()
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        while chunk := os.read(self.proc.stderr.fileno(), 65536):
+            self.last_activity = time.monotonic()
+            if self.err_size < LOG_CHARS:
+                self.err_parts.append(chunk)
+                self.err_size += len(chunk)
 
-    waiter = threading.Thread(target=wait_for_exit, daemon=True)
-    waiter.start()
-    while not finished.wait(0.5):  # wakes twice a second, no busy polling
-        if cancel is not None and cancel.is_set() and not cancelled:
-            cancelled = True
-            _kill_group(proc, signal.SIGTERM)
-        elif stall_timeout and time.monotonic() - last_activity[0] > stall_timeout and not stalled:
-            stalled = True
-            _kill_group(proc, signal.SIGTERM)
-        if (stalled or cancelled) and not finished.wait(5):
-            _kill_group(proc, signal.SIGKILL)
-    waiter.join()
-    _kill_group(proc, signal.SIGKILL)  # an ssh left behind in the group must not linger
-    for t in readers:
-        t.join(timeout=10)
-    stderr_all = b"".join(err_parts).decode("utf-8", "replace")
-    run = _Run(
-        exit_code=proc.returncode,
-        stdout=b"".join(out_tail).decode("utf-8", "replace"),
-        stderr=stderr_all[-TAIL_CHARS:],
-        stderr_log=stderr_all,
-        stalled=stalled,
-        cancelled=cancelled,
-        lines=itemized[0],
-        content_only=content_only[0],
-        bytes_seen=seen[0],
-        log_truncated=err_size[0] >= LOG_CHARS,
-    )
-    return run
+    def wait(self, cancel: Any, stall_timeout: float | None) -> None:
+        """Until rsync exits; a cancel or a stall ends it (TERM, then KILL after 5 s)."""
+        while not self.finished.wait(0.5):  # wakes twice a second, no busy polling
+            if cancel is not None and cancel.is_set() and not self.cancelled:
+                self.cancelled = True
+                _kill_group(self.proc, signal.SIGTERM)
+            elif (
+                stall_timeout
+                and time.monotonic() - self.last_activity > stall_timeout
+                and not self.stalled
+            ):
+                self.stalled = True
+                _kill_group(self.proc, signal.SIGTERM)
+            if (self.stalled or self.cancelled) and not self.finished.wait(5):
+                _kill_group(self.proc, signal.SIGKILL)
+        _kill_group(self.proc, signal.SIGKILL)  # an ssh left behind in the group must not linger
+        for thread in self.threads:
+            thread.join(timeout=10)
+
+    def result(self) -> _Run:
+        stderr_all = b"".join(self.err_parts).decode("utf-8", "replace")
+        return _Run(
+            exit_code=self.proc.returncode,
+            stdout=b"".join(self.out_tail).decode("utf-8", "replace"),
+            stderr=stderr_all[-TAIL_CHARS:],
+            stderr_log=stderr_all,
+            stalled=self.stalled,
+            cancelled=self.cancelled,
+            lines=self.itemized,
+            content_only=self.content_only,
+            bytes_seen=self.seen,
+            log_truncated=self.err_size >= LOG_CHARS,
+        )
 
 
 def verify_local(job: Job) -> tuple[int, str | None]:

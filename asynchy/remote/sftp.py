@@ -423,90 +423,11 @@ class SftpTree:
                 self.close()
 
     def _walk(self, proto: _Protocol, epns: Sequence[bytes]) -> Iterator[WalkEvent]:
-        todo = deque(epns)
-        queue: deque[_Dir] = deque()  # folders to open; an EPN's sub-folders go first
-        inflight: dict[int, tuple[int, _Dir]] = {}
-        open_dirs = 0
-        live_epns = 0
-        request = proto.request
-        events: list[WalkEvent] = []
-
-        def finish_dir(d: _Dir) -> None:
-            nonlocal open_dirs
-            open_dirs -= 1
-            e = d.epn
-            e.pending -= 1
-            if e.pending == 0:
-                if e.entries:
-                    events.append(Files(e.name, e.entries))
-                events.append(EpnDone(e.name, e.issues))
-
-        while True:
-            while todo and live_epns < self.workers and len(queue) < self.workers:
-                e = _Epn(todo.popleft(), pending=1)
-                live_epns += 1
-                queue.append(_Dir(e, b""))
-            while queue and open_dirs < self.workers:
-                d = queue.popleft()
-                path = self._path(d.epn.name, d.rel)
-                inflight[request(FXP_OPENDIR, _U32.pack(len(path)) + path)] = (FXP_OPENDIR, d)
-                open_dirs += 1
-            if not inflight:
-                break
+        walker = _Walker(self, proto, epns)
+        while walker.start_more():
             proto.flush()
-            kind, rid, body = proto.read()
-            try:
-                op, d = inflight.pop(rid)
-            except KeyError:
-                raise ConnectionLost(f"SFTP server answered unknown request {rid}") from None
-            if op == FXP_OPENDIR:
-                if kind == FXP_HANDLE:
-                    d.handle, _ = _string(body, 0)
-                    hp = _U32.pack(len(d.handle)) + d.handle
-                    for _ in range(READ_AHEAD):
-                        inflight[request(FXP_READDIR, hp)] = (FXP_READDIR, d)
-                    d.reads = READ_AHEAD
-                else:
-                    code, msg = (
-                        parse_status(body)
-                        if kind == FXP_STATUS
-                        else (-1, f"unexpected reply {kind}")
-                    )
-                    d.epn.issues.append(Issue(d.rel, _status_kind(code, d.rel == b""), msg))
-                    finish_dir(d)
-            elif op == FXP_READDIR:
-                d.reads -= 1
-                if kind == FXP_NAME:
-                    self._take_names(d, body, queue)
-                    if not d.eof:
-                        hp = _U32.pack(len(d.handle)) + d.handle
-                        inflight[request(FXP_READDIR, hp)] = (FXP_READDIR, d)
-                        d.reads += 1
-                else:
-                    code, msg = (
-                        parse_status(body)
-                        if kind == FXP_STATUS
-                        else (-1, f"unexpected reply {kind}")
-                    )
-                    if code != FX_EOF and not d.eof:
-                        d.epn.issues.append(
-                            Issue(d.rel, "error", f"reading the folder failed: {msg}")
-                        )
-                    d.eof = True
-                if d.eof and d.reads == 0:
-                    hp = _U32.pack(len(d.handle)) + d.handle
-                    inflight[request(FXP_CLOSE, hp)] = (FXP_CLOSE, d)
-                    finish_dir(d)
-            # FXP_CLOSE replies need nothing.
-            if len(d.epn.entries) >= FILES_CHUNK and d.epn.pending:
-                events.append(Files(d.epn.name, d.epn.entries))
-                d.epn.entries = []
-            if events:
-                for ev in events:
-                    if isinstance(ev, EpnDone):
-                        live_epns -= 1
-                    yield ev
-                events.clear()
+            walker.answer(*proto.read())
+            yield from walker.take_events()
 
     def _take_names(self, d: _Dir, body: bytes, queue: deque[_Dir]) -> None:
         """One SSH_FXP_NAME answer -> entries, sub-folders to list, and issues (the hot loop)."""
@@ -531,3 +452,96 @@ class SftpTree:
                 append(Entry(prefix + name, size, mtime, "symlink"))
             elif mode < 0:
                 e.issues.append(Issue(prefix + name, "error", "server sent no file type"))
+
+
+class _Walker:
+    """One walk's state: up to ``workers`` EPNs and folders open at once, ``READ_AHEAD`` READDIR
+    requests in flight per folder, every reply matched to its request by id."""
+
+    def __init__(self, tree: SftpTree, proto: _Protocol, epns: Sequence[bytes]) -> None:
+        self.tree = tree
+        self.request = proto.request
+        self.todo = deque(epns)
+        self.queue: deque[_Dir] = deque()  # folders to open; an EPN's sub-folders go first
+        self.inflight: dict[int, tuple[int, _Dir]] = {}
+        self.open_dirs = 0
+        self.live_epns = 0
+        self.events: list[WalkEvent] = []
+
+    def start_more(self) -> bool:
+        """Start EPNs and open folders up to the limits; False when nothing is left to wait for."""
+        workers = self.tree.workers
+        while self.todo and self.live_epns < workers and len(self.queue) < workers:
+            self.live_epns += 1
+            self.queue.append(_Dir(_Epn(self.todo.popleft(), pending=1), b""))
+        while self.queue and self.open_dirs < workers:
+            d = self.queue.popleft()
+            path = self.tree._path(d.epn.name, d.rel)
+            self.inflight[self.request(FXP_OPENDIR, _U32.pack(len(path)) + path)] = (FXP_OPENDIR, d)
+            self.open_dirs += 1
+        return bool(self.inflight)
+
+    def answer(self, kind: int, rid: int, body: bytes) -> None:
+        try:
+            op, d = self.inflight.pop(rid)
+        except KeyError:
+            raise ConnectionLost(f"SFTP server answered unknown request {rid}") from None
+        if op == FXP_OPENDIR:
+            self._opened(d, kind, body)
+        elif op == FXP_READDIR:
+            self._read(d, kind, body)
+        # FXP_CLOSE replies need nothing.
+        if len(d.epn.entries) >= FILES_CHUNK and d.epn.pending:
+            self.events.append(Files(d.epn.name, d.epn.entries))
+            d.epn.entries = []
+
+    def take_events(self) -> list[WalkEvent]:
+        events, self.events = self.events, []
+        self.live_epns -= sum(1 for ev in events if isinstance(ev, EpnDone))
+        return events
+
+    def _opened(self, d: _Dir, kind: int, body: bytes) -> None:
+        if kind == FXP_HANDLE:
+            d.handle, _ = _string(body, 0)
+            for _ in range(READ_AHEAD):
+                self._readdir(d)
+            return
+        code, msg = parse_status(body) if kind == FXP_STATUS else (-1, f"unexpected reply {kind}")
+        d.epn.issues.append(Issue(d.rel, _status_kind(code, d.rel == b""), msg))
+        self._finish(d)
+
+    def _read(self, d: _Dir, kind: int, body: bytes) -> None:
+        d.reads -= 1
+        if kind == FXP_NAME:
+            self.tree._take_names(d, body, self.queue)
+            if not d.eof:
+                self._readdir(d)
+        else:
+            code, msg = (
+                parse_status(body) if kind == FXP_STATUS else (-1, f"unexpected reply {kind}")
+            )
+            if code != FX_EOF and not d.eof:
+                d.epn.issues.append(Issue(d.rel, "error", f"reading the folder failed: {msg}"))
+            d.eof = True
+        if d.eof and d.reads == 0:
+            self.inflight[self.request(FXP_CLOSE, _U32.pack(len(d.handle)) + d.handle)] = (
+                FXP_CLOSE,
+                d,
+            )
+            self._finish(d)
+
+    def _readdir(self, d: _Dir) -> None:
+        self.inflight[self.request(FXP_READDIR, _U32.pack(len(d.handle)) + d.handle)] = (
+            FXP_READDIR,
+            d,
+        )
+        d.reads += 1
+
+    def _finish(self, d: _Dir) -> None:
+        self.open_dirs -= 1
+        e = d.epn
+        e.pending -= 1
+        if e.pending == 0:
+            if e.entries:
+                self.events.append(Files(e.name, e.entries))
+            self.events.append(EpnDone(e.name, e.issues))

@@ -100,20 +100,7 @@ def connect(target: SshTarget, *, accept_new_host_key: bool = False) -> paramiko
     import paramiko
 
     client = paramiko.SSHClient()
-    kh: Path = target.known_hosts
-    if kh.is_file():
-        try:
-            client.load_host_keys(str(kh))
-        except OSError as exc:
-            raise ConfigError(f"known_hosts file {kh} is not readable: {exc.strerror}") from None
-    elif kh.exists():
-        raise ConfigError(f"known_hosts {kh} is not a file; fix known_hosts")
-    elif not accept_new_host_key:
-        raise HostKeyUnknown(
-            f"known_hosts file {kh} does not exist, so the host key of {target.known_hosts_name} cannot be "
-            f"checked: create it (ssh-keyscan -p {target.port} {target.host} > {kh}, after checking the "
-            "fingerprint) or run once with --accept-new-host-key"
-        )
+    _load_known_hosts(client, target, accept_new_host_key)
     client.set_missing_host_key_policy(_Policy(target, accept_new_host_key))  # type: ignore[arg-type]
     try:
         client.connect(
@@ -131,52 +118,71 @@ def connect(target: SshTarget, *, accept_new_host_key: bool = False) -> paramiko
     except (HostKeyUnknown, HostKeyChanged):
         client.close()
         raise
-    except paramiko.BadHostKeyException as exc:
+    except Exception as exc:
         client.close()
-        raise HostKeyChanged(
-            f"host key of {target.known_hosts_name} has CHANGED: the server offers {exc.key.get_name()} "
-            f"{fingerprint(exc.key)} but {kh} has {fingerprint(exc.expected_key)}. This may be a "
-            "man-in-the-middle attack. If the facility really changed its key, verify the new fingerprint "
-            f"with them and replace the line for {target.known_hosts_name} in {kh}"
-        ) from None
-    except paramiko.PasswordRequiredException:
-        client.close()
-        raise AuthenticationError(
-            f"key file {target.keypath} is protected by a passphrase: load it into ssh-agent "
-            "(ssh-add) and leave keypath unset, or use a key without a passphrase"
-        ) from None
-    except paramiko.AuthenticationException as exc:
-        client.close()
-        how = f"key {target.keypath}" if target.keypath else "ssh-agent keys"
-        raise AuthenticationError(
-            f"{target.known_hosts_name} refused user {target.user!r} with {how} ({exc}): "
-            "check user and keypath"
-        ) from None
-    except paramiko.SSHException as exc:
-        client.close()
-        if "No authentication methods available" in str(exc):
-            raise AuthenticationError(
-                "no ssh key to offer: set keypath, or start ssh-agent with a key loaded"
-            ) from None
-        raise ConnectionLost(f"ssh to {target.known_hosts_name} failed: {exc}") from None
-    except socket.gaierror as exc:
-        client.close()
-        raise RemoteError(
-            f"cannot resolve host {target.host!r}: {exc.strerror}; check host"
-        ) from None
-    except TimeoutError:
-        client.close()
-        raise ConnectionLost(
-            f"no answer from {target.known_hosts_name} within {target.timeout:g} s"
-        ) from None
-    except (OSError, EOFError) as exc:
-        client.close()
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise ConnectionLost(f"cannot connect to {target.known_hosts_name}: {reason}") from None
-    except ValueError as exc:  # e.g. a key file that is not a private key
-        client.close()
-        raise AuthenticationError(f"key file {target.keypath} cannot be used: {exc}") from None
+        worded = _refusal(exc, target)
+        if worded is None:
+            raise
+        raise worded from None
     transport = client.get_transport()
     assert transport is not None
     transport.set_keepalive(max(5, int(target.timeout // 3)))
     return client
+
+
+def _load_known_hosts(client: paramiko.SSHClient, target: SshTarget, accept_new: bool) -> None:
+    """The one known_hosts file the server's key is checked against (no system files)."""
+    kh: Path = target.known_hosts
+    if kh.is_file():
+        try:
+            client.load_host_keys(str(kh))
+        except OSError as exc:
+            raise ConfigError(f"known_hosts file {kh} is not readable: {exc.strerror}") from None
+    elif kh.exists():
+        raise ConfigError(f"known_hosts {kh} is not a file; fix known_hosts")
+    elif not accept_new:
+        raise HostKeyUnknown(
+            f"known_hosts file {kh} does not exist, so the host key of {target.known_hosts_name} cannot be "
+            f"checked: create it (ssh-keyscan -p {target.port} {target.host} > {kh}, after checking the "
+            "fingerprint) or run once with --accept-new-host-key"
+        )
+
+
+def _refusal(exc: Exception, target: SshTarget) -> RemoteError | ConfigError | None:
+    """What a failed connect means, worded with its fix (None: not a connection failure)."""
+    import paramiko
+
+    name = target.known_hosts_name
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return HostKeyChanged(
+            f"host key of {name} has CHANGED: the server offers {exc.key.get_name()} "
+            f"{fingerprint(exc.key)} but {target.known_hosts} has {fingerprint(exc.expected_key)}. "
+            "This may be a man-in-the-middle attack. If the facility really changed its key, verify "
+            f"the new fingerprint with them and replace the line for {name} in {target.known_hosts}"
+        )
+    if isinstance(exc, paramiko.PasswordRequiredException):
+        return AuthenticationError(
+            f"key file {target.keypath} is protected by a passphrase: load it into ssh-agent "
+            "(ssh-add) and leave keypath unset, or use a key without a passphrase"
+        )
+    if isinstance(exc, paramiko.AuthenticationException):
+        how = f"key {target.keypath}" if target.keypath else "ssh-agent keys"
+        return AuthenticationError(
+            f"{name} refused user {target.user!r} with {how} ({exc}): check user and keypath"
+        )
+    if isinstance(exc, paramiko.SSHException):
+        if "No authentication methods available" in str(exc):
+            return AuthenticationError(
+                "no ssh key to offer: set keypath, or start ssh-agent with a key loaded"
+            )
+        return ConnectionLost(f"ssh to {name} failed: {exc}")
+    if isinstance(exc, socket.gaierror):
+        return RemoteError(f"cannot resolve host {target.host!r}: {exc.strerror}; check host")
+    if isinstance(exc, TimeoutError):
+        return ConnectionLost(f"no answer from {name} within {target.timeout:g} s")
+    if isinstance(exc, (OSError, EOFError)):
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return ConnectionLost(f"cannot connect to {name}: {reason}")
+    if isinstance(exc, ValueError):  # e.g. a key file that is not a private key
+        return AuthenticationError(f"key file {target.keypath} cannot be used: {exc}")
+    return None
