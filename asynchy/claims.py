@@ -99,7 +99,7 @@ class Claim:
         return self.last_error_class == "checksum"
 
 
-def _now(db: Database) -> ColumnElement[Any]:
+def db_now(db: Database) -> ColumnElement[Any]:
     """The database's clock, comparable with stored UTC times."""
     if db.is_sqlite:
         return func.datetime("now")
@@ -153,7 +153,7 @@ def settled(cutoff: Any) -> ColumnElement[bool]:
 def eligible(db: Database, max_attempts: int) -> ColumnElement[bool]:
     """EPNs sync may take: pending, changed, failed for a data reason once its back-off has passed, or
     claimed with an expired lease."""
-    return _eligible(_now(db), max_attempts)
+    return _eligible(db_now(db), max_attempts)
 
 
 def _lease_end(sqlite: bool) -> ColumnElement[Any]:
@@ -183,8 +183,8 @@ def register_worker(db: Database, command: str, lease: float | None = None) -> W
                 host=worker.host,
                 pid=worker.pid,
                 command=command,
-                started_at=_now(db),
-                heartbeat_at=_now(db),
+                started_at=db_now(db),
+                heartbeat_at=db_now(db),
                 status="running",
                 lease_seconds=int(lease) if lease is not None else None,
             )
@@ -197,7 +197,7 @@ def finish_worker(db: Database, worker: WorkerId, status: str) -> None:
         conn.execute(
             update(workers_table)
             .where(workers_table.c.worker_id == worker.worker_id)
-            .values(finished_at=_now(db), heartbeat_at=_now(db), status=status)
+            .values(finished_at=db_now(db), heartbeat_at=db_now(db), status=status)
         )
 
 
@@ -207,7 +207,7 @@ def heartbeat(db: Database, worker: WorkerId, lease: float) -> int:
         conn.execute(
             update(workers_table)
             .where(workers_table.c.worker_id == worker.worker_id)
-            .values(heartbeat_at=_now(db))
+            .values(heartbeat_at=db_now(db))
         )
         result = conn.execute(
             update(epns_table)
@@ -231,7 +231,7 @@ def reclaim_dead_local(db: Database) -> int:
         conn.execute(
             update(workers_table)
             .where(w.worker_id.in_(dead))
-            .values(status="dead", finished_at=_now(db))
+            .values(status="dead", finished_at=db_now(db))
         )
         result = conn.execute(
             update(epns_table)
@@ -333,7 +333,7 @@ def release_stale(db: Database, *, worker_id: str | None = None) -> tuple[list[s
             condition = and_(e.status == "running", e.claim_owner == worker_id)
         else:
             condition = and_(
-                e.status == "running", or_(e.lease_until.is_(None), e.lease_until < _now(db))
+                e.status == "running", or_(e.lease_until.is_(None), e.lease_until < db_now(db))
             )
         freed = [r[0] for r in conn.execute(select(e.epn).where(condition).order_by(e.epn))]
         if freed:
@@ -363,7 +363,7 @@ def release_stale(db: Database, *, worker_id: str | None = None) -> tuple[list[s
             conn.execute(
                 update(workers_table)
                 .where(w.worker_id.in_(dead))
-                .values(status="dead", finished_at=_now(db))
+                .values(status="dead", finished_at=db_now(db))
             )
     return freed, dead
 
@@ -763,104 +763,3 @@ def release_all(db: Database, worker: WorkerId) -> int:
             )
         )
     return int(result.rowcount)
-
-
-@dataclass(frozen=True, slots=True)
-class Waiting:
-    reason: str
-    epns: int
-    hint: str
-
-
-def not_taken(
-    db: Database,
-    *,
-    max_attempts: int,
-    settled_before: datetime | None = None,
-    destinations: Mapping[str, str] | None = None,
-    mapped_only: bool = False,
-) -> list[Waiting]:
-    """Why EPNs that are not complete were not taken now, counted per reason, each with what changes it.
-
-    An empty (or short) sync run says this instead of nothing (docs/sync.md, "Explaining a run")."""
-    now = _now(db)
-    reasons: dict[str, int] = {}
-    soonest: datetime | None = None
-    with db.read() as conn:
-        rows = conn.execute(
-            select(
-                e.epn,
-                e.status,
-                e.walk_complete,
-                e.walked_at,
-                e.changed_at,
-                e.last_error_class,
-                e.failures,
-                e.not_before,
-                e.lease_until,
-                e.modified,
-                e.first_seen_at,
-                (e.not_before > now).label("waiting"),
-                (e.lease_until > now).label("leased"),
-            ).where(e.status != "complete")
-        ).all()
-    for r in rows:
-        reason = _why_not(r, max_attempts, settled_before, destinations, mapped_only)
-        if reason is None:
-            continue
-        reasons[reason] = reasons.get(reason, 0) + 1
-        if reason == "backing off" and r.not_before is not None:
-            soonest = r.not_before if soonest is None else min(soonest, r.not_before)
-    hints = {
-        "quarantined": "asynchy reset --status quarantined",
-        "failed for good": "fix the cause, then asynchy reset --status failed",
-        "skipped": "asynchy reset EPN",
-        "backing off": (
-            f"the first one is due at {soonest:%Y-%m-%d %H:%M} UTC; asynchy reset EPN tries it now"
-            if soonest is not None
-            else "asynchy reset EPN tries it now"
-        ),
-        "settling": "still being written: copied once older than --settle",
-        "unmapped": "add destinations, or copy_unmapped / --include-unmapped",
-        "walk incomplete": "asynchy walk (it lists them again)",
-        "changed, not listed again": "asynchy walk --refresh --epn EPN",
-        "claimed by another worker": "asynchy workers",
-    }
-    order = list(hints)
-    return [Waiting(k, reasons[k], hints[k]) for k in sorted(reasons, key=order.index)]
-
-
-def _why_not(
-    r: Any,
-    max_attempts: int,
-    settled_before: datetime | None,
-    destinations: Mapping[str, str] | None,
-    mapped_only: bool,
-) -> str | None:
-    if r.status in ("quarantined", "skipped"):
-        return str(r.status)
-    if r.status == "running":
-        return "claimed by another worker" if r.leased else None
-    if not r.walk_complete and r.walked_at is not None:
-        return "walk incomplete"
-    if r.status == "failed":
-        if (
-            r.last_error_class or "retryable"
-        ) not in RETRYABLE_CLASSES or r.failures >= max_attempts:
-            return "failed for good"
-        if r.waiting:
-            return "backing off"
-    if (
-        r.status == "changed"
-        and r.last_error_class == "changed"
-        and r.changed_at is not None
-        and (r.walked_at is None or r.walked_at < r.changed_at)
-    ):
-        return "changed, not listed again"
-    if mapped_only and not is_mapped(r.epn, destinations):
-        return "unmapped"
-    if settled_before is not None:
-        newest = r.modified if r.modified is not None else r.first_seen_at
-        if newest is not None and newest > settled_before:
-            return "settling"
-    return None

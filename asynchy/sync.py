@@ -41,6 +41,7 @@ from asynchy.remote.base import Tree
 from asynchy.rsync import RsyncOptions, rsync_argv, rsync_version
 from asynchy.signals import StopSignals
 from asynchy.transfer import close_master, run_job
+from asynchy.waiting import Waiting, not_taken
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class SyncSummary:
     rsync_version: str = ""
     worker_id: str | None = None
     stop_error: AsynchyError | None = None  # the setup or link problem that ended the run early
-    not_taken: list[claims.Waiting] = field(default_factory=list)  # why the others were not taken
+    not_taken: list[Waiting] = field(default_factory=list)  # why the others were not taken
 
     @property
     def unfinished(self) -> bool:
@@ -389,7 +390,7 @@ def _conclude(
 ) -> str:
     """After the batch: why fewer EPNs were taken than asked for, and how the run ended."""
     if summary.selected < opts.limit and not summary.interrupted and batch.halt is None:
-        summary.not_taken = claims.not_taken(
+        summary.not_taken = not_taken(
             db,
             max_attempts=opts.max_attempts,
             settled_before=batch.settled_before,
