@@ -25,7 +25,9 @@ from asynchy.cli.walk import SRC_PREFIX
 from asynchy.errors import AsynchyError, Interrupted, PartialFailure
 
 if TYPE_CHECKING:
+    from asynchy.alert import AlertOptions
     from asynchy.config import Settings
+    from asynchy.remote.base import Tree
     from asynchy.sync import SyncOptions
 
 # The options of one sync batch, shared by `sync` and `watch`.
@@ -273,7 +275,7 @@ def sync_cmd(ctx: click.Context, /, **kw: Any) -> None:
         raise PartialFailure()
 
 
-def alert_options(settings: Settings, *, preview: bool = False) -> Any:
+def alert_options(settings: Settings, *, preview: bool = False) -> AlertOptions | None:
     """AlertOptions from the settings, or None when alert_to is not configured."""
     import os
 
@@ -343,10 +345,10 @@ def watch_cmd(ctx: click.Context, /, **kw: Any) -> None:
         destinations=settings.destinations,
     )
 
-    def tree() -> Any:
+    def tree() -> Tree:
         return open_tree(settings, workers=32, accept_new_host_key=kw["accept_new_host_key"])
 
-    def show(cycle: Any) -> None:
+    def show(cycle: watch.CycleSummary) -> None:
         line = render.as_json_line(cycle.as_dict()) if kw["as_json"] else watch.cycle_line(cycle)
         click.echo(line)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,13 +19,16 @@ from asynchy.cli.common import (
 )
 from asynchy.errors import AsynchyError, PartialFailure
 
+if TYPE_CHECKING:
+    from asynchy.inventory import Shard
+
 SRC_PREFIX = key_option(
     "src_prefix", metavar="PATH", help="Folder on the source whose sub-folders are EPNs."
 )
 TIMEOUT = key_option("timeout", type=click.FloatRange(min=0.1), metavar="SECONDS")
 
 
-def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Shard | None:
     if value is None:
         return None
     from asynchy.inventory import Shard
@@ -76,7 +79,7 @@ def walk_cmd(
     epn_file: str | None,
     workers: int,
     refresh: bool,
-    shard: Any,
+    shard: Shard | None,
     timeout: float | None,
     accept_new_host_key: bool,
     **output: Any,
