@@ -24,6 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from asynchy import claims
@@ -45,6 +46,7 @@ from asynchy.jobs import FailureClass, Job, TransferResult
 from asynchy.names import decode_name
 from asynchy.preflight import ProbeResult, error_for, probe
 from asynchy.rsync import RsyncOptions, files_from, partial_dir_for, rsync_argv, temp_dir_for
+from asynchy.schedule import Bandwidth, part_count, rsync_rate, share, split_files
 
 if TYPE_CHECKING:
     from asynchy.sync import SyncOptions, SyncProgress, SyncSummary
@@ -55,13 +57,13 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------ events on the batch's queue
 @dataclass(frozen=True, slots=True)
 class Progressed:
-    epn: str
+    key: str  # Job.key: the EPN, or EPN#part
     done: int  # bytes of the current attempt so far
 
 
 @dataclass(frozen=True, slots=True)
 class Finished:
-    epn: str
+    key: str
     future: Future[TransferResult]
 
 
@@ -76,7 +78,7 @@ Event = Progressed | Finished | Probed
 class Pool(Protocol):
     cancel: threading.Event
 
-    def submit(self, job: Job, epn: str) -> None: ...
+    def submit(self, job: Job) -> None: ...
 
 
 class Stop(Protocol):
@@ -85,13 +87,34 @@ class Stop(Protocol):
 
 @dataclass
 class Running:
+    """An EPN taken by this run, from its claim to its verdict (docs/sync.md, "Filling the link").
+
+    Copied whole: one job (copy and verify).  Split: its parts run as units of their own, then the
+    whole EPN's final pass (the same job as a whole copy: rsync skips what the parts copied, then
+    verifies); a part that failed is run again alone in the next attempt."""
+
     claim: claims.Claim | None  # None in a dry run
     planned: claims.Planned
     job: Job
     dest_path: str
-    reported: int = 0  # bytes shown on the progress bar for this attempt
+    reported: dict[str, int] = field(default_factory=dict)  # bytes on the bar, per unit
     charged: int = 0  # data failures of this EPN in this run
     repair: bool = False  # the next copy compares by checksum
+    parts: list[list[bytes]] = field(default_factory=list)  # the split (empty: copied whole)
+    parts_left: set[int] = field(default_factory=set)  # not yet copied in this run
+    busy: set[str] = field(default_factory=set)  # its units in the pool now
+    part_results: list[dict[str, Any]] = field(default_factory=list)  # this attempt's parts
+    part_failure: TransferResult | None = None  # the worst failed part of this attempt
+    part_bytes: int = 0  # transferred by this attempt's parts
+
+
+@dataclass(order=True)
+class Unit:
+    """One part of a split EPN waiting for a free slot (the largest first)."""
+
+    bytes: int
+    epn: str = field(compare=False)
+    part: int = field(compare=False)
 
 
 class Breaker:
@@ -142,25 +165,30 @@ class Batch:
         [str], None
     ]  # list one EPN again into the inventory (a one-EPN walk --refresh)
     halt: AsynchyError | None = None  # why no new EPN may start (setup, or the link is down)
-    running: dict[str, Running] = field(default_factory=dict)
+    running: dict[str, Running] = field(default_factory=dict)  # EPNs between claim and verdict
     waiting: list[tuple[float, int, Running]] = field(default_factory=list)  # data retries
     tries: dict[str, int] = field(default_factory=dict)  # attempts of each EPN in this run
     selected: set[str] = field(default_factory=set)
     gave_up: set[str] = field(default_factory=set)  # never claimed again in this run
     again: list[str] = field(default_factory=list)  # given back after a link failure; may retry
-    queue: list[str] = field(default_factory=list)  # candidates: dry run, --epn, --mapped-only
+    queue: list[str] = field(default_factory=list)  # the batch's EPNs not taken yet, largest first
     planned: dict[str, claims.Planned] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
     exhausted: bool = False
     serial: int = 0
+    units: list[Unit] = field(default_factory=list)  # parts waiting for a slot (a heap)
+    busy: int = 0  # jobs in the pool now (parts, whole EPNs, final passes)
+    assigned: dict[str, float] = field(default_factory=dict)  # unit key -> its --bwlimit share
+    done_parts: dict[str, tuple[int, set[int]]] = field(default_factory=dict)  # epn -> (K, done)
+    batch_bytes: int = 0  # the planned batch's size: an EPN's fair share is batch_bytes / threads
 
     def __post_init__(self) -> None:
         self.breaker = Breaker(self.opts.retry + 1)
-        self.filtered = self.opts.epns is not None or self.opts.mapped_only
         settle = self.opts.settle
         self.settled_before = (
             datetime.now(UTC) - timedelta(seconds=settle) if settle is not None else None
         )
+        self.bandwidth = Bandwidth.parse(self.opts.bwlimit)
 
     # -------------------------------------------------------------- the loop
     def run(self) -> None:
@@ -199,8 +227,9 @@ class Batch:
             return False
         return not self.again and (self.exhausted or len(self.selected) >= self.opts.limit)
 
-    # -------------------------------------------------------------- choosing and starting EPNs
+    # -------------------------------------------------------------- choosing and starting work
     def _plan(self, exclude: set[str] | tuple[()] = ()) -> list[claims.Planned]:
+        """The batch: the next EPNs by --order (docs/sync.md); started largest first (LPT)."""
         opts = self.opts
         found, skipped = claims.plan(
             self.db,
@@ -218,6 +247,8 @@ class Batch:
             self.planned[p.epn] = p
             self.seen.add(p.epn)
             self.queue.append(p.epn)
+            self.batch_bytes += p.size
+        self.queue.sort(key=lambda epn: -self.planned[epn].size)  # stable: --order among equals
         return found
 
     def _claim(self, candidates: list[str] | None, n: int) -> list[claims.Claim]:
@@ -235,36 +266,40 @@ class Batch:
         )
 
     def _free(self) -> int:
-        return self.opts.threads - len(self.running) - len(self.waiting)
+        return self.opts.threads - self.busy - len(self.waiting)
+
+    def _next_candidate(self) -> str | None:
+        """The largest EPN of the batch not taken yet (planning again when others took the rest)."""
+        if len(self.selected) >= self.opts.limit or self.exhausted:
+            return None
+        if not self.queue and not self._plan(self.seen):
+            self.exhausted = True
+            return None
+        return self.queue[0]
 
     def _fill(self) -> None:
+        """Fill the free slots, the largest remaining work first: a waiting part of a split EPN,
+        or the next EPN of the batch (claimed now; split into parts if it is big)."""
         if self._free() > 0 and self.again and not self.opts.dry_run:
             names, self.again = self.again[: self._free()], self.again[self._free() :]
             for c in self._claim(names, len(names)):  # taken by someone else meanwhile: fine
                 self._start(c.epn, c)
-        while self._free() > 0 and len(self.selected) < self.opts.limit and not self.exhausted:
-            n = min(self._free(), self.opts.limit - len(self.selected))
-            # others may have taken some of the candidates: look once more
-            if (
-                (self.opts.dry_run or self.filtered)
-                and not self.queue
-                and not self._plan(self.seen)
+        while self._free() > 0:
+            candidate = self._next_candidate()
+            unit = self.units[0] if self.units else None
+            if unit is not None and (
+                candidate is None or -unit.bytes >= self.planned[candidate].size
             ):
-                self.exhausted = True
-                return
-            if self.opts.dry_run:
-                names, self.queue = self.queue[:n], self.queue[n:]
-                for name in names:
-                    self._start(name, None)
+                heapq.heappop(self.units)
+                self._submit_part(self.running[unit.epn], unit.part)
                 continue
-            got = self._claim(self.queue if self.filtered else None, n)
-            if self.filtered:
-                # Candidates before the last one claimed were taken by others (or became ineligible).
-                last = max((self.queue.index(c.epn) for c in got), default=len(self.queue) - 1)
-                del self.queue[: last + 1]
-            elif not got:
-                self.exhausted = True
-            for c in got:
+            if candidate is None:
+                return
+            self.queue.pop(0)
+            if self.opts.dry_run:
+                self._start(candidate, None)
+                continue
+            for c in self._claim([candidate], 1):  # none: another worker took it meanwhile
                 self._start(c.epn, c)
 
     def _start(self, epn: str, claim: claims.Claim | None) -> None:
@@ -280,7 +315,46 @@ class Batch:
         job, dest = self._job(planned, claim, repair)
         self.selected.add(epn)
         self.summary.selected = len(self.selected)
-        self._submit(Running(claim, planned, job, dest, repair=repair))
+        item = Running(claim, planned, job, dest, repair=repair, parts=self._split(planned, job))
+        if self.opts.dry_run:
+            self._show_plan(item)
+        k, done = self.done_parts.get(epn, (len(item.parts), set()))
+        if item.parts and k != len(item.parts):
+            done = set()  # the inventory changed since: a new split
+        item.parts_left = set(range(len(item.parts))) - done
+        self._attempt(item)
+
+    def _split(self, planned: claims.Planned, job: Job) -> list[list[bytes]]:
+        """The EPN's parts (docs/sync.md); none when it is copied whole."""
+        opts = self.opts
+        k = part_count(
+            planned.size,
+            planned.file_count,
+            batch_bytes=self.batch_bytes,
+            threads=opts.threads,
+            split_min=opts.split_min,
+            streams=opts.streams_per_epn or opts.threads,
+        )
+        if k <= 1:
+            return []
+        expected = job.expected
+        if opts.dry_run:  # a dry run's job expects nothing: the plan shows the split all the same
+            rules = Filters(opts.include, opts.exclude)
+            expected = tuple(
+                x for x in claims.expected_files(self.db, planned.epn) if not rules.excludes(x[0])
+            )
+        parts = split_files([(path, size) for path, size, _m, _k in expected], k)
+        return parts if len(parts) > 1 else []
+
+    def _show_plan(self, item: Running) -> None:
+        sizes = {p: s for p, s, _m, _k in claims.expected_files(self.db, item.planned.epn)}
+        self.summary.plan.append(
+            {
+                "epn": item.planned.epn,
+                "bytes": item.planned.size,
+                "parts": [sum(sizes.get(f, 0) for f in part) for part in item.parts],
+            }
+        )
 
     def _list_first(self, claim: claims.Claim) -> bool:
         """An EPN asynchy never walked (an imported MeRC or as-walker row): list it now, keeping the
@@ -304,43 +378,108 @@ class Batch:
         )
         return False
 
-    def _submit(self, item: Running) -> None:
+    def _attempt(self, item: Running) -> None:
+        """Start an attempt of an EPN: its parts still to copy wait for slots (the largest first),
+        or, when none are left (or it is not split), the whole EPN's job runs."""
         epn = item.planned.epn
         self.tries[epn] = self.tries.get(epn, 0) + 1
-        item.reported = 0
+        item.reported = {}
+        item.part_results, item.part_failure, item.part_bytes = [], None, 0
         self.running[epn] = item
-        self.pool.submit(item.job, epn)
+        if item.parts and item.parts_left and not self.opts.dry_run:
+            sizes = {p: s for p, s, _m, _k in item.job.expected}
+            for i in sorted(item.parts_left):
+                size = sum(sizes.get(f, 0) for f in item.parts[i])
+                heapq.heappush(self.units, Unit(-size, epn, i))
+        else:
+            self._submit_final(item)
         self._counts()
+
+    def _rate(self, key: str) -> str | None:
+        """This unit's share of the host's --bwlimit (docs/sync.md), kept until it ends."""
+        budget = self.bandwidth.rate_at(datetime.now()) if self.bandwidth is not None else None
+        if budget is None:
+            return None
+        startable = len(self.units) + len(self.queue) + len(self.again) + 1
+        rate = share(
+            budget,
+            sum(self.assigned.values()),
+            starting=max(1, min(self._free(), startable)),
+            running=self.busy,
+        )
+        assert rate is not None
+        self.assigned[key] = rate
+        return rsync_rate(rate)
+
+    def _submit_final(self, item: Running) -> None:
+        item.job, _ = self._job(
+            item.planned, item.claim, item.repair, bwlimit=self._rate(item.job.key)
+        )
+        self._pool_submit(item, item.job)
+
+    def _submit_part(self, item: Running, part: int) -> None:
+        key = f"{item.planned.epn}#{part}"
+        job, _ = self._job(
+            item.planned,
+            item.claim,
+            item.repair,
+            part=(part, item.parts[part]),
+            bwlimit=self._rate(key),
+        )
+        self._pool_submit(item, job)
+
+    def _pool_submit(self, item: Running, job: Job) -> None:
+        item.busy.add(job.key)
+        self.busy += 1
+        self.pool.submit(job)
 
     def _start_due_retries(self, now: float) -> None:
         while self.waiting and self.waiting[0][0] <= now:
-            item = heapq.heappop(self.waiting)[2]
-            item.job, _ = self._job(item.planned, item.claim, item.repair)
-            self._submit(item)
+            self._attempt(heapq.heappop(self.waiting)[2])
 
     def _drop_waiting(self) -> None:
-        """Stopping: the EPNs waiting for a retry give their claims back."""
-        for _, _, item in self.waiting:
+        """Stopping: the EPNs waiting for a retry, or for slots for their parts, give their claims
+        back (the ones with units in the pool do so when those end, cancelled)."""
+        self.units.clear()
+        idle = [item for item in self.running.values() if not item.busy]
+        for item in [entry for _, _, entry in self.waiting] + idle:
             if item.claim is not None and self.worker is not None:
                 claims.release(self.db, self.worker, item.claim)
             self.summary.cancelled.append(item.planned.epn)
+            self.running.pop(item.planned.epn, None)
         self.waiting.clear()
 
     def _job(
-        self, planned: claims.Planned, claim: claims.Claim | None, repair: bool
+        self,
+        planned: claims.Planned,
+        claim: claims.Claim | None,
+        repair: bool,
+        *,
+        part: tuple[int, list[bytes]] | None = None,
+        bwlimit: str | None = None,
     ) -> tuple[Job, str]:
-        tries = self.tries.get(planned.epn, 0)
-        return build_job(self.db, self.target, self.opts, self.ropts, planned, claim, tries, repair)
+        tries = max(0, self.tries.get(planned.epn, 0) - 1)
+        ropts = replace(self.ropts, bwlimit=bwlimit)
+        return build_job(
+            self.db, self.target, self.opts, ropts, planned, claim, tries, repair, part=part
+        )
 
     # -------------------------------------------------------------- results
     def _on_progress(self, event: Progressed) -> None:
-        current = self.running.get(event.epn)
-        if current is not None and event.done > current.reported and self.progress is not None:
-            self.progress.advance(event.done - current.reported)
-            current.reported = event.done
+        current = self.running.get(event.key.split("#", 1)[0])
+        if current is None or self.progress is None:
+            return
+        before = current.reported.get(event.key, 0)
+        if event.done > before:
+            self.progress.advance(event.done - before)
+            current.reported[event.key] = event.done
 
     def _on_finished(self, event: Finished) -> None:
-        item = self.running.pop(event.epn)
+        epn, _, part = event.key.partition("#")
+        item = self.running[epn]
+        item.busy.discard(event.key)
+        self.busy -= 1
+        self.assigned.pop(event.key, None)
         try:
             result = event.future.result()
         except (
@@ -349,11 +488,60 @@ class Batch:
             kind: FailureClass = "cancelled" if self.stop.requested else "link"
             result = _made_up(item.job, kind, "the worker process died")
         except Exception as exc:  # a bug in the worker: not the EPN's fault; record it, keep going
-            log.exception("transfer of EPN %s failed unexpectedly", event.epn)
+            log.exception("transfer of EPN %s failed unexpectedly", epn)
             result = _made_up(item.job, "link", f"asynchy error: {exc}")
         self.serial += 1
-        self.decide(item, result)
+        if part:
+            self._on_part(item, int(part), result)
+        else:
+            self._verdict(item, result)
         self._counts()
+
+    def _on_part(self, item: Running, part: int, result: TransferResult) -> None:
+        """One part ended; when the attempt's last one has, the final pass (all copied) or the
+        verdict (a part failed: the worst of them)."""
+        epn = item.planned.epn
+        sizes = {p: s for p, s, _m, _k in item.job.expected}
+        item.part_results.append(
+            {
+                "part": part,
+                "of": len(item.parts),
+                "files": len(item.parts[part]),
+                "bytes": sum(sizes.get(f, 0) for f in item.parts[part]),
+                "bytes_transferred": result.bytes_transferred,
+                "exit_code": result.exit_code,
+                "classification": result.classification,
+                "started_at": result.started_at.isoformat(),
+                "finished_at": result.finished_at.isoformat(),
+            }
+        )
+        item.part_bytes += result.bytes_transferred
+        if result.ok:
+            item.parts_left.discard(part)
+            self.done_parts[epn] = (len(item.parts), set(range(len(item.parts))) - item.parts_left)
+        elif item.part_failure is None or _worse(result, item.part_failure):
+            item.part_failure = result
+            log.info("EPN %s part %d: %s", epn, part, result.reason or result.classification)
+        if item.busy or any(u.epn == epn for u in self.units):
+            return  # one EPN, one verdict: after its other parts
+        if item.part_failure is not None:
+            self._verdict(item, item.part_failure)
+        elif not (self.stop.requested or self.halt is not None):
+            self._submit_final(item)  # rsync skips what the parts copied; then the whole verifies
+        else:
+            self._verdict(item, _made_up(item.job, "cancelled", "interrupted"))
+
+    def _verdict(self, item: Running, result: TransferResult) -> None:
+        """The attempt's result goes to decide, with its parts (transfers.parts) and their bytes."""
+        if item.part_results:
+            from_final = result is not item.part_failure
+            result = replace(
+                result,
+                parts=tuple(sorted(item.part_results, key=lambda p: p["part"])),
+                bytes_transferred=item.part_bytes + (result.bytes_transferred if from_final else 0),
+            )
+        self.running.pop(item.planned.epn, None)
+        self.decide(item, result)
 
     def decide(self, item: Running, result: TransferResult) -> None:
         """What happens after one result: docs/failures.md, row by row."""
@@ -408,8 +596,7 @@ class Batch:
         relisted = self._relist(epn)
         if outcome == "retry" and relisted:
             log.info("EPN %s: %s; copying it again", epn, result.reason)
-            item.job, _ = self._job(item.planned, item.claim, item.repair)
-            self._submit(item)
+            self._attempt(item)
             return
         if outcome == "retry" and item.claim is not None and self.worker is not None:
             claims.release(self.db, self.worker, item.claim)
@@ -455,7 +642,7 @@ class Batch:
         if outcome == "complete":
             self.summary.complete.append(epn)
             if self.progress is not None:
-                self.progress.advance(max(0, item.planned.size - item.reported))
+                self.progress.advance(max(0, item.planned.size - sum(item.reported.values())))
             log.info(
                 "EPN %s complete (%d files, %d bytes transferred)",
                 epn,
@@ -526,13 +713,22 @@ def build_job(
     claimed: claims.Claim | None,
     tries: int,
     repair: bool,
+    *,
+    part: tuple[int, list[bytes]] | None = None,
 ) -> tuple[Job, str]:
-    """The frozen Job of one attempt (what a pool worker needs, nothing more) and the EPN's dest."""
+    """The frozen Job of one attempt (what a pool worker needs, nothing more) and the EPN's dest.
+
+    ``part``: (index, files) of a split EPN - its own temporary folders, exactly its files on
+    stdin, no checks (the whole EPN's final pass verifies)."""
     raw = decode_name(planned.epn)
     base = dest_base(planned.epn, opts.dest, opts.destinations, opts.layout)
     folder = dest_folder(planned.epn, opts.dest, opts.destinations, opts.layout)
     temp = None if opts.dry_run else temp_dir_for(base, raw)
     partial = partial_dir_for(base, raw) if opts.partial and not opts.dry_run else None
+    if part is not None:
+        return _part_job(
+            planned, claimed, tries, repair, part, opts, ropts, target, folder, temp, partial
+        )
 
     def argv(**kw: Any) -> tuple[str, ...]:
         return tuple(rsync_argv(target=target, prefix=opts.src_prefix, **kw))
@@ -568,3 +764,53 @@ def build_job(
         dry_run=opts.dry_run,
     )
     return job, str(dest_path(planned.epn, opts.dest, opts.destinations, opts.layout))
+
+
+def _part_job(
+    planned: claims.Planned,
+    claimed: claims.Claim | None,
+    tries: int,
+    repair: bool,
+    part: tuple[int, list[bytes]],
+    opts: SyncOptions,
+    ropts: RsyncOptions,
+    target: SshTarget | None,
+    folder: bytes,
+    temp: Path | None,
+    partial: Path | None,
+) -> tuple[Job, str]:
+    index, files = part
+    raw = decode_name(planned.epn)
+    own_temp = temp.with_name(f"{temp.name}.p{index}") if temp is not None else None
+    own_partial = partial.with_name(f"{partial.name}.p{index}") if partial is not None else None
+    argv = rsync_argv(
+        target=target,
+        prefix=opts.src_prefix,
+        opts=replace(ropts, repair=repair),
+        temp_dir=own_temp,
+        partial_dir=own_partial,
+    )
+    job = Job(
+        epn=planned.epn,
+        epn_raw=raw,
+        attempt=(claimed.attempts if claimed else 0) + tries + 1,
+        token=claimed.token if claimed else 0,
+        argv=tuple(argv),
+        stdin=b"".join(raw + b"/./" + name + b"\0" for name in files),
+        dest_dir=folder,
+        temp_dir=os.fsencode(own_temp) if own_temp is not None else None,
+        partial_dir=os.fsencode(own_partial) if own_partial is not None else None,
+        control_dir=ropts.control_dir,
+        expected=(),
+        regular_files=0,
+        stall_timeout=opts.stall_timeout,
+        part=index,
+    )
+    return job, str(dest_path(planned.epn, opts.dest, opts.destinations, opts.layout))
+
+
+def _worse(a: TransferResult, b: TransferResult) -> bool:
+    """Of two failed parts, the one that speaks for the attempt: a stop, then the setup, then the
+    link (none of them charged), then a data failure."""
+    rank = {"cancelled": 0, "setup": 1, "link": 2}
+    return rank.get(a.classification, 3) < rank.get(b.classification, 3)

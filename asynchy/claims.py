@@ -725,6 +725,7 @@ def record(
                 "files_transferred": result.files_transferred,
                 "stdout_tail": result.stdout_tail or None,
                 "stderr_tail": result.stderr_tail or None,
+                "parts": [dict(p) for p in result.parts] or None,
             },
         )
     return final

@@ -115,6 +115,7 @@ class Settings:
     comment: str | None
     metrics_file: str | None
     threads: int
+    bwlimit: str | None
     every: float
     settle: float
     alert_to: tuple[str, ...] | None

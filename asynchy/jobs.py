@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 # The classes stored in ``epns.last_error_class`` and ``transfers.classification``.
 FailureClass = Literal[
@@ -39,6 +39,14 @@ class Job:
     repair_argv: tuple[str, ...] | None = None
     stall_timeout: float = 300.0
     dry_run: bool = False
+    # One part of a split EPN (docs/sync.md, "Filling the link"): ``stdin`` lists exactly its files,
+    # rsync copies them and nothing is verified; the whole EPN's final pass verifies.
+    part: int | None = None
+
+    @property
+    def key(self) -> str:
+        """This unit of work's name on the batch's event queue: the EPN, or EPN#part."""
+        return self.epn if self.part is None else f"{self.epn}#{self.part}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +66,7 @@ class TransferResult:
     stdout_tail: str = ""
     stderr_tail: str = ""
     stderr_log: str = ""
+    parts: tuple[dict[str, Any], ...] = ()  # a split EPN's parts in this attempt (transfers.parts)
 
     @property
     def ok(self) -> bool:

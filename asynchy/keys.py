@@ -541,6 +541,20 @@ KEYS: dict[str, KeySpec] = {
             doc="EPNs copied at once (1-64); HPC ASSyncy's `max-tasks`",
         ),
         KeySpec(
+            "bwlimit",
+            _as_str,
+            None,
+            "the host's total rate for sync and watch, shared by the running rsyncs",
+            "rate",
+            option_doc="`sync`/`watch --bwlimit`",
+            default_doc="*(no limit)*",
+            doc="the total rate of one sync run (or watch cycle), shared by its running rsyncs: "
+            "each starts with an equal share of what is left, so the sum stays at or under it. "
+            "rsync units (`500` is KiB/s; `50M`, `1.5G`; `off`), or a timetable in rclone's form, "
+            "`'08:00,20M 18:00,off Sat-00:00,off'` (from each time on, that rate; a time without a "
+            "day applies every day); a change applies to rsyncs started after it ([sync.md](sync.md#filling-the-link))",
+        ),
+        KeySpec(
             "every",
             _as_interval,
             3600.0,

@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-SCHEMA_HEAD = "0007"
+SCHEMA_HEAD = "0008"
 QUEUE_STATUSES = ("pending", "changed", "failed", "running")
 QUEUE_CONDITION = "status IN ('pending', 'changed', 'failed', 'running')"
 
@@ -209,6 +209,8 @@ transfers_table = Table(
     Column("files_transferred", Integer, nullable=False, server_default=text("0")),
     Column("stdout_tail", Text),
     Column("stderr_tail", Text),
+    # Revision 0008: a split EPN's parts in this attempt, one object each (docs/schema.md).
+    Column("parts", JSON(none_as_null=True)),
     Index(None, "epn"),
     Index(None, "finished_at"),
 )

@@ -22,7 +22,7 @@ from pathlib import Path
 from asynchy.config import SshTarget
 from asynchy.errors import AsynchyError, ExitCode, LinkDown, SetupError, SourceNotFound
 from asynchy.failures import classify_exit, main_complaint
-from asynchy.rsync import TEMP_DIR, RsyncOptions, child_env, parse_bwlimit, probe_argv
+from asynchy.rsync import TEMP_DIR, RsyncOptions, child_env, probe_argv
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,10 @@ class ProbeResult:
 def check_options(target: SshTarget | None, bwlimit: str | None) -> None:
     """Option values rsync or ssh would refuse, or misread, for every EPN."""
     if bwlimit is not None:
+        from asynchy.schedule import Bandwidth
+
         try:
-            parse_bwlimit(bwlimit)
+            Bandwidth.parse(bwlimit)  # a rate, or a timetable of rates
         except AsynchyError as exc:
             raise SetupError(str(exc)) from None
     if target is not None:

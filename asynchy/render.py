@@ -91,6 +91,22 @@ def shown(text: str) -> str:
     )
 
 
+def plan_lines(plan: list[dict[str, Any]]) -> list[str]:
+    """A dry run's plan: the order EPNs would start in, and which are split into parts."""
+    if not plan:
+        return []
+    lines = ["  plan, in start order (the largest first):"]
+    for step, entry in enumerate(plan, 1):
+        parts = entry["parts"]
+        how = (
+            f"in {len(parts)} parts of {', '.join(human_bytes(p) for p in parts)}"
+            if parts
+            else "whole"
+        )
+        lines.append(f"    {step}. {shown(entry['epn'])}: {human_bytes(entry['bytes'])} {how}")
+    return lines
+
+
 def sync_summary(summary: dict[str, Any]) -> str:
     """The end of a sync: one line of counts (EPNs, not attempts), then a line per EPN left over."""
     elapsed = summary["elapsed_seconds"]
@@ -101,6 +117,7 @@ def sync_summary(summary: dict[str, Any]) -> str:
             f"{len(summary['failed'])} failed in {human_seconds(elapsed)}"
         ]
         lines += [f"  {shown(epn)}: {n:,} items" for epn, n in changes.items()]
+        lines += plan_lines(summary.get("plan", []))
     else:
         state = "interrupted" if summary["interrupted"] else "finished"
         if summary.get("stopped"):

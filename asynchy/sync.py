@@ -39,6 +39,7 @@ from asynchy.preflight import check_dest, check_options, check_source
 from asynchy.processes import pid_alive
 from asynchy.remote.base import Tree
 from asynchy.rsync import RsyncOptions, rsync_argv, rsync_version
+from asynchy.schedule import DEFAULT_SPLIT_MIN
 from asynchy.signals import StopSignals
 from asynchy.transfer import close_master, run_job
 from asynchy.waiting import Waiting, not_taken
@@ -76,6 +77,8 @@ class SyncOptions:
     chmod: str | None = None
     ignore_file: Path | None = None  # HPC ASSyncy's ignore.yml: its EPNs count as copied
     metrics_file: Path | None = None  # Prometheus text, written after the run (asynchy.metrics)
+    streams_per_epn: int | None = None  # parts of one EPN at most (None: --threads; 1: never split)
+    split_min: int = DEFAULT_SPLIT_MIN  # bytes: a smaller EPN is never split
 
 
 class SyncProgress(Protocol):
@@ -100,6 +103,7 @@ class SyncSummary:
     skipped: dict[str, str] = field(default_factory=dict)
     cancelled: list[str] = field(default_factory=list)
     would_change: dict[str, int] = field(default_factory=dict)
+    plan: list[dict[str, Any]] = field(default_factory=list)  # in start order: epn, bytes, parts
     bytes: int = 0
     elapsed: float = 0.0
     interrupted: bool = False
@@ -131,6 +135,7 @@ class SyncSummary:
             "skipped": self.skipped,
             "cancelled": self.cancelled,
             "would_change": self.would_change,
+            "plan": self.plan,
             "bytes": self.bytes,
             "elapsed_seconds": round(self.elapsed, 3),
             "bytes_per_second": round(self.bytes / self.elapsed) if self.elapsed > 0 else 0,
@@ -205,7 +210,7 @@ class _Pool:
                 return
             self.events.put(Progressed(*item))
 
-    def submit(self, job: Job, epn: str) -> None:
+    def submit(self, job: Job) -> None:
         if self.parallel:
             try:
                 fut: Future[TransferResult] = self._spawn_safely(job)
@@ -219,7 +224,8 @@ class _Pool:
             fut = self.executor.submit(
                 run_job, job, lambda name, done: events.put(Progressed(name, done)), self.cancel
             )
-        fut.add_done_callback(lambda f: self.events.put(Finished(epn, f)))
+        key = job.key
+        fut.add_done_callback(lambda f: self.events.put(Finished(key, f)))
 
     def _spawn_safely(self, job: Job) -> Future[TransferResult]:
         """Submit; a worker process started meanwhile is born with SIGINT blocked, so a Ctrl+C on

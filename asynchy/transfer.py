@@ -357,7 +357,7 @@ def prepare_folders(job: Job) -> None:
 
 def _run_job(job: Job, on_progress: ProgressFn | None, cancel: Any) -> TransferResult:
     started = datetime.now(UTC)
-    progress = (lambda done: on_progress(job.epn, done)) if on_progress is not None else None
+    progress = (lambda done: on_progress(job.key, done)) if on_progress is not None else None
     if not job.dry_run:
         try:
             prepare_folders(job)
@@ -439,6 +439,8 @@ def _transfer(
         return result(kind, describe_exit(run.exit_code) + (f" ({said[:300]})" if said else ""))
     if job.dry_run:
         return result("ok", None, changes=run.lines)
+    if job.part is not None:  # one part of a split EPN: the EPN's final pass verifies the whole
+        return result("ok", None)
     if stats.regular_total == 0 and job.regular_files > 0:
         # Never re-listed: an unmounted source would empty the inventory and "complete" an empty copy.
         return result(

@@ -68,10 +68,25 @@ BATCH_OPTIONS = [
         help="Keep partly copied files (in <dest>/.asynchy-tmp) to resume them.",
     ),
     click.option("--compress", is_flag=True, help="Compress data in transit (rsync -z)."),
-    click.option(
-        "--bwlimit",
+    key_option(
+        "bwlimit",
         metavar="RATE",
-        help="rsync --bwlimit, e.g. 50M (bytes per second, rsync units).",
+        help="The host's total rate, shared by the running rsyncs: e.g. 50M (rsync units), or a "
+        "timetable '08:00,20M 18:00,off Sat-00:00,off'.",
+    ),
+    click.option(
+        "--streams-per-epn",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="Copy a big EPN in at most N parts at once, each its own rsync and ssh connection "
+        "[default: --threads; 1: never split].",
+    ),
+    click.option(
+        "--split-min",
+        metavar="SIZE",
+        default="1G",
+        show_default=True,
+        help="An EPN smaller than this is never split (e.g. 500M, 2G).",
     ),
     click.option(
         "--max-attempts",
@@ -165,8 +180,15 @@ def _sync_settings(ctx: click.Context, kw: dict[str, Any], **more: Any) -> Setti
         include=kw["include"] or None,
         chmod=kw["chmod"],
         metrics_file=kw["metrics_file"],
+        bwlimit=kw["bwlimit"],
         **more,
     )
+
+
+def _size(text: str) -> int:
+    from asynchy.reports import parse_size
+
+    return parse_size(text, "--split-min")
 
 
 def _sync_options(settings: Settings, kw: dict[str, Any], **more: Any) -> SyncOptions:
@@ -184,8 +206,10 @@ def _sync_options(settings: Settings, kw: dict[str, Any], **more: Any) -> SyncOp
         parallel=kw["parallel"],
         partial=kw["partial"],
         compress=kw["compress"],
-        bwlimit=kw["bwlimit"],
+        bwlimit=settings.bwlimit,
         max_attempts=kw["max_attempts"],
+        streams_per_epn=kw["streams_per_epn"],
+        split_min=_size(kw["split_min"]),
         verify="checksum" if kw["checksum"] else kw["verify"],
         # With a destination map, only mapped EPNs are copied (as mxsync) unless asked otherwise.
         mapped_only=kw["mapped_only"]

@@ -44,6 +44,7 @@ HISTORY = {
         "files_transferred",
         "stdout_tail",
         "stderr_tail",
+        "parts",  # revision 0008
     ),
     "walks": (
         "id",
@@ -186,8 +187,10 @@ def copy_rest_of_history(
             )
             if key not in known_transfers and key not in transfers:
                 argv = json.loads(tr["argv"]) if isinstance(tr["argv"], str) else tr["argv"]
+                parts = tr.get("parts")
                 transfers[key] = {c: tr.get(c) for c in HISTORY["transfers"]} | {
                     "argv": argv,
+                    "parts": json.loads(parts) if isinstance(parts, str) else parts,
                     "started_at": key[1],
                     "finished_at": aware(tr["finished_at"]),
                 }
