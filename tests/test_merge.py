@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from helpers import FIXED_MTIME, rows
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sshd import Sshd
 from trees import build_epns
@@ -411,6 +411,24 @@ def inputs(draw: Any) -> list[tuple[int, dict[str, Any], dict[str, Any]]]:
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(inputs())
+@example(  # found by Hypothesis: a newer incomplete walk moved changed_at on a second merge
+    spec=[
+        (
+            1,
+            {"1a": {"status": "pending", "walk_complete": False}},
+            {"1a": {"p": (0, 1_600_000_000)}},
+        ),
+        (
+            0,
+            {
+                "1a": {"status": "complete", "walk_complete": False},
+                "2a": {"status": "pending", "walk_complete": False},
+            },
+            {"1a": {}, "2a": {}},
+        ),
+        (2, {"1a": {"status": "pending", "walk_complete": False}}, {"1a": {}}),
+    ]
+)
 def test_same_inputs_any_order_any_number_of_times_same_database(
     cli: Any,
     tmp_path_factory: pytest.TempPathFactory,

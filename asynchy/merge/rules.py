@@ -76,6 +76,12 @@ def differs(done: EpnCandidate, walk: EpnCandidate) -> bool:
     return fingerprint(done) != fingerprint(walk)
 
 
+def _seen_at(c: EpnCandidate) -> datetime:
+    if c.status == "changed" and c.changed_at is not None:
+        return c.changed_at
+    return c.walked_at or MIN_TIME
+
+
 def decide(cands: list[EpnCandidate]) -> dict[str, Any]:
     """The merged transfer state of one EPN (docs/merge.md); the inventory columns come from the files."""
     walked = [c for c in cands if c.walked_at is not None or c.has_files]
@@ -115,7 +121,9 @@ def decide(cands: list[EpnCandidate]) -> dict[str, Any]:
             skip_reason=None,
         )
         if seen_since:
-            newest = max(c.walked_at for c in seen_since if c.walked_at)
+            # When the change was seen: a walk's time, or - for a place that already holds the
+            # EPN as changed (the target after an earlier merge) - its own changed_at.
+            newest = max(_seen_at(c) for c in seen_since)
             values["changed_at"] = max(values["changed_at"] or MIN_TIME, newest)
         return values
 
