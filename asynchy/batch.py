@@ -42,7 +42,7 @@ from asynchy.failures import (
     backoff,
 )
 from asynchy.filters import Filters
-from asynchy.jobs import FailureClass, Job, TransferResult
+from asynchy.jobs import PART_MARK, FailureClass, Job, TransferResult
 from asynchy.names import decode_name
 from asynchy.preflight import ProbeResult, error_for, probe
 from asynchy.rsync import RsyncOptions, files_from, partial_dir_for, rsync_argv, temp_dir_for
@@ -418,7 +418,7 @@ class Batch:
         self._pool_submit(item, item.job)
 
     def _submit_part(self, item: Running, part: int) -> None:
-        key = f"{item.planned.epn}#{part}"
+        key = f"{item.planned.epn}{PART_MARK}{part}"
         job, _ = self._job(
             item.planned,
             item.claim,
@@ -466,7 +466,7 @@ class Batch:
 
     # -------------------------------------------------------------- results
     def _on_progress(self, event: Progressed) -> None:
-        current = self.running.get(event.key.split("#", 1)[0])
+        current = self.running.get(event.key.partition(PART_MARK)[0])
         if current is None or self.progress is None:
             return
         before = current.reported.get(event.key, 0)
@@ -475,7 +475,7 @@ class Batch:
             current.reported[event.key] = event.done
 
     def _on_finished(self, event: Finished) -> None:
-        epn, _, part = event.key.partition("#")
+        epn, _, part = event.key.partition(PART_MARK)
         item = self.running[epn]
         item.busy.discard(event.key)
         self.busy -= 1

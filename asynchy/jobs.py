@@ -17,6 +17,9 @@ FailureClass = Literal[
 ]
 
 
+PART_MARK = "\x00"  # between an EPN and its part number in Job.key
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     epn: str
@@ -45,8 +48,9 @@ class Job:
 
     @property
     def key(self) -> str:
-        """This unit of work's name on the batch's event queue: the EPN, or EPN#part."""
-        return self.epn if self.part is None else f"{self.epn}#{self.part}"
+        """This unit of work's name on the batch's event queue: the EPN, or EPN NUL part (no
+        folder name holds a NUL)."""
+        return self.epn if self.part is None else f"{self.epn}{PART_MARK}{self.part}"
 
 
 @dataclass(frozen=True, slots=True)
