@@ -16,7 +16,9 @@ about 12.8 MB/s, as on a long link with a small window.  Measured, in one run:
   copied by `asynchy sync --threads 4` and by `ls | xargs -P 4 -I{} rsync
   -rlt -e ssh host:src/{} dest/` (one stream per EPN), against the ideal
   total / R4;
-* the uniform batch: 12 EPNs of 48 MiB (no EPN is split), the same two;
+* the uniform batch: the 12 EPNs of the sync benchmark (benchmarks/bench_sync.py:
+  ~1.5 GB of random data, 300 small files and one 128 MiB file each; no EPN
+  is split), the same two;
 * `asynchy sync --threads 4 --bwlimit 8M`: the measured total rate.
 
 The source files are sparse (cheap to make); their bytes still cross the
@@ -41,6 +43,7 @@ from report import write_block
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
+from bench_sync import make_tree as make_sync_tree  # noqa: E402
 from sshd import Sshd  # noqa: E402
 from wanproxy import WanProxy  # noqa: E402
 
@@ -57,6 +60,7 @@ def sparse(path: Path, size: int) -> None:
 
 def make_trees(root: Path) -> dict[str, Path]:
     trees = {name: root / name for name in ("rate", "skewed", "uniform", "budget")}
+    make_sync_tree(trees["uniform"])  # kept between runs (random data: slow to make)
     if (root / ".complete").exists():
         return trees
     shutil.rmtree(root, ignore_errors=True)
@@ -66,11 +70,11 @@ def make_trees(root: Path) -> dict[str, Path]:
         sparse(trees["skewed"] / "70000a" / f"run{i % 3}" / f"f{i:02d}.raw", 96 * MiB)
     for n in range(8):
         sparse(trees["skewed"] / f"7100{n}b" / "data.raw", 32 * MiB)
-    for n in range(12):
-        sparse(trees["uniform"] / f"720{n:02d}c" / "data.raw", 48 * MiB)
     for n in range(8):
         sparse(trees["budget"] / f"7300{n}d" / "data.raw", 24 * MiB)
     for dirpath, _dirs, files in os.walk(root):
+        if dirpath.startswith(str(trees["uniform"])):
+            continue
         os.chmod(dirpath, 0o755)
         for f in files:
             os.chmod(os.path.join(dirpath, f), 0o644)
@@ -169,7 +173,7 @@ def main() -> None:
         with WanProxy(sshd.port, delay=0.010, window=128 * 1024) as proxy:
             bench = Bench(work, sshd, proxy.port, sshd.known_hosts_via(proxy.port))
             skewed = sorted(p.name for p in trees["skewed"].iterdir())
-            uniform = sorted(p.name for p in trees["uniform"].iterdir())
+            uniform = sorted(p.name for p in trees["uniform"].iterdir() if p.is_dir())
             for _ in range(args.runs):
                 measure("R1", bench.rsyncs, trees["rate"], ["s0"])
                 measure("R4", bench.rsyncs, trees["rate"], ["s0", "s1", "s2", "s3"])
@@ -224,10 +228,7 @@ def main() -> None:
         "",
         "| measurement | median (s) | runs (s) |",
         "|---|---:|---|",
-        *[
-            f"| {k} | {med[k]:.2f} | {', '.join(f'{t:.2f}' for t in v)} |"
-            for k, v in times.items()
-        ],
+        *[f"| {k} | {med[k]:.2f} | {', '.join(f'{t:.2f}' for t in v)} |" for k, v in times.items()],
         "",
         "| ratio | measured | target |",
         "|---|---:|---|",
