@@ -268,32 +268,18 @@ def probe_argv(*, target: SshTarget | None, prefix: str, opts: RsyncOptions) -> 
 
 
 # ------------------------------------------------------------------ option values, as rsync reads them
-_BWLIMIT = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(?:([bkmgtp])(ib|b)?)?([+-]1)?$", re.IGNORECASE)
-_POWERS = {"b": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
-
-
 def parse_bwlimit(value: str) -> str:
-    """The --bwlimit value rsync gets; ConfigError for one rsync would refuse (checked before any claim).
+    """The --bwlimit value one rsync gets; ConfigError for one rsync would refuse.
 
-    Read as rsync reads it: a number (fractions allowed) of KiB per second, or
-    with a suffix B, K, M, G, T or P (``KB``, ``MB`` ... count in 1000s,
-    ``K``, ``KiB`` ... in 1024s); at least 512 bytes per second, or 0 for no
-    limit.
-    """
+    Read as rsync reads it (schedule.parse_rate): a number (fractions allowed) of KiB per second,
+    or with a suffix B, K, M, G, T or P (``KB``, ``MB`` ... count in 1000s, ``K``, ``KiB`` ... in
+    1024s); at least 512 bytes per second, or 0 for no limit."""
+    from asynchy.schedule import parse_rate
+
     text = str(value).strip()
-    m = _BWLIMIT.match(text)
-    if not m:
-        raise ConfigError(
-            f"--bwlimit {value!r} is not a rate: give KiB per second or a number with a suffix "
-            "K, M or G, e.g. 500, 50M, 1.5G (0 for no limit)"
-        )
-    suffix = (m.group(2) or "k").lower()
-    unit = 1000 if (m.group(3) or "").lower() == "b" else 1024
-    rate = float(m.group(1)) * unit ** _POWERS[suffix]
-    if 0 < rate < 512:
-        raise ConfigError(
-            f"--bwlimit {value!r} is below rsync's smallest rate (512 bytes per second; 0 for no limit)"
-        )
+    if text.lower() == "off":
+        raise ConfigError("--bwlimit 'off' is not an rsync rate: give 0 for no limit")
+    parse_rate(text)
     return text
 
 

@@ -58,7 +58,7 @@ def split_files(files: Sequence[tuple[bytes, int]], k: int) -> list[list[bytes]]
 # ------------------------------------------------------------------ the bandwidth budget
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _ENTRY = re.compile(r"^(?:(?P<day>[A-Za-z]{3})-)?(?P<h>\d{1,2}):(?P<m>\d{2}),(?P<rate>.+)$")
-_RATE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(?:([bkmgtp])(ib|b)?)?$", re.IGNORECASE)
+_RATE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(?:([bkmgtp])(ib|b)?)?([+-]1)?$", re.IGNORECASE)
 _POWERS = {"b": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 MIN_RATE = 512  # bytes per second: rsync's smallest --bwlimit
 
