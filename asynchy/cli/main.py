@@ -3,8 +3,11 @@ into a line and an exit code (docs/exit-codes.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any
+import os
+import sys
+from typing import Any, NoReturn
 
 import click
 
@@ -121,4 +124,26 @@ for module in (init, walk, sync, alert, report, manage, merge, hosts, schema):
 
 
 def main() -> None:
-    cli(prog_name="asynchy")
+    """The console script (and ``python -m asynchy``).
+
+    A stop ends with exit code 130.  Under ``python -m``, CPython ends the process by SIGINT
+    instead when the Ctrl+C landed inside an ``exec`` of a string (dataclasses and SQLAlchemy
+    build code that way while modules load): its ``run_eval_code_obj`` marks the interrupt as
+    unhandled although asynchy handled it.  So a stop leaves with os._exit(130), once everything
+    is flushed (the run has already wound down: claims given back, workers ended)."""
+    try:
+        cli(prog_name="asynchy")
+    except KeyboardInterrupt:  # a Ctrl+C that landed while a stop was already unwinding
+        _leave(int(ExitCode.INTERRUPTED))
+    except SystemExit as exc:
+        if exc.code == int(ExitCode.INTERRUPTED):
+            _leave(int(ExitCode.INTERRUPTED))
+        raise
+
+
+def _leave(code: int) -> NoReturn:
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
