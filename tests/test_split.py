@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from helpers import FIXED_MTIME, rows, write_file
 from test_sync import env as env
+from test_sync import own_server as own_server
 from test_sync import (
     spawn_sync,
     statuses,
@@ -125,6 +126,41 @@ def test_a_part_killed_is_run_again_alone(cli: Any, env: dict[str, Path]) -> Non
     # The second attempt ran only the part that was killed; the others were not copied again.
     assert [p["part"] for p in second] == [killed_part]
     assert rows(env["db"], "SELECT failures FROM epns") == [(0,)]  # a kill is not the data's fault
+
+
+def test_server_killed_while_parts_run_charges_nothing_and_the_next_run_completes(
+    cli: Any, own_server: Any
+) -> None:
+    """failures.md, link: the server dies while four parts run; exit 1, nothing charged, the EPN
+    is pending again, and the next run copies it."""
+    import threading
+
+    server, env = own_server
+    big_epn(env["src"])
+    walk(cli, env)
+
+    def outage() -> None:
+        wait_until(lambda: len(part_rsyncs(env["dest"])) >= 4, what="four parts at once")
+        server.kill_sessions()
+        server.stop()
+
+    t = threading.Thread(target=outage)
+    t.start()
+    result = sync(cli, env, *SPLIT, "--bwlimit", "4M", "--retry", "0")
+    t.join()
+    assert result.exit_code == 1, result.stdout + result.stderr
+    assert result.stderr.startswith(f"Error: cannot reach {server.known_hosts_name}: ")
+    assert rows(env["db"], "SELECT status, failures, claim_owner FROM epns") == [
+        ("pending", 0, None)
+    ]
+    [(classification, parts)] = rows(env["db"], "SELECT classification, parts FROM transfers")
+    assert classification in ("link", "cancelled") and len(json.loads(parts)) == 4
+    assert not part_rsyncs(env["dest"])
+    server.restart()
+    again = sync(cli, env, *SPLIT)
+    assert again.exit_code == 0, again.stdout + again.stderr
+    assert statuses(env) == {"60000a": "complete"}
+    assert tree_digest(env["dest"] / "60000a") == tree_digest(env["src"] / "60000a")
 
 
 def test_ctrl_c_stops_every_part_and_gives_the_claim_back(cli: Any, env: dict[str, Path]) -> None:
