@@ -62,7 +62,7 @@ class SyncOptions:
     compress: bool = False
     dry_run: bool = False
     epns: tuple[str, ...] | None = None
-    bwlimit: str | None = None
+    bwlimit: str | None = None  # the host's total for the run, or a timetable (schedule.py)
     max_attempts: int = 5
     verify: Verify = "size"
     mapped_only: bool = False
@@ -371,7 +371,7 @@ def _preflight(target: SshTarget | None, opts: SyncOptions) -> tuple[RsyncOption
         rsync=opts.rsync,
         compress=opts.compress,
         partial=opts.partial,
-        bwlimit=opts.bwlimit,
+        bwlimit=None,  # the run's total (or timetable): each rsync gets its share (Batch._rate)
         dry_run=opts.dry_run,
         retry=opts.retry,
         old_rsync=version < (3, 4, 3),

@@ -294,3 +294,15 @@ def test_part_count_follows_the_fair_share() -> None:
     assert part_count(gib // 2, 100, batch_bytes=gib // 2, **kw) == 1  # below --split-min
     assert part_count(10 * gib, 3, batch_bytes=10 * gib, **kw) == 3  # no more than its files
     assert part_count(10 * gib, 100, batch_bytes=10 * gib, **{**kw, "streams": 2}) == 2
+
+
+def test_a_timetable_is_taken_and_each_rsync_gets_its_share(cli: Any, env: dict[str, Path]) -> None:
+    """A valid timetable (here the same rate all day) runs; each rsync started with a share."""
+    for n in range(2):
+        write_file(env["src"] / f"6300{n}a" / "x", b"x" * 1000)
+    walk(cli, env)
+    result = sync(cli, env, "--threads", "2", "--bwlimit", "00:00,4M 12:00,4M")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert set(statuses(env).values()) == {"complete"}
+    argvs = [json.loads(a) for (a,) in rows(env["db"], "SELECT argv FROM transfers")]
+    assert all(f"--bwlimit={2 * MiB}b" in argv for argv in argvs), argvs
