@@ -170,10 +170,9 @@ Subsystem sftp {self.subsystem}
                 "sshd did not restart: " + self.log.read_text(errors="replace")[-2000:]
             )
 
-    def kill_sessions(self) -> int:
-        """SIGKILL every process serving a connection (the server going away mid-transfer)."""
+    def sessions(self) -> dict[int, bytes]:
+        """Every process serving a connection (the listener's descendants): pid -> command line."""
         assert self.proc is not None
-        victims: list[int] = []
         children: dict[int, list[int]] = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit():
@@ -183,11 +182,20 @@ Subsystem sftp {self.subsystem}
                 except (OSError, IndexError, ValueError):
                     continue
                 children.setdefault(ppid, []).append(int(entry))
+        found: dict[int, bytes] = {}
         todo = list(children.get(self.proc.pid, []))
         while todo:
             pid = todo.pop()
-            victims.append(pid)
+            try:
+                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                found[pid] = b""
             todo += children.get(pid, [])
+        return found
+
+    def kill_sessions(self) -> int:
+        """SIGKILL every process serving a connection (the server going away mid-transfer)."""
+        victims = self.sessions()
         for pid in victims:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
