@@ -97,6 +97,28 @@ def processes_matching(text: str) -> list[int]:
     return found
 
 
+def rsync_processes(dest: Path) -> dict[int, bytes]:
+    """rsync processes copying into dest, one per rsync run: pid -> command line.
+
+    The receiving rsync forks a child with the same command line once the file list is in; that
+    child is left out while its parent lives (an orphan is still an rsync left running).
+    """
+    found: dict[int, bytes] = {}
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if b"rsync" in cmd and str(dest).encode() in cmd and int(entry) != os.getpid():
+            found[int(entry)] = cmd
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return {pid: cmd for pid, cmd in found.items() if found.get(parents[pid]) != cmd}
+
+
 def rows(db_path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     with sqlite3.connect(db_path) as conn:
         return conn.execute(sql, params).fetchall()

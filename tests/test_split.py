@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import FIXED_MTIME, rows, write_file
+from helpers import FIXED_MTIME, rows, rsync_processes, write_file
 from test_sync import env as env
 from test_sync import own_server as own_server
 from test_sync import (
@@ -47,25 +47,8 @@ def big_epn(src: Path, name: str = "60000a", files: int = 8, mib: int = 2) -> No
 
 
 def part_rsyncs(dest: Path) -> dict[int, bytes]:
-    """rsync processes copying a part into dest: pid -> command line.
-
-    One per part: the receiver rsync forks into two processes with the same command line once the
-    file list is in, and the forked child is not counted.
-    """
-    found = {}
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if b"rsync" in cmd and str(dest).encode() in cmd and re.search(rb"\.p\d+\x00", cmd):
-            found[int(entry)] = cmd
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return {pid: cmd for pid, cmd in found.items() if found.get(parents[pid]) != cmd}
+    """rsync processes copying a part into dest (one per part): pid -> command line."""
+    return {pid: c for pid, c in rsync_processes(dest).items() if re.search(rb"\.p\d+\x00", c)}
 
 
 def control_path(cmd: bytes) -> bytes:
