@@ -85,21 +85,25 @@ def charged(classification: str) -> bool:
 
 # ------------------------------------------------------------------ classifying rsync's exit
 # ssh said something that will not change by trying again: the setup is wrong.
-_SSH_SETUP = (
-    "Host key verification failed",
-    "REMOTE HOST IDENTIFICATION HAS CHANGED",
-    "host key is known for",  # "No ED25519 host key is known for ... strict checking"
-    "has changed and you have requested strict checking",
-    "Permission denied (",  # "Permission denied (publickey)."
-    "Too many authentication failures",
-    "no such identity",
-    "Bad owner or permissions",
-    "bad permissions",
-    "Load key",  # "Load key ...: invalid format"
-    "Bad configuration option",
-    "command-line line",
-    "garbage at end of line",
-    "unknown option",
+_SSH_SETUP = re.compile(
+    "|".join(
+        (
+            r"Host key verification failed",
+            r"REMOTE HOST IDENTIFICATION HAS CHANGED",
+            r"host key is known for",  # "No ED25519 host key is known for ... strict checking"
+            r"has changed and you have requested strict checking",
+            r"Permission denied \((?!\d)",  # ssh's "(publickey)", not rsync's errno "(13)"
+            r"Too many authentication failures",
+            r"no such identity",
+            r"Bad owner or permissions",
+            r"bad permissions",
+            r"Load key",  # "Load key ...: invalid format"
+            r"Bad configuration option",
+            r"command-line line",
+            r"garbage at end of line",
+            r"unknown option",
+        )
+    )
 )
 _LOCAL_DEST = re.compile(
     r"\[(?i:receiver|generator)\].*(Permission denied|Read-only file system|No space left on device"
@@ -107,6 +111,11 @@ _LOCAL_DEST = re.compile(
 )
 _SETUP_CODES = {1, 2, 4, 25, 126, 127}
 _LINK_CODES = {5, 10, 12, 13, 14, 15, 16, 19, 20, 21, 22, 30, 35, 124, 125}
+
+
+def ssh_refused(stderr: str) -> bool:
+    """ssh said why it would not connect (host key, login, key file, option): a setup problem."""
+    return _SSH_SETUP.search(stderr) is not None
 
 
 def classify_exit(exit_code: int | None, stderr: str) -> FailureClass:
@@ -117,8 +126,13 @@ def classify_exit(exit_code: int | None, stderr: str) -> FailureClass:
         return "setup"
     if exit_code < 0:  # killed by a signal: our stall watchdog, the OOM killer, someone's kill -9
         return "link"
-    if exit_code == 255:
-        return "setup" if any(s in stderr for s in _SSH_SETUP) else "link"
+    if exit_code == 255 or exit_code in _LINK_CODES:
+        # ssh refused: rsync passes on ssh's 255, or, when it reads the closed pipe before it
+        # reaps ssh, says 12 (protocol data stream); about one run in fifteen here.
+        if ssh_refused(stderr):
+            return "setup"
+        if exit_code == 255:
+            return "link"
     if exit_code in _SETUP_CODES:
         return "setup"
     if _LOCAL_DEST.search(stderr):  # our own destination refused a write: every EPN would fail

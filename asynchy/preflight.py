@@ -21,7 +21,7 @@ from pathlib import Path
 
 from asynchy.config import SshTarget
 from asynchy.errors import AsynchyError, ExitCode, LinkDown, SetupError, SourceNotFound
-from asynchy.failures import classify_exit, main_complaint
+from asynchy.failures import classify_exit, main_complaint, ssh_refused
 from asynchy.rsync import TEMP_DIR, RsyncOptions, child_env, probe_argv
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def error_for(
         return SourceNotFound(f"src_prefix {prefix} cannot be listed on {where}: {result.message}")
     if result.exit_code == 127:
         return SetupError(f"rsync is not installed on {where} ({result.message}): ask the facility")
-    if target is not None and result.exit_code == 255:
+    if target is not None and (result.exit_code == 255 or ssh_refused(result.stderr)):
         diagnosed = _ssh_diagnosis(target)
         if diagnosed is not None:
             return diagnosed

@@ -182,6 +182,16 @@ def test_filters_reach_copy_and_check_alike_and_chmod_only_the_copy() -> None:
     assert "--perms" not in check
 
 
+CHANGED_KEY_12 = """Offending ED25519 key in /k:1
+  remove with:
+  ssh-keygen -f "/k" -R "[127.0.0.1]:55139"
+Host key for [127.0.0.1]:55139 has changed and you have requested strict checking.
+Host key verification failed.
+rsync: connection unexpectedly closed (0 bytes received so far) [Receiver]
+rsync error: error in rsync protocol data stream (code 12) at io.c(285) [Receiver=3.5.0]
+"""
+
+
 @pytest.mark.parametrize(
     ("code", "stderr", "expected"),
     [  # docs/failures.md, "Classes"
@@ -195,6 +205,10 @@ def test_filters_reach_copy_and_check_alike_and_chmod_only_the_copy() -> None:
         (None, "", "setup"),
         (255, "Host key verification failed.", "setup"),
         (255, "user@host: Permission denied (publickey).", "setup"),
+        # rsync read the closed pipe before it reaped ssh: 12, not 255; still ssh's refusal
+        (12, CHANGED_KEY_12, "setup"),
+        (12, "u@h: Permission denied (publickey,password).\nrsync: connection unexpec", "setup"),
+        (12, 'rsync: [sender] read errors mapping "/d/a": Permission denied (13)', "link"),
         (
             255,
             "No ED25519 host key is known for [127.0.0.1]:2222 and you have requested strict",
