@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sshd import ensure_test_user
+from sshd import ensure_test_user, processes
 
 T = TypeVar("T")
 
@@ -103,20 +103,12 @@ def rsync_processes(dest: Path) -> dict[int, bytes]:
     The receiving rsync forks a child with the same command line once the file list is in; that
     child is left out while its parent lives (an orphan is still an rsync left running).
     """
-    found: dict[int, bytes] = {}
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if b"rsync" in cmd and str(dest).encode() in cmd and int(entry) != os.getpid():
-            found[int(entry)] = cmd
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return {pid: cmd for pid, cmd in found.items() if found.get(parents[pid]) != cmd}
+    found = {
+        pid: (ppid, cmd)
+        for pid, (ppid, cmd) in processes().items()
+        if b"rsync" in cmd and str(dest).encode() in cmd and pid != os.getpid()
+    }
+    return {pid: cmd for pid, (ppid, cmd) in found.items() if found.get(ppid, (0, b""))[1] != cmd}
 
 
 def rows(db_path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:

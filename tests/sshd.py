@@ -49,6 +49,21 @@ def ensure_test_user() -> pwd.struct_passwd:
         return pwd.getpwnam(TEST_USER)
 
 
+def processes() -> dict[int, tuple[int, bytes]]:
+    """Every process on the machine now: pid -> (parent pid, command line)."""
+    found: dict[int, tuple[int, bytes]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            found[int(entry)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmd)
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -173,23 +188,15 @@ Subsystem sftp {self.subsystem}
     def sessions(self) -> dict[int, bytes]:
         """Every process serving a connection (the listener's descendants): pid -> command line."""
         assert self.proc is not None
+        table = processes()
         children: dict[int, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as fh:
-                        ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-                children.setdefault(ppid, []).append(int(entry))
+        for pid, (ppid, _) in table.items():
+            children.setdefault(ppid, []).append(pid)
         found: dict[int, bytes] = {}
         todo = list(children.get(self.proc.pid, []))
         while todo:
             pid = todo.pop()
-            try:
-                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                found[pid] = b""
+            found[pid] = table[pid][1]
             todo += children.get(pid, [])
         return found
 
