@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from common import fresh
 from report import write_block
 
 SHARDS, EPNS, FILES = 10, 100, 1000
@@ -57,12 +58,6 @@ def build_shard(path: Path, k: int) -> None:
     con = sqlite3.connect(path)
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.close()
-
-
-def fresh(path: Path) -> Path:
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(path) + suffix).unlink(missing_ok=True)
-    return path
 
 
 def asynchy_merge(target: Path, shards: list[Path], env: dict[str, str]) -> tuple[float, int]:

@@ -38,6 +38,7 @@ import sys
 import time
 from pathlib import Path
 
+from common import asynchy_argv, fresh
 from report import write_block
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,27 +123,7 @@ class Bench:
 
     def asynchy(self, tree: Path, *options: str) -> float:
         dest = self.fresh_dest()
-        db = self.work / "bench.db"
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(db) + suffix).unlink(missing_ok=True)
-        common = [
-            sys.executable,
-            "-m",
-            "asynchy",
-            "-q",
-            "--db",
-            str(db),
-            "--host",
-            self.sshd.host,
-            "--port",
-            str(self.port),
-            "--user",
-            self.sshd.user,
-            "--keypath",
-            str(self.sshd.client_key),
-            "--known-hosts",
-            str(self.kh),
-        ]
+        common = asynchy_argv(fresh(self.work / "bench.db"), self.sshd, self.port, self.kh)
         self.timed([*common, "walk", "--src-prefix", str(tree)])
         elapsed = self.timed(
             [*common, "sync", "--src-prefix", str(tree), "--dest", str(dest), *options]

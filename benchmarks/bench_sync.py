@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+from common import asynchy_argv, fresh
 from report import write_block
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,29 +147,14 @@ def main() -> None:
                 dest.mkdir()
                 subprocess.run(["sync"], check=True)
                 if name == "asynchy":
-                    db = work / "bench.db"
-                    for suffix in ("", "-wal", "-shm"):
-                        Path(str(db) + suffix).unlink(missing_ok=True)
-                    common = [
-                        sys.executable,
-                        "-m",
-                        "asynchy",
-                        "-q",
-                        "--db",
-                        str(db),
-                        "--host",
-                        sshd.host,
-                        "--port",
-                        str(sshd.port),
-                        "--user",
-                        sshd.user,
-                        "--keypath",
-                        str(sshd.client_key),
-                        "--known-hosts",
-                        str(sshd.known_hosts),
+                    common = asynchy_argv(
+                        fresh(work / "bench.db"),
+                        sshd,
+                        sshd.port,
+                        sshd.known_hosts,
                         "--rsync",
                         str(wrapper),
-                    ]
+                    )
                     subprocess.run(
                         [*common, "walk", "--src-prefix", str(src)],
                         check=True,

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from common import asynchy_argv, fresh
 from report import write_block
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,12 +50,6 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]
     return elapsed, usage.ru_maxrss
 
 
-def fresh(path: Path) -> Path:
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(path) + suffix).unlink(missing_ok=True)
-    return path
-
-
 class Bench:
     def __init__(self, args: argparse.Namespace, sshd: Sshd) -> None:
         self.args = args
@@ -64,29 +59,8 @@ class Bench:
 
     def asynchy(self, tree: Path, port: int, known_hosts: Path) -> tuple[float, int]:
         db = fresh(self.work / "asynchy.db")
-        s = self.sshd
         result = run(
-            [
-                sys.executable,
-                "-m",
-                "asynchy",
-                "-q",
-                "--db",
-                str(db),
-                "--host",
-                s.host,
-                "--port",
-                str(port),
-                "--user",
-                s.user,
-                "--keypath",
-                str(s.client_key),
-                "--known-hosts",
-                str(known_hosts),
-                "walk",
-                "--src-prefix",
-                str(tree),
-            ],
+            asynchy_argv(db, self.sshd, port, known_hosts, "walk", "--src-prefix", str(tree)),
             self.env,
         )
         files = sqlite3.connect(db).execute("SELECT count(*) FROM files").fetchone()[0]

@@ -16,9 +16,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import socket
+import sys
 import threading
 import time
-from types import TracebackType
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from tcpproxy import Proxy
 
 CHUNK = 64 * 1024
 
@@ -109,7 +113,7 @@ class _Direction:
             self.dst.shutdown(socket.SHUT_WR)
 
 
-class WanProxy:
+class WanProxy(Proxy):
     def __init__(
         self,
         target_port: int,
@@ -119,47 +123,10 @@ class WanProxy:
         cap: float | None = None,
         target_host: str = "127.0.0.1",
     ) -> None:
-        self.target = (target_host, target_port)
-        self.delay, self.window = delay, window
+        self.window = window
         self.bucket = _Bucket(cap) if cap else None
-        self.connections = 0
-        self._socks: list[socket.socket] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._listener.getsockname()[1])
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_port, delay=delay, target_host=target_host)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(self.target)
-            except OSError:
-                client.close()
-                continue
-            for s in (client, server):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._socks += [client, server]
-            self.connections += 1
-            _Direction(client, server, self.delay, self.window, self.bucket)
-            _Direction(server, client, self.delay, self.window, self.bucket)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._listener.close()
-        for s in self._socks:
-            with contextlib.suppress(OSError):
-                s.close()
-
-    def __enter__(self) -> WanProxy:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _forward(self, client: socket.socket, server: socket.socket, first: bool) -> None:
+        _Direction(client, server, self.delay, self.window, self.bucket)
+        _Direction(server, client, self.delay, self.window, self.bucket)

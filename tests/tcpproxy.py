@@ -83,9 +83,12 @@ class Proxy:
                 self.connections += 1
                 first = self.connections == 1
                 self._socks += [client, server]
-            limit = self.cut_after if first else None
-            self._pump(client, server, None)
-            self._pump(server, client, limit)
+            self._forward(client, server, first)
+
+    def _forward(self, client: socket.socket, server: socket.socket, first: bool) -> None:
+        """Start moving bytes both ways (a subclass models another link here)."""
+        self._pump(client, server, None)
+        self._pump(server, client, self.cut_after if first else None)
 
     def _pump(self, src: socket.socket, dst: socket.socket, limit: int | None) -> None:
         q: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
