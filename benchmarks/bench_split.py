@@ -62,9 +62,11 @@ def sparse(path: Path, size: int) -> None:
 def make_trees(root: Path) -> dict[str, Path]:
     trees = {name: root / name for name in ("rate", "skewed", "uniform", "budget")}
     make_sync_tree(trees["uniform"])  # kept between runs (random data: slow to make)
-    if (root / ".complete").exists():
+    sparse_done = root / ".complete"
+    if sparse_done.exists():
         return trees
-    shutil.rmtree(root, ignore_errors=True)
+    for name in ("rate", "skewed", "budget"):  # sparse: cheap to make again
+        shutil.rmtree(trees[name], ignore_errors=True)
     for i in range(4):
         sparse(trees["rate"] / f"s{i}" / "f.raw", 64 * MiB)
     for i in range(12):
@@ -73,13 +75,13 @@ def make_trees(root: Path) -> dict[str, Path]:
         sparse(trees["skewed"] / f"7100{n}b" / "data.raw", 32 * MiB)
     for n in range(8):
         sparse(trees["budget"] / f"7300{n}d" / "data.raw", 24 * MiB)
-    for dirpath, _dirs, files in os.walk(root):
-        if dirpath.startswith(str(trees["uniform"])):
-            continue
-        os.chmod(dirpath, 0o755)
-        for f in files:
-            os.chmod(os.path.join(dirpath, f), 0o644)
-    (root / ".complete").touch()
+    for name in ("rate", "skewed", "budget"):
+        for dirpath, _dirs, files in os.walk(trees[name]):
+            os.chmod(dirpath, 0o755)
+            for f in files:
+                os.chmod(os.path.join(dirpath, f), 0o644)
+    os.chmod(root, 0o755)
+    sparse_done.touch()
     return trees
 
 
