@@ -146,6 +146,23 @@ def test_a_damaged_database_is_one_line_exit_1(
     assert len(done.stderr.splitlines()) == 1
 
 
+def test_a_walk_that_fails_on_its_database_ends_its_early_connection_cleanly(
+    env: dict[str, Path], sshd: Sshd
+) -> None:
+    """The walk connects in the background while the database opens (SftpTree.connect_ahead).
+    When the database fails first, the process lets that connection finish and closes it before
+    it exits; it is never cut at exit, where ending the thread inside cryptography's native code
+    aborted the process (SIGABRT) after the error line, now and then."""
+    env["db"].write_bytes(b"not a database, some text " * 200)
+    seen = len(sshd.log.read_bytes())
+    done = _asynchy(env, "walk")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"Error: {env['db']} is not a SQLite database; give another db path\n"
+    log = sshd.log.read_bytes()[seen:].decode(errors="replace")
+    assert "Starting session: subsystem 'sftp'" in log  # the handshake ran to its end...
+    assert "[preauth]" not in log  # ...and was not cut half-way
+
+
 def test_an_empty_file_is_not_given_a_schema_by_a_read_only_command(
     cli: Any, env: dict[str, Path]
 ) -> None:

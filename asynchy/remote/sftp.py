@@ -240,7 +240,10 @@ class _Ahead:
         self._value: tuple[paramiko.SSHClient, _Protocol] | None = None
         self._error: BaseException | None = None
         self._closed_client: paramiko.SSHClient | None = None  # an abandoned one, for the tests
-        threading.Thread(target=self._run, args=(open_,), name="sftp-connect", daemon=True).start()
+        # Not a daemon: at exit (a command that failed before it used the connection) Python waits
+        # for the handshake instead of ending the thread inside cryptography's native code, which
+        # aborted the process (SIGABRT, "FATAL: exception not rethrown") after its error line.
+        threading.Thread(target=self._run, args=(open_,), name="sftp-connect").start()
 
     def _run(self, open_: Callable[[], tuple[paramiko.SSHClient, _Protocol]]) -> None:
         try:
@@ -264,7 +267,8 @@ class _Ahead:
         return self._value
 
     def abandon(self) -> None:
-        """Close the connection when it is ready (or now, if it is); never waits."""
+        """Close the connection when it is ready (or now, if it is); never waits (the process
+        does, at exit, as the thread is not a daemon)."""
         with self._lock:
             self._abandoned = True
             value, self._value = self._value, None
