@@ -303,7 +303,7 @@ class Batch:
                 self._start(c.epn, c)
 
     def _start(self, epn: str, claim: claims.Claim | None) -> None:
-        if claim is not None and not claim.walked and not self._list_first(claim):
+        if claim is not None and claim.needs_listing and not self._list_first(claim):
             return
         planned = self.planned.setdefault(
             epn,
@@ -323,6 +323,17 @@ class Batch:
             done = set()  # the inventory changed since: a new split
         item.parts_left = set(range(len(item.parts))) - done
         self._attempt(item)
+
+    def _relisted(self, item: Running) -> None:
+        """The EPN was listed again (its source changed): its job and its split from the inventory
+        as it is now; parts copied before count for nothing (rsync skips what is in place)."""
+        epn = item.planned.epn
+        _complete, size, count = claims.walk_state(self.db, epn)
+        item.planned = self.planned[epn] = claims.Planned(epn, size, count, "pending")
+        item.job, item.dest_path = self._job(item.planned, item.claim, item.repair)
+        item.parts = self._split(item.planned, item.job)
+        item.parts_left = set(range(len(item.parts)))
+        self.done_parts.pop(epn, None)
 
     def _split(self, planned: claims.Planned, job: Job) -> list[list[bytes]]:
         """The EPN's parts (docs/sync.md); none when it is copied whole."""
@@ -357,25 +368,34 @@ class Batch:
         )
 
     def _list_first(self, claim: claims.Claim) -> bool:
-        """An EPN asynchy never walked (an imported MeRC or as-walker row): list it now, keeping the
-        claim, so that its files and their kinds are known before it is copied and verified."""
+        """An EPN whose inventory cannot be trusted yet: never walked by asynchy (an imported MeRC
+        or as-walker row), or changed during a copy and not listed since (the relist met a link
+        fault, a kill -9, a second Ctrl+C).  List it now, keeping the claim, so that its files are
+        known before it is copied and verified; if that fails, the claim goes back uncharged."""
         assert self.worker is not None
         epn = claim.epn
-        listed = self._relist(epn)
-        complete = False
-        if listed:
+        what = (
+            "was never walked by asynchy"
+            if not claim.walked
+            else "changed and was not listed since"
+        )
+        error = self._relist(epn)
+        if error is None:
             complete, size, count = claims.walk_state(self.db, epn)
             self.planned[epn] = claims.Planned(epn, size, count, "pending")
-        if listed and complete:
-            log.info("EPN %s was never walked by asynchy: listed it (%d files)", epn, count)
-            return True
+            if complete:
+                log.info("EPN %s %s: listed it now (%d files)", epn, what, count)
+                return True
         claims.release(self.db, self.worker, claim)  # uncharged
         self.gave_up.add(epn)
-        self.summary.skipped[epn] = (
-            "never walked, and listing it now was incomplete (see walk_errors); walk it again"
-            if listed
-            else "never walked, and it could not be listed now; walk it (asynchy walk --epn)"
-        )
+        if error is None:
+            self.summary.skipped[epn] = (
+                f"{what}, and listing it now was incomplete (see walk_errors); walk it again"
+            )
+        elif isinstance(error, RemoteError):  # the link: the breaker decides, nothing is charged
+            self.summary.given_back[epn] = f"{what}, and it could not be listed now: {error}"
+        else:
+            self.summary.skipped[epn] = f"{what}, and it could not be listed now: {error}"
         return False
 
     def _attempt(self, item: Running) -> None:
@@ -593,7 +613,11 @@ class Batch:
     def _changed(self, item: Running, result: TransferResult, another: bool) -> None:
         epn = item.planned.epn
         outcome = self._record(item, result, keep=another)
-        relisted = self._relist(epn)
+        if outcome == "superseded":
+            return
+        relisted = self._relist(epn) is None
+        if relisted:
+            self._relisted(item)
         if outcome == "retry" and relisted:
             log.info("EPN %s: %s; copying it again", epn, result.reason)
             self._attempt(item)
@@ -657,15 +681,16 @@ class Batch:
             self.gave_up.add(epn)
         return outcome
 
-    def _relist(self, epn: str) -> bool:
+    def _relist(self, epn: str) -> AsynchyError | None:
+        """List one EPN again; the error that kept it from being listed, or None."""
         try:
             self.relist(epn)
-            return True
+            return None
         except AsynchyError as exc:
             log.warning("EPN %s could not be listed again: %s", epn, exc)
             if isinstance(exc, RemoteError):
                 self.breaker.trip(time.monotonic())
-            return False
+            return exc
 
     # -------------------------------------------------------------- the circuit breaker
     def _probe(self) -> None:
@@ -762,6 +787,7 @@ def build_job(
         repair_argv=repair_argv,
         stall_timeout=opts.stall_timeout,
         dry_run=opts.dry_run,
+        prefix=opts.src_prefix,
     )
     return job, str(dest_path(planned.epn, opts.dest, opts.destinations, opts.layout))
 
@@ -804,6 +830,7 @@ def _part_job(
         expected=(),
         regular_files=0,
         stall_timeout=opts.stall_timeout,
+        prefix=opts.src_prefix,
         part=index,
     )
     return job, str(dest_path(planned.epn, opts.dest, opts.destinations, opts.layout))
@@ -811,6 +838,7 @@ def _part_job(
 
 def _worse(a: TransferResult, b: TransferResult) -> bool:
     """Of two failed parts, the one that speaks for the attempt: a stop, then the setup, then the
-    link (none of them charged), then a data failure."""
-    rank = {"cancelled": 0, "setup": 1, "link": 2}
-    return rank.get(a.classification, 3) < rank.get(b.classification, 3)
+    link, then a source that changed (none of them charged: the EPN is listed again and copied
+    again), then a data failure."""
+    rank = {"cancelled": 0, "setup": 1, "link": 2, "changed": 3}
+    return rank.get(a.classification, 4) < rank.get(b.classification, 4)

@@ -93,10 +93,17 @@ class Claim:
     failures: int
     last_error_class: str | None = None  # 'checksum': the copy was found bad, repair it
     walked: bool = True  # False: never walked by asynchy (an imported row): list it first
+    # the source moved on during a copy and no walk has listed it since (a relist that met a link
+    # fault, a kill -9 or a second Ctrl+C): list it first, then copy
+    stale: bool = False
 
     @property
     def needs_repair(self) -> bool:
         return self.last_error_class == "checksum"
+
+    @property
+    def needs_listing(self) -> bool:
+        return not self.walked or self.stale
 
 
 def db_now(db: Database) -> ColumnElement[Any]:
@@ -119,16 +126,9 @@ def _eligible(now: ColumnElement[Any], max_attempts: Any) -> ColumnElement[bool]
         or_(e.walk_complete.is_(True), e.walked_at.is_(None)),
         e.status.in_(QUEUE_STATUSES),  # lets the database use ix_epns_queue (a partial index)
         or_(
-            e.status == "pending",
-            # changed: unless sync saw the source move on during a transfer and no walk has looked since
-            and_(
-                e.status == "changed",
-                or_(
-                    func.coalesce(e.last_error_class, "") != "changed",
-                    e.changed_at.is_(None),
-                    e.walked_at >= e.changed_at,
-                ),
-            ),
+            # changed: a walk saw it change, or a copy saw the source move on (then sync lists it
+            # again before copying, when no walk has looked since: Claim.stale)
+            e.status.in_(("pending", "changed")),
             and_(
                 e.status == "failed",
                 func.coalesce(e.last_error_class, "retryable").in_(RETRYABLE_CLASSES),
@@ -424,10 +424,6 @@ def plan(
                         )
                     elif row.status == "complete":
                         skipped[epn] = "already complete"
-                    elif row.status == "changed":
-                        skipped[epn] = (
-                            "the source changed during its last transfer: walk it again first"
-                        )
                     elif row.status == "running":
                         skipped[epn] = "claimed by another asynchy sync"
                     elif (
@@ -492,6 +488,7 @@ def _claim_statement(
             e.modified,
             e.last_error_class,
             e.walked_at,
+            e.changed_at,
         )
     )
 
@@ -550,6 +547,9 @@ def claim(
             int(r.failures),
             r.last_error_class,
             r.walked_at is not None,
+            r.last_error_class == "changed"
+            and r.changed_at is not None
+            and (r.walked_at is None or r.walked_at < r.changed_at),
         )
         for r in rows
     ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -400,6 +401,11 @@ def load_settings(
         elif name in file_values:
             values[name] = file_values[name]
             origin[name] = f"config file {path}"
+    host = values.get("host")
+    if values.get("src_prefix") and (host is None or str(host).strip() in ("", "local")):
+        # A local source is entered by rsync from each EPN's destination folder: a relative
+        # src_prefix means the folder it names from here (as walk reads it), so it is made absolute.
+        values["src_prefix"] = os.path.abspath(os.path.expanduser(values["src_prefix"]))
     if merc_missing:  # what the options and the environment give counts too
         merc_missing = tuple(k for k in merc_missing if k not in origin)
     return Settings(
@@ -497,9 +503,11 @@ def init_config(
             f"not writing {path}: give {', '.join('--' + k.replace('_', '-') for k in missing)} "
             "(asynchy walk and sync need them)"
         )
-    for key in ("keypath", "known_hosts", "dest"):
+    local = str(values.get("host") or "").strip() in ("", "local")
+    paths = ("keypath", "known_hosts", "dest", *(("src_prefix",) if local else ()))
+    for key in paths:  # as docs/configuration.md says: absolute, so any folder may run asynchy
         if values.get(key):
-            values[key] = str(Path(values[key]).expanduser())
+            values[key] = os.path.abspath(os.path.expanduser(str(values[key])))
     if values.get("db") and "://" not in values["db"]:
         values["db"] = str(Path(values["db"]).expanduser().resolve())
     write_config(path, values, overwrite=overwrite)

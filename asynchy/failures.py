@@ -12,6 +12,7 @@ Everything here is pure: no I/O, no database.
 
 from __future__ import annotations
 
+import posixpath
 import random
 import re
 from dataclasses import dataclass
@@ -118,8 +119,47 @@ def ssh_refused(stderr: str) -> bool:
     return _SSH_SETUP.search(stderr) is not None
 
 
-def classify_exit(exit_code: int | None, stderr: str) -> FailureClass:
-    """The class of one rsync run from its exit code and what it said on stderr."""
+# rsync's sender met a source that moved on while it was read: a file or folder gone since it was
+# listed (ENOENT on link_stat / change_dir; an explicit file name of a split EPN's part), or a file that
+# shrank under it ("read errors mapping ... No data available (61)": rsync's ENODATA for a short read;
+# a real read error says EIO).  A change of the source, never a fault of this EPN's data.
+_SENDER_ERROR = re.compile(r"^rsync: \[sender\] (.*)$", re.M)
+_SOURCE_MOVED = re.compile(
+    r'^(?:(?:link_stat|change_dir|opendir) ".*" failed: No such file or directory \(2\)'
+    r'|read errors mapping ".*": No data available \(61\))$'
+)
+_CHANGE_DIR = re.compile(r'^rsync: \[sender\] change_dir "(.*)" failed: (.*)$', re.M)
+
+
+def prefix_unreachable(stderr: str, prefix: str | None, cwd: str | None = None) -> str | None:
+    """rsync could not enter ``src_prefix`` itself (not an EPN inside it): what it said, or None.
+
+    The same for every EPN: a setup problem (docs/failures.md).  rsync names the folder as it was
+    given, joined to its working folder when relative (the EPN's destination folder)."""
+    if not prefix:
+        return None
+    wanted = {posixpath.normpath(prefix)}
+    if cwd is not None and not prefix.startswith("/"):
+        wanted.add(posixpath.normpath(posixpath.join(cwd, prefix)))
+    for m in _CHANGE_DIR.finditer(stderr):
+        if posixpath.normpath(m.group(1)) in wanted:
+            return m.group(0).strip()
+    return None
+
+
+def source_moved(stderr: str) -> bool:
+    """Every error rsync's sender reported says the source changed under it (and there is one)."""
+    errors = [m.group(1).strip() for m in _SENDER_ERROR.finditer(stderr)]
+    return bool(errors) and all(_SOURCE_MOVED.match(e) for e in errors)
+
+
+def classify_exit(
+    exit_code: int | None, stderr: str, *, prefix: str | None = None, cwd: str | None = None
+) -> FailureClass:
+    """The class of one rsync run from its exit code and what it said on stderr.
+
+    ``prefix`` (src_prefix as rsync was given it) and ``cwd`` (rsync's working folder) let a
+    source prefix that cannot be entered be told from an EPN that cannot."""
     if exit_code == 0:
         return "ok"
     if exit_code is None:  # it could not even be started
@@ -137,7 +177,11 @@ def classify_exit(exit_code: int | None, stderr: str) -> FailureClass:
         return "setup"
     if _LOCAL_DEST.search(stderr):  # our own destination refused a write: every EPN would fail
         return "setup"
+    if exit_code in (3, 23) and prefix_unreachable(stderr, prefix, cwd) is not None:
+        return "setup"  # src_prefix itself: every EPN would fail alike
     if exit_code == 24:  # only vanished files: the source is changing
+        return "changed"
+    if exit_code == 23 and source_moved(stderr):  # gone or shrunk since it was listed
         return "changed"
     if exit_code in (3, 11, 23):
         return "partial"

@@ -42,6 +42,7 @@ class Job:
     repair_argv: tuple[str, ...] | None = None
     stall_timeout: float = 300.0
     dry_run: bool = False
+    prefix: str = ""  # src_prefix as rsync gets it: a prefix rsync cannot enter is setup, not data
     # One part of a split EPN (docs/sync.md, "Filling the link"): ``stdin`` lists exactly its files,
     # rsync copies them and nothing is verified; the whole EPN's final pass verifies.
     part: int | None = None

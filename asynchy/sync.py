@@ -214,11 +214,16 @@ class _Pool:
         if self.parallel:
             try:
                 fut: Future[TransferResult] = self._spawn_safely(job)
-            except BrokenExecutor:  # a worker process was killed: start a fresh pool
+            except (BrokenExecutor, OSError, RuntimeError):
+                # A worker process was killed (kill -9, the OOM killer): the pool is broken, or
+                # half-way there ("handle is closed" while its manager winds down).  The job
+                # ends as the pool's running ones did - "the worker process died", a link
+                # failure: given back uncharged - and a fresh pool takes the next ones.
                 log.warning("a worker process died; starting new worker processes")
-                self.executor.shutdown(wait=False, cancel_futures=True)
+                self._drop_executor(wait=False)
                 self.executor = self._process_pool()
-                fut = self._spawn_safely(job)
+                fut = Future()
+                fut.set_exception(BrokenExecutor("the worker process died"))
         else:
             events = self.events
             fut = self.executor.submit(
@@ -237,8 +242,16 @@ class _Pool:
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
+    def _drop_executor(self, *, wait: bool) -> None:
+        """Shut the executor down; a broken process pool may say "handle is closed" while its
+        manager thread winds down (CPython's own race): it is gone either way."""
+        try:
+            self.executor.shutdown(wait=wait, cancel_futures=True)
+        except (OSError, RuntimeError) as exc:
+            log.debug("shutting down a broken worker pool: %s", exc)
+
     def shutdown(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        self._drop_executor(wait=True)
         if self._relay is not None:
             self._mp_queue.put(None)
             self._relay.join(timeout=5)

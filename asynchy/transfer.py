@@ -336,6 +336,19 @@ def _remove_private(path: bytes) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _remove_leftovers(temp_dir: bytes) -> None:
+    """Every folder of this EPN beside its temporary folder (``<hash>.partial``, a split EPN's
+    ``<hash>.pN`` and ``<hash>.partial.pN``): what killed or earlier attempts left behind."""
+    parent, own = os.path.split(temp_dir)
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(own + b"."):
+            _remove_private(os.path.join(parent, name))
+
+
 def prepare_folders(job: Job) -> None:
     """The EPN's destination parent, asynchy's folder beside it, and this EPN's temporary folders."""
     # rsync runs in the EPN's destination folder (no EPN name in its argv); made here, not by rsync.
@@ -385,6 +398,8 @@ def _run_job(job: Job, on_progress: ProgressFn | None, cancel: Any) -> TransferR
     finally:
         if job.partial_dir is not None and result is not None and result.ok:
             _remove_private(job.partial_dir)  # kept for the next attempt unless this one succeeded
+        if job.temp_dir is not None and job.part is None and result is not None and result.ok:
+            _remove_leftovers(job.temp_dir)  # the EPN is whole: what earlier attempts left goes
         if job.temp_dir is not None:
             _remove_private(job.temp_dir)
             with contextlib.suppress(OSError):  # the shared parent, once no transfer uses it
@@ -433,7 +448,9 @@ def _transfer(
         return result(
             "link", f"no progress for {job.stall_timeout:g} s: rsync killed by the stall watchdog"
         )
-    kind = classify_exit(run.exit_code, run.stderr)
+    kind = classify_exit(
+        run.exit_code, run.stderr, prefix=job.prefix, cwd=os.fsdecode(job.dest_dir)
+    )
     if kind != "ok":
         said = main_complaint(run.stderr)
         return result(kind, describe_exit(run.exit_code) + (f" ({said[:300]})" if said else ""))

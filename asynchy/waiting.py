@@ -73,7 +73,6 @@ def not_taken(
         "settling": "still being written: copied once older than --settle",
         "unmapped": "add destinations, or copy_unmapped / --include-unmapped",
         "walk incomplete": "asynchy walk (it lists them again)",
-        "changed, not listed again": "asynchy walk --refresh --epn EPN",
         "claimed by another worker": "asynchy workers",
     }
     order = list(hints)
@@ -100,13 +99,6 @@ def _why_not(
             return "failed for good"
         if r.waiting:
             return "backing off"
-    if (
-        r.status == "changed"
-        and r.last_error_class == "changed"
-        and r.changed_at is not None
-        and (r.walked_at is None or r.walked_at < r.changed_at)
-    ):
-        return "changed, not listed again"
     if mapped_only and not is_mapped(r.epn, destinations):
         return "unmapped"
     if settled_before is not None:

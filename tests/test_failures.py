@@ -324,3 +324,56 @@ def test_rsync_never_sees_our_secrets(cli: Any, env: dict[str, Path]) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The --parallel worker processes of a sync: its children that run multiprocessing's spawn."""
+    from sshd import processes
+
+    return sorted(
+        child
+        for child, (ppid, cmd) in processes().items()
+        if ppid == pid and b"multiprocessing" in cmd and b"resource_tracker" not in cmd
+    )
+
+
+def test_a_parallel_worker_killed_mid_run_is_one_line_and_charges_nothing(
+    cli: Any, env: dict[str, Path]
+) -> None:
+    """failures.md, link ("a --parallel worker process died"): kill -9 of one worker process while
+    a split EPN's parts run.  The next part went to the broken pool: `OSError: handle is closed`
+    and a traceback.  Now: no traceback, nothing charged, and the next run completes."""
+    from test_split import big_epn
+
+    big_epn(env["src"], "65000a", files=6, mib=6)
+    walk(cli, env)
+    args = ("--parallel", "--threads", "2", "--split-min", "1M", "--streams-per-epn", "3")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "asynchy",
+            "--config",
+            str(env["conf"]),
+            "sync",
+            *args,
+            "--bwlimit",
+            "4M",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ASYNCHY_")},
+    )
+    wait_until(lambda: len(rsyncs_into(env["dest"])) >= 2, what="two parts running")
+    os.kill(_workers_of(proc.pid)[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err, err
+    assert proc.returncode in (1, 3), out + err
+    assert rows(env["db"], "SELECT status, failures FROM epns") in ([("pending", 0)],)
+    assert rows(env["db"], "SELECT DISTINCT classification FROM transfers") == [("link",)]
+    wait_until(lambda: not rsyncs_into(env["dest"]), timeout=15, what="rsyncs to end")
+    result = sync(cli, env, *args)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert statuses(env) == {"65000a": "complete"}
+    assert tree_digest(env["dest"] / "65000a") == tree_digest(env["src"] / "65000a")
