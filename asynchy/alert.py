@@ -32,7 +32,7 @@ from sqlalchemy import delete, func, insert, select
 
 from asynchy.config import SECRET_ENV, Settings
 from asynchy.db import Database
-from asynchy.destinations import epn_number, is_mapped
+from asynchy.destinations import copies_unmapped, epn_number, left_unmapped
 from asynchy.errors import AlertError, ConfigError, PortalError
 from asynchy.models import alerts_table, visits_table
 from asynchy.names import encode_name
@@ -89,6 +89,7 @@ class AlertOptions:
         TEMPLATES  # (text, html) file names (HPC: epnalert-text.j2 ...)
     )
     only_with_details: bool = False  # HPC ASSyncy's rule: no mail unless some EPN has visit details
+    copy_unmapped: bool = False  # sync copies unmapped EPNs too: none is left behind for want of a map
 
 
 @dataclass
@@ -106,6 +107,7 @@ class AlertSummary:
     portal_errors: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # recipients the SMTP server refused
     held_back: bool = False  # only_with_details, and no EPN had visit details: nothing sent
+    all_copied: str | None = None  # why no EPN is left behind for want of a mapping (nothing to say)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +120,7 @@ class AlertSummary:
             "portal_errors": self.portal_errors,
             "refused_recipients": self.refused,
             "held_back_without_details": self.held_back,
+            "all_copied": self.all_copied,
         }
 
 
@@ -403,7 +406,16 @@ def alert(
     """Send (or, dry, show) one message naming the unmapped EPNs not alerted before; record them."""
     now = now or datetime.now(UTC)
     summary = AlertSummary(dry_run=dry_run, to=opts.to)
-    summary.unmapped = sorted({e for e in on_server if not is_mapped(e, destinations)})
+    if copies_unmapped(destinations, opts.copy_unmapped):  # nothing is left behind: say so, send nothing
+        summary.all_copied = (
+            "copy_unmapped is on: EPNs without a mapping are copied into dest/<epn>"
+            if destinations
+            else "no destinations are configured: every EPN is copied into dest/<epn>"
+        )
+        return summary
+    summary.unmapped = sorted(
+        {e for e in on_server if left_unmapped(e, destinations, opts.copy_unmapped)}
+    )
     since = now - timedelta(days=opts.realert_days) if opts.realert_days is not None else None
     known = _already_alerted(db, summary.unmapped, since)
     todo = [e for e in summary.unmapped if e not in known]
@@ -500,4 +512,5 @@ def options_from_settings(
             settings.alert_template_html or TEMPLATES[1],
         ),
         only_with_details=settings.alert_only_with_details,
+        copy_unmapped=settings.copy_unmapped,
     )

@@ -38,6 +38,18 @@ def is_mapped(epn: str, destinations: Mapping[str, str] | None) -> bool:
     return bool(destinations) and number is not None and number in (destinations or {})
 
 
+def copies_unmapped(destinations: Mapping[str, str] | None, copy_unmapped: bool) -> bool:
+    """Does sync copy EPNs whose number has no mapping?  Yes without a map (every EPN goes to
+    dest/{epn}) or with ``copy_unmapped``; with a map and without it, only mapped EPNs (mxsync)."""
+    return not destinations or copy_unmapped
+
+
+def left_unmapped(epn: str, destinations: Mapping[str, str] | None, copy_unmapped: bool) -> bool:
+    """Sync leaves this EPN alone for want of a destination: the one rule behind ``status``'s
+    unmapped count, ``asynchy alert`` and ``destinations --unmapped``."""
+    return not copies_unmapped(destinations, copy_unmapped) and not is_mapped(epn, destinations)
+
+
 def resolve_layout(layout: str | None, destinations: Mapping[str, str] | None) -> str:
     """The layout in force; ConfigError for one that cannot work with this map."""
     if layout is None:

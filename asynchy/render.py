@@ -574,6 +574,8 @@ def alert_preview(summary: Any, html_path: str | None) -> str:
 
 def alert_summary(data: dict[str, Any]) -> str:
     unmapped, alerted = len(data["unmapped"]), len(data["alerted"])
+    if data.get("all_copied"):
+        return f"no alert needed: {data['all_copied']}"
     if not alerted:
         line = (
             f"no alert needed: {unmapped} unmapped EPNs on the server, all named in earlier alerts"

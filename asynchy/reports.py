@@ -64,7 +64,7 @@ def status(
     ``now``: the clock to measure against (the docs sample is made with a fixed one)."""
     now = now or datetime.now(UTC)
     with db.read() as conn:
-        unmapped = _unmapped(conn, destinations) if destinations and not copy_unmapped else {}
+        unmapped = _unmapped(conn, destinations, copy_unmapped)
         by_status = _by_status(conn)
         last_walk = _last_walk(conn)
         last_sync = _last_sync(conn)
@@ -101,15 +101,19 @@ def status(
     }
 
 
-def _unmapped(conn: Connection, destinations: Mapping[str, str]) -> dict[str, int]:
+def _unmapped(
+    conn: Connection, destinations: Mapping[str, str] | None, copy_unmapped: bool
+) -> dict[str, int]:
     """EPNs sync does not take because no destination maps them (only mapped EPNs are copied)."""
-    from asynchy.destinations import is_mapped
+    from asynchy.destinations import copies_unmapped, left_unmapped
 
     out = {"epns": 0, "bytes": 0}
+    if copies_unmapped(destinations, copy_unmapped):
+        return out
     for epn, size in conn.execute(
         select(e.epn, e.size).where(e.status.in_(("pending", "failed", "changed")))
     ):
-        if not is_mapped(epn, destinations):
+        if left_unmapped(epn, destinations, copy_unmapped):
             out["epns"] += 1
             out["bytes"] += int(size or 0)
     return out
@@ -363,12 +367,17 @@ def show(db: Database, epn: str) -> dict[str, Any]:
 
 
 def destinations(
-    db: Database, mapping: Mapping[str, str] | None, dest: str | None, layout: str | None = None
+    db: Database,
+    mapping: Mapping[str, str] | None,
+    dest: str | None,
+    layout: str | None = None,
+    copy_unmapped: bool = False,
 ) -> list[dict[str, Any]]:
-    """Every EPN of the inventory with its EPN number, its mapping and where sync puts it."""
+    """Every EPN of the inventory with its EPN number, its mapping, whether sync copies it and
+    where it puts it."""
     from pathlib import Path
 
-    from asynchy.destinations import dest_path, epn_number, is_mapped
+    from asynchy.destinations import dest_path, epn_number, is_mapped, left_unmapped
 
     base = Path(dest).expanduser() if dest else Path("<dest>")
     with db.read() as conn:
@@ -383,6 +392,7 @@ def destinations(
                 "number": number,
                 "mapped": mapped,
                 "folder": (mapping or {}).get(number or "") if mapped else None,
+                "copied": not left_unmapped(epn, mapping, copy_unmapped),
                 "dest_path": str(dest_path(epn, base, mapping, layout)),
                 "status": status_,
             }

@@ -384,10 +384,50 @@ def test_destinations_lists_mapped_and_unmapped(
     assert cli("--config", str(conf), "walk").exit_code == 0
     result = cli("--config", str(conf), "destinations", "--format", "csv")
     assert result.stdout.splitlines() == [
-        "epn,number,mapped,folder,dest_path,status",
-        "12282a,12282,true,ny79,/vault/ny79/12282a,pending",
-        "12283b,12283,false,,/vault/12283b,pending",
-        "99999z,99999,true,/other/ab12,/other/ab12/99999z,pending",
+        "epn,number,mapped,folder,copied,dest_path,status",
+        "12282a,12282,true,ny79,true,/vault/ny79/12282a,pending",
+        "12283b,12283,false,,false,/vault/12283b,pending",
+        "99999z,99999,true,/other/ab12,true,/other/ab12/99999z,pending",
     ]
     unmapped = cli("--config", str(conf), "destinations", "--unmapped")
     assert "12283b" in unmapped.stdout and "12282a" not in unmapped.stdout
+
+
+
+@pytest.mark.parametrize("mapping", [None, {"12282": "ny79"}])
+@pytest.mark.parametrize("copy_unmapped", [False, True])
+def test_alert_dry_run_is_true_to_status(
+    cli: Any, tmp_path: Path, write_config: Any, mapping: Any, copy_unmapped: bool
+) -> None:
+    """alert names exactly the EPNs sync leaves behind for want of a mapping, as status counts them:
+    with no destinations (or copy_unmapped) every EPN is copied, so there is nothing to say."""
+    src = tmp_path / "src"
+    for epn in ("12282a", "12283b", "12284c"):
+        (src / epn).mkdir(parents=True)
+        (src / epn / "f").write_bytes(b"x")
+    values: dict[str, Any] = {
+        "host": "local",
+        "src_prefix": str(src),
+        "db": str(tmp_path / "f.db"),
+        "dest": str(tmp_path),
+        "copy_unmapped": copy_unmapped,
+    }
+    if mapping:
+        values["destinations"] = mapping
+    conf = write_config(values)
+    assert cli("--config", str(conf), "walk").exit_code == 0
+    status = json.loads(cli("--config", str(conf), "status", "--json").stdout)
+    dry = cli("--config", str(conf), "alert", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.stderr
+    named = json.loads(dry.stdout)["alerted"]
+    assert len(named) == status["unmapped"]["epns"]
+    left = cli("--config", str(conf), "destinations", "--unmapped", "--format", "csv").stdout
+    assert sorted(named) == sorted(line.split(",")[0] for line in left.splitlines()[1:])
+    text = cli("--config", str(conf), "alert", "--dry-run").stdout
+    if mapping and not copy_unmapped:
+        assert named == ["12283b", "12284c"]
+        assert "not copied" in text
+    else:
+        assert named == []
+        assert text.startswith("no alert needed: ") and "copied into dest/<epn>" in text
+        assert "not copied" not in text

@@ -96,22 +96,28 @@ def alert_cmd(
             raise ConfigError(f"--html {html_path} cannot be written: {exc.strerror}") from None
     if as_json:
         click.echo(render.as_json_data(summary.as_dict()))
-    elif dry_run and summary.text is not None:
+    elif dry_run and summary.text is not None and summary.all_copied is None:
         click.echo(render.alert_preview(summary, html_path))
     else:
         click.echo(render.alert_summary(summary.as_dict()))
 
 
 @click.command("destinations")
-@click.option("--unmapped", is_flag=True, help="Only EPNs whose number has no destination.")
+@click.option(
+    "--unmapped",
+    is_flag=True,
+    help="Only the EPNs sync leaves behind for want of a destination (the ones alert names).",
+)
 @output_options(listing=True)
 @click.pass_context
 def destinations_cmd(ctx: click.Context, /, unmapped: bool, **output: Any) -> None:
     """List the inventory's EPNs with where they go (config `destinations`, `layout`).
 
     An EPN number (the digits of `12282a`) mapped to a folder goes to
-    dest/<folder>/<epn> (or as `layout` says); an unmapped one is not copied
-    unless copy_unmapped is set.  `asynchy alert` e-mails the unmapped ones.
+    dest/<folder>/<epn> (or as `layout` says).  With destinations
+    configured, an unmapped one is not copied unless copy_unmapped is set;
+    without destinations every EPN goes to dest/<epn>.  `asynchy alert`
+    e-mails the ones left behind.
 
     \b
     Example:
@@ -121,10 +127,12 @@ def destinations_cmd(ctx: click.Context, /, unmapped: bool, **output: Any) -> No
     from asynchy import render, reports
 
     settings, db = open_existing(ctx)
-    rows = reports.destinations(db, settings.destinations, settings.dest, settings.layout)
+    rows = reports.destinations(
+        db, settings.destinations, settings.dest, settings.layout, settings.copy_unmapped
+    )
     if unmapped:
-        rows = [r for r in rows if not r["mapped"]]
-    columns = ["epn", "number", "mapped", "folder", "dest_path", "status"]
+        rows = [r for r in rows if not r["copied"]]
+    columns = ["epn", "number", "mapped", "folder", "copied", "dest_path", "status"]
     values = [tuple(r[c] for c in columns) for r in rows]
     out = take_output(output)
     click.echo(render.rows_out(columns, values, out.fmt, limit=out.limit, empty="no EPNs"))

@@ -193,6 +193,7 @@ def _size(text: str) -> int:
 
 def _sync_options(settings: Settings, kw: dict[str, Any], **more: Any) -> SyncOptions:
     """SyncOptions from the batch options and the settings."""
+    from asynchy.destinations import copies_unmapped
     from asynchy.sync import SyncOptions
 
     dest = Path(settings.require("dest")).expanduser().resolve()
@@ -213,7 +214,7 @@ def _sync_options(settings: Settings, kw: dict[str, Any], **more: Any) -> SyncOp
         verify="checksum" if kw["checksum"] else kw["verify"],
         # With a destination map, only mapped EPNs are copied (as mxsync) unless asked otherwise.
         mapped_only=kw["mapped_only"]
-        or (bool(settings.destinations) and not settings.copy_unmapped),
+        or not copies_unmapped(settings.destinations, settings.copy_unmapped),
         stall_timeout=kw["stall_timeout"],
         lease=kw["lease"],
         destinations=settings.destinations,
