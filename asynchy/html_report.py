@@ -254,14 +254,14 @@ def _cards(data: StatusReport) -> list[dict[str, Any]]:
         ("headline-epns", f"{data['epns']['total']:,}", "EPNs", data["epns"]["total"]),
         (
             "headline-rate",
-            human_bytes(rate["last_day_bytes_per_second"]) + "/s",
-            "over the last day",
+            human_bytes(rate["last_day_copying_bytes_per_second"]) + "/s",
+            "while copying, over the last day",
             int(rate["last_day_bytes"]),
         ),
         (
             "headline-eta",
             human_seconds(eta) if eta else ("done" if eta == 0 else "-"),
-            "to go at that rate",
+            "of copying to go at that rate",
             int(eta or 0),
         ),
     ]

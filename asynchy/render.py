@@ -387,13 +387,17 @@ def status(data: StatusReport, width: int | None = 80) -> str:
         lines.append("last sync:  never (run asynchy sync)")
     t = data["throughput"]
     eta = data["eta_seconds"]
-    lines.append(
-        f"throughput: {human_bytes(t['last_hour_bytes_per_second'])}/s last hour, "
-        f"{human_bytes(t['last_day_bytes_per_second'])}/s last day"
-    )
+    if t["last_day_copying_seconds"]:
+        lines.append(
+            f"throughput: {human_bytes(t['last_day_copying_bytes_per_second'])}/s while copying "
+            f"(last day: {human_bytes(t['last_day_bytes'])} in "
+            f"{human_seconds(t['last_day_copying_seconds'])})"
+        )
+    else:
+        lines.append("throughput: nothing copied in the last day")
     if eta:
         lines.append(
-            f"to go:      {human_seconds(eta)} at the last day's rate ({local_time(data['eta_at'])})"
+            f"to go:      {human_seconds(eta)} of copying at that rate ({local_time(data['eta_at'])})"
         )
     else:
         lines.append(

@@ -74,7 +74,7 @@ def status(
     total = sum(v["bytes"] for v in by_status.values())
     done = by_status.get("complete", {}).get("bytes", 0)
     remaining = total - done - by_status.get("skipped", {}).get("bytes", 0)
-    rate = rates["last_day_bytes_per_second"] or rates["last_hour_bytes_per_second"]
+    rate = rates["last_day_copying_bytes_per_second"]  # the last hour is inside the last day
     eta = remaining / rate if rate and remaining else (0.0 if not remaining else None)
     return {
         "database": db.display,
@@ -182,21 +182,40 @@ def _last_sync(conn: Connection) -> dict[str, Any] | None:
 
 
 def _throughput(conn: Connection, now: datetime) -> dict[str, float]:
-    moved: dict[str, int] = {}
+    """Bytes moved in the last hour and day: averaged over the window, and over the time spent
+    copying in it (when at least one transfer ran), which is the rate an ETA can use: a 2 s sync
+    followed by a quiet day is not 156 B/s."""
+    out: dict[str, float] = {}
+    day = now - timedelta(days=1)
+    rows = conn.execute(
+        select(t.started_at, t.finished_at, t.bytes_transferred).where(t.finished_at >= day)
+    ).all()
     for label, span in (("last_hour", timedelta(hours=1)), ("last_day", timedelta(days=1))):
-        moved[label] = int(
-            conn.execute(
-                select(func.coalesce(func.sum(t.bytes_transferred), 0)).where(
-                    t.finished_at >= now - span
-                )
-            ).scalar_one()
-        )
-    return {
-        "last_hour_bytes": moved["last_hour"],
-        "last_hour_bytes_per_second": moved["last_hour"] / 3600,
-        "last_day_bytes": moved["last_day"],
-        "last_day_bytes_per_second": moved["last_day"] / 86400,
-    }
+        start = now - span
+        inside = [r for r in rows if r.finished_at >= start]
+        moved = sum(int(r.bytes_transferred or 0) for r in inside)
+        busy = copying_seconds([(max(r.started_at, start), r.finished_at) for r in inside])
+        out[f"{label}_bytes"] = moved
+        out[f"{label}_bytes_per_second"] = moved / span.total_seconds()
+        out[f"{label}_copying_seconds"] = busy
+        out[f"{label}_copying_bytes_per_second"] = moved / busy if busy else 0.0
+    return out
+
+
+def copying_seconds(spans: list[tuple[datetime, datetime]]) -> float:
+    """Seconds in which at least one of the spans ran (overlapping transfers count once).  Times
+    are kept in whole seconds, so each span lasts at least one."""
+    total = 0.0
+    end: datetime | None = None
+    for start, finish in sorted(spans):
+        finish = max(finish, start + timedelta(seconds=1))
+        if end is None or start > end:
+            total += (finish - start).total_seconds()
+            end = finish
+        elif finish > end:
+            total += (finish - end).total_seconds()
+            end = finish
+    return total
 
 
 def _top_failures(conn: Connection) -> list[dict[str, Any]]:

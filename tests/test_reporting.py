@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -556,3 +557,39 @@ def test_report_says_its_size_in_bytes(cli: Any, known: Path, tmp_path: Path) ->
     size = page.stat().st_size
     assert size > len(page.read_text(encoding="utf-8"))  # the page has non-ASCII characters
     assert f"({size:,} bytes)" in result.stdout
+
+
+def test_the_eta_after_a_short_first_sync_is_the_copying_rate(
+    cli: Any, tmp_path: Path, write_config: Any
+) -> None:
+    """Right after a short first sync the rate is the bytes over the time spent copying, not over
+    the whole day (which said "156 B/s last day; to go: 31 h 21 min" for 17 MiB)."""
+    src = tmp_path / "src"
+    for epn, mib in (("12000a", 13), ("12001b", 17)):
+        (src / epn).mkdir(parents=True)
+        (src / epn / "data.raw").write_bytes(os.urandom(mib * 2**20))
+    (tmp_path / "vault").mkdir()
+    conf = write_config(
+        {
+            "host": "local",
+            "src_prefix": str(src),
+            "db": str(tmp_path / "f.db"),
+            "dest": str(tmp_path / "vault"),
+        }
+    )
+    assert cli("--config", str(conf), "walk").exit_code == 0
+    assert cli("--config", str(conf), "sync", "--epn", "12000a").exit_code == 0
+    data = json.loads(cli("--config", str(conf), "status", "--json").stdout)
+    rate = data["throughput"]
+    assert rate["last_day_bytes"] == 13 * 2**20
+    assert 1 <= rate["last_day_copying_seconds"] <= 30
+    assert rate["last_day_copying_bytes_per_second"] == pytest.approx(
+        13 * 2**20 / rate["last_day_copying_seconds"]
+    )
+    assert data["eta_seconds"] == pytest.approx(
+        17 * 2**20 / rate["last_day_copying_bytes_per_second"]
+    )
+    assert data["eta_seconds"] < 60
+    table = cli("--config", str(conf), "status").stdout
+    line = next(ln for ln in table.splitlines() if ln.startswith("to go:"))
+    assert " h " not in line and " d " not in line, line
