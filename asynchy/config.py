@@ -174,6 +174,13 @@ class Settings:
                 f"key file {keypath} (keypath, from {self.where('keypath')}) does not exist: "
                 "fix keypath or create the key with ssh-keygen"
             )
+        if keypath is not None and _is_public_key(keypath):
+            private = keypath.with_suffix("") if keypath.suffix == ".pub" else None
+            hint = f" ({private}?)" if private is not None and private.is_file() else ""
+            raise ConfigError(
+                f"key file {keypath} (keypath, from {self.where('keypath')}) is a public key: "
+                f"give the private one{hint}"
+            )
         return SshTarget(
             host=host.strip(),
             port=self.port,
@@ -182,6 +189,19 @@ class Settings:
             known_hosts=Path(self.known_hosts).expanduser(),
             timeout=self.timeout,
         )
+
+
+_PUBLIC_KEY_STARTS = (b"ssh-", b"ecdsa-sha2-", b"sk-ssh-", b"sk-ecdsa-", b"---- BEGIN SSH2 PUBLIC KEY")
+
+
+def _is_public_key(path: Path) -> bool:
+    """An OpenSSH (or RFC 4716) public key file, given where ssh needs the private one."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64).lstrip()
+    except OSError:
+        return False
+    return head.startswith(_PUBLIC_KEY_STARTS)
 
 
 def default_config_path(env: Mapping[str, str]) -> tuple[Path, bool]:

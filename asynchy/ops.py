@@ -17,6 +17,7 @@ from asynchy.destinations import dest_folder, stored_folder
 from asynchy.errors import UsageError
 from asynchy.filters import Filters
 from asynchy.jobs import FailureClass, Job
+from asynchy.lookup import known_rows, unknown_epn
 from asynchy.models import epns_table
 from asynchy.names import decode_name
 from asynchy.rsync import RsyncOptions, files_from, rsync_argv, rsync_version
@@ -31,36 +32,6 @@ RESETTABLE = ("failed", "quarantined", "skipped", "changed", "complete", "pendin
 class Changed:
     done: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
-
-
-def similar_epns(conn: Any, epn: str, n: int = 5) -> list[str]:
-    """Inventory EPNs close to a name that is not there (a typo): same start, or the closest names."""
-    import difflib
-
-    near = [
-        r[0]
-        for r in conn.execute(
-            select(e.epn).where(e.epn.like(epn[:5] + "%")).order_by(e.epn).limit(200)
-        )
-    ]
-    close = difflib.get_close_matches(epn, near, n=n, cutoff=0.5)
-    return close or near[:n]
-
-
-def unknown_epn(conn: Any, epn: str) -> UsageError:
-    near = similar_epns(conn, epn)
-    hint = f" (did you mean {', '.join(near)}?)" if near else ""
-    return UsageError(f"EPN {epn!r} is not in the inventory{hint}")
-
-
-def _known(conn: Any, epns: Sequence[str]) -> dict[str, Any]:
-    """The rows of the named EPNs; a UsageError for the first one the inventory does not have."""
-    rows = conn.execute(select(e.epn, e.status, e.lease_until).where(e.epn.in_(list(epns)))).all()
-    known = {r.epn: r for r in rows}
-    for epn in epns:
-        if epn not in known:
-            raise unknown_epn(conn, epn)
-    return known
 
 
 def reset(db: Database, epns: Sequence[str] = (), statuses: Sequence[str] = ()) -> Changed:
@@ -82,9 +53,9 @@ def reset(db: Database, epns: Sequence[str] = (), statuses: Sequence[str] = ()) 
                     select(e.epn).where(e.status.in_(list(statuses))).order_by(e.epn)
                 )
             ]
-        known = _known(conn, list(dict.fromkeys(epns))) if epns else {}
+        known = known_rows(conn, list(dict.fromkeys(epns))) if epns else {}
         if statuses:
-            known.update(_known(conn, [c for c in chosen if c not in known]))
+            known.update(known_rows(conn, [c for c in chosen if c not in known]))
         for epn in chosen:
             row = known.get(epn)
             if row is None:
@@ -118,7 +89,7 @@ def skip(db: Database, epns: Sequence[str], reason: str) -> Changed:
         raise UsageError("name the EPNs to skip")
     out = Changed()
     with db.write() as conn:
-        known = _known(conn, epns)
+        known = known_rows(conn, epns)
         for epn in dict.fromkeys(epns):
             row = known.get(epn)
             if row is None:
@@ -199,9 +170,10 @@ def _verify_rows(db: Database, epns: Sequence[str], out: Verified) -> list[Any]:
         query = query.where(e.epn.in_(list(epns))) if epns else query.where(e.status == "complete")
         rows = conn.execute(query).all()
     found = {r.epn for r in rows}
-    for epn in epns:
-        if epn not in found:
-            out.missing[epn] = "not in the inventory"
+    missing = [epn for epn in epns if epn not in found]
+    if missing:  # a typo: exit 2 with the closest names, as show, reset and skip
+        with db.read() as conn:
+            raise unknown_epn(conn, missing[0])
     for row in rows:
         if row.status != "complete":
             out.missing[row.epn] = f"status {row.status}: only complete EPNs are verified"

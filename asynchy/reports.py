@@ -343,7 +343,7 @@ def show(db: Database, epn: str) -> dict[str, Any]:
     with db.read() as conn:
         row = conn.execute(select(epns_table).where(e.epn == epn)).mappings().first()
         if row is None:
-            from asynchy.ops import unknown_epn
+            from asynchy.lookup import unknown_epn
 
             raise unknown_epn(conn, epn)
         transfers = (

@@ -313,6 +313,10 @@ def sync(
     with ``stop_error`` set, after giving every claim back.
     """
     started = time.monotonic()
+    if opts.epns:  # a typo is exit 2 with the closest names, before anything else (as show, reset)
+        from asynchy.lookup import require_known
+
+        require_known(db, opts.epns)
     ropts, version_line = _preflight(target, opts)
     summary = SyncSummary(dry_run=opts.dry_run, rsync_version=version_line)
     if opts.ignore_file is not None and not opts.dry_run:

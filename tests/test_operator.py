@@ -250,3 +250,55 @@ def test_metrics_file_for_node_exporter(cli: Any, env: dict[str, Path], tmp_path
     assert families["asynchy_throughput_bytes_per_second"].samples[0].value >= 0
     assert families["asynchy_oldest_pending_age_seconds"].samples[0].value >= 0
     assert not list(tmp_path.glob(".asynchy.prom.*"))  # written by rename, nothing left over
+
+
+def test_typos_in_epn_names_are_exit_2_with_close_matches_everywhere(
+    cli: Any, env: dict[str, Path]
+) -> None:
+    """docs/exit-codes.md: a name the inventory does not have is a usage error (2) that offers the
+    closest names, for sync and verify as for show, reset and skip (sync said "skipped", exit 0;
+    verify exited 3)."""
+    for epn in ("99998a", "99999a"):
+        write_file(env["src"] / epn / "f", b"f", FIXED_MTIME)
+    walk(cli, env)
+    for args in (
+        ("sync", "--epn", "99999z"),
+        ("verify", "--epn", "99999z"),
+        ("show", "99999z"),
+        ("reset", "99999z"),
+        ("skip", "99999z"),
+    ):
+        result = cli("--config", str(env["conf"]), *args)
+        assert result.exit_code == 2, (args, result.stdout, result.stderr)
+        assert result.stderr.startswith(
+            "Error: EPN '99999z' is not in the inventory (did you mean"
+        ), (
+            args,
+            result.stderr,
+        )
+        assert "99999a" in result.stderr
+    assert rows(env["db"], "SELECT count(*) FROM transfers") == [(0,)]
+    assert rows(env["db"], "SELECT count(*) FROM workers") == [(0,)]
+
+
+def test_a_public_key_given_as_keypath_is_exit_2_naming_the_private_one(
+    cli: Any, env: dict[str, Path], write_config: Any, tmp_path: Path
+) -> None:
+    """A bad --keypath is setup (exit 2), worded with its fix; it was exit 1 with paramiko's words."""
+    import yaml
+
+    values = yaml.safe_load(env["conf"].read_text())
+    public = values["keypath"] + ".pub"
+    for command in ("walk", "sync"):
+        result = cli("--config", str(env["conf"]), "--keypath", public, command)
+        assert result.exit_code == 2, result.stderr
+        assert result.stderr == (
+            f"Error: key file {public} (keypath, from option --keypath) is a public key: give the "
+            f"private one ({values['keypath']}?)\n"
+        )
+    garbage = tmp_path / "not-a-key"
+    garbage.write_text("this is not a key\n")
+    result = cli("--config", str(env["conf"]), "--keypath", str(garbage), "walk")
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.startswith(f"Error: key file {garbage} cannot be used (")
+    assert "give a private key" in result.stderr

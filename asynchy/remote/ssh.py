@@ -13,6 +13,7 @@ import base64
 import hashlib
 import logging
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -174,6 +175,13 @@ def _refusal(exc: Exception, target: SshTarget) -> RemoteError | ConfigError | N
         if "No authentication methods available" in str(exc):
             return AuthenticationError(
                 "no ssh key to offer: set keypath, or start ssh-agent with a key loaded"
+            )
+        if target.keypath is not None and re.search(
+            r"private key file|not a valid|key format|Unable to load|encountered .* key", str(exc)
+        ):
+            return AuthenticationError(
+                f"key file {target.keypath} cannot be used ({exc}): give a private key "
+                "(OpenSSH or PEM format), e.g. one made by ssh-keygen"
             )
         return ConnectionLost(f"ssh to {name} failed: {exc}")
     if isinstance(exc, socket.gaierror):
