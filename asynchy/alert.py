@@ -89,7 +89,9 @@ class AlertOptions:
         TEMPLATES  # (text, html) file names (HPC: epnalert-text.j2 ...)
     )
     only_with_details: bool = False  # HPC ASSyncy's rule: no mail unless some EPN has visit details
-    copy_unmapped: bool = False  # sync copies unmapped EPNs too: none is left behind for want of a map
+    copy_unmapped: bool = (
+        False  # sync copies unmapped EPNs too: none is left behind for want of a map
+    )
 
 
 @dataclass
@@ -107,7 +109,9 @@ class AlertSummary:
     portal_errors: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # recipients the SMTP server refused
     held_back: bool = False  # only_with_details, and no EPN had visit details: nothing sent
-    all_copied: str | None = None  # why no EPN is left behind for want of a mapping (nothing to say)
+    all_copied: str | None = (
+        None  # why no EPN is left behind for want of a mapping (nothing to say)
+    )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -406,7 +410,9 @@ def alert(
     """Send (or, dry, show) one message naming the unmapped EPNs not alerted before; record them."""
     now = now or datetime.now(UTC)
     summary = AlertSummary(dry_run=dry_run, to=opts.to)
-    if copies_unmapped(destinations, opts.copy_unmapped):  # nothing is left behind: say so, send nothing
+    if copies_unmapped(
+        destinations, opts.copy_unmapped
+    ):  # nothing is left behind: say so, send nothing
         summary.all_copied = (
             "copy_unmapped is on: EPNs without a mapping are copied into dest/<epn>"
             if destinations

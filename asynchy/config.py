@@ -191,7 +191,13 @@ class Settings:
         )
 
 
-_PUBLIC_KEY_STARTS = (b"ssh-", b"ecdsa-sha2-", b"sk-ssh-", b"sk-ecdsa-", b"---- BEGIN SSH2 PUBLIC KEY")
+_PUBLIC_KEY_STARTS = (
+    b"ssh-",
+    b"ecdsa-sha2-",
+    b"sk-ssh-",
+    b"sk-ecdsa-",
+    b"---- BEGIN SSH2 PUBLIC KEY",
+)
 
 
 def _is_public_key(path: Path) -> bool:

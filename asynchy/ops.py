@@ -21,7 +21,7 @@ from asynchy.lookup import known_rows, unknown_epn
 from asynchy.models import epns_table
 from asynchy.names import decode_name
 from asynchy.rsync import RsyncOptions, files_from, rsync_argv, rsync_version
-from asynchy.transfer import run_rsync, verify_local
+from asynchy.transfer import files_differ, run_rsync, verify_local
 
 log = logging.getLogger(__name__)
 e = epns_table.c
@@ -32,41 +32,66 @@ RESETTABLE = ("failed", "quarantined", "skipped", "changed", "complete", "pendin
 class Changed:
     done: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "epns": self.done,
+            "refused": [{"epn": epn, "reason": why} for epn, why in self.refused.items()],
+        }
 
 
-def reset(db: Database, epns: Sequence[str] = (), statuses: Sequence[str] = ()) -> Changed:
-    """Put EPNs back to ``pending`` (history in ``transfers`` is kept); running claims are left alone."""
+# A bulk reset of these statuses re-queues work that is done: it asks first (docs/reporting.md).
+ASK_BEFORE = ("complete",)
+
+
+def reset(
+    db: Database,
+    epns: Sequence[str] = (),
+    statuses: Sequence[str] = (),
+    *,
+    dry_run: bool = False,
+    confirm: Callable[[int, str], bool] | None = None,
+) -> Changed:
+    """Put EPNs back to ``pending`` (history in ``transfers`` is kept); running claims are left alone.
+
+    ``--status complete`` re-queues finished work: ``confirm(count, status)`` must agree (a prompt
+    on a terminal, ``--yes`` otherwise), or nothing changes.  ``dry_run``: say what would be reset."""
     bad = [s for s in statuses if s not in RESETTABLE]
     if bad:
-        raise UsageError(f"--status {bad[0]!r}: reset takes {', '.join(RESETTABLE[:4])}")
+        raise UsageError(f"--status {bad[0]!r}: reset takes {', '.join(RESETTABLE)}")
     if not epns and not statuses:
-        raise UsageError(
-            "name the EPNs to reset, or pass --status failed|quarantined|skipped|changed"
-        )
-    out = Changed()
+        raise UsageError(f"name the EPNs to reset, or pass --status {'|'.join(RESETTABLE)}")
+    out = Changed(dry_run=dry_run)
     with db.write() as conn:
         chosen = list(dict.fromkeys(epns))
+        by_status: list[tuple[str, str]] = []
         if statuses:
-            chosen += [
-                r[0]
+            by_status = [
+                (r.epn, r.status)
                 for r in conn.execute(
-                    select(e.epn).where(e.status.in_(list(statuses))).order_by(e.epn)
+                    select(e.epn, e.status).where(e.status.in_(list(statuses))).order_by(e.epn)
                 )
             ]
-        known = known_rows(conn, list(dict.fromkeys(epns))) if epns else {}
-        if statuses:
-            known.update(known_rows(conn, [c for c in chosen if c not in known]))
+            chosen += [epn for epn, _ in by_status if epn not in chosen]
+        known = known_rows(conn, chosen)
         for epn in chosen:
-            row = known.get(epn)
-            if row is None:
-                out.refused[epn] = "not in the inventory"
-            elif row.status == "running":
+            if known[epn].status == "running":
                 out.refused[epn] = (
                     "claimed by a running sync (asynchy release --stale frees dead claims)"
                 )
             else:
                 out.done.append(epn)
-        if out.done:
+        for status in ASK_BEFORE:
+            count = sum(1 for _, s in by_status if s == status)
+            if count and not dry_run and (confirm is None or not confirm(count, status)):
+                raise UsageError(
+                    f"reset --status {status} puts {count} {status} EPNs back in the queue (their "
+                    "copies are checked and copied again where they differ): pass --yes, or "
+                    "--dry-run to list them"
+                )
+        if out.done and not dry_run:
             conn.execute(
                 update(epns_table)
                 .where(e.epn.in_(out.done))
@@ -83,22 +108,19 @@ def reset(db: Database, epns: Sequence[str] = (), statuses: Sequence[str] = ()) 
     return out
 
 
-def skip(db: Database, epns: Sequence[str], reason: str) -> Changed:
-    """Mark EPNs never to be transferred (until reset)."""
+def skip(db: Database, epns: Sequence[str], reason: str, *, dry_run: bool = False) -> Changed:
+    """Mark EPNs never to be transferred (until reset); ``dry_run``: say which would be."""
     if not epns:
         raise UsageError("name the EPNs to skip")
-    out = Changed()
+    out = Changed(dry_run=dry_run)
     with db.write() as conn:
         known = known_rows(conn, epns)
         for epn in dict.fromkeys(epns):
-            row = known.get(epn)
-            if row is None:
-                out.refused[epn] = "not in the inventory"
-            elif row.status == "running":
+            if known[epn].status == "running":
                 out.refused[epn] = "claimed by a running sync"
             else:
                 out.done.append(epn)
-        if out.done:
+        if out.done and not dry_run:
             conn.execute(
                 update(epns_table)
                 .where(e.epn.in_(out.done))
@@ -112,6 +134,14 @@ class Verified:
     checked: list[str] = field(default_factory=list)
     differ: dict[str, str] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)  # named but not verifiable
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "checked": len(self.checked),
+            "match": [epn for epn in self.checked if epn not in self.differ],
+            "differ": [{"epn": epn, "reason": why} for epn, why in self.differ.items()],
+            "not_verified": [{"epn": epn, "reason": why} for epn, why in self.missing.items()],
+        }
 
 
 def verify(
@@ -201,7 +231,7 @@ def _check_copy(
     )
     count, problems = verify_local(job)
     if count:
-        return f"verify: {count} files differ from the inventory ({problems})", "verify"
+        return f"verify: {files_differ(count)} from the inventory ({problems})", "verify"
     return None, "verify"
 
 
@@ -222,7 +252,7 @@ def _check_source(
         problem = f"rsync exit {run.exit_code}: {run.stderr.strip()[-300:]}"
         return f"checksum check failed: {problem}", "verify"
     if run.lines:  # the next sync repairs it: rsync --checksum for this EPN
-        return f"verify: {run.lines} files differ from the source by checksum", "checksum"
+        return f"verify: {files_differ(run.lines)} from the source by checksum", "checksum"
     return None, "verify"
 
 

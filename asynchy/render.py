@@ -597,3 +597,33 @@ def alert_summary(data: dict[str, Any]) -> str:
         lines.append("  refused by the SMTP server: " + ", ".join(data["refused_recipients"]))
     lines += [f"  portal: {p}" for p in data["portal_errors"]]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ reset, skip, verify
+def changed(data: dict[str, Any], verb: str, to: str) -> str:
+    """reset and skip: what was (or, in a dry run, would be) changed."""
+    done = data["epns"]
+    head = ("would " + ("reset" if verb == "reset" else "skip")) if data["dry_run"] else verb
+    line = f"{head} {plural(len(done), 'EPN')}" + (f" {to}" if to else "")
+    if data["dry_run"] and done:
+        line += ": " + ", ".join(shown(e) for e in done[:20]) + (" ..." if len(done) > 20 else "")
+    return line
+
+
+def refusals(data: dict[str, Any], verb: str) -> list[str]:
+    """reset and skip: the EPNs left as they were, and why (for stderr)."""
+    return [f"  not {verb}: {shown(r['epn'])}: {r['reason']}" for r in data["refused"]]
+
+
+def verified(data: dict[str, Any]) -> str:
+    """verify: a line per copy that differs or could not be checked, then the counts."""
+    lines = [f"differs: {shown(d['epn'])}: {shown(d['reason'])}" for d in data["differ"]]
+    lines += [f"not verified: {shown(d['epn'])}: {d['reason']}" for d in data["not_verified"]]
+    differ = len(data["differ"])
+    line = f"verified {plural(data['checked'], 'EPN')}: {len(data['match']):,} match, {differ:,} differ"
+    if differ:
+        line += (
+            f"; {'it is' if differ == 1 else 'they are'} now 'changed' and the next sync copies "
+            f"{'it' if differ == 1 else 'them'} again"
+        )
+    return "\n".join([*lines, line])

@@ -268,7 +268,8 @@ def short_reason(reason: str | None) -> str:
     if not reason:
         return ""
     text = reason.split(" (", 1)[0]
-    return re.sub(r"\b\d+ files\b", "N files", text)
+    text = re.sub(r"\b\d[\d,]* files? differs?\b", "N files differ", text)
+    return re.sub(r"\b\d[\d,]* files?\b", "N files", text)
 
 
 # ------------------------------------------------------------------ asynchy epns

@@ -26,6 +26,7 @@ from typing import Any
 
 from asynchy.failures import classify_exit, main_complaint
 from asynchy.jobs import FailureClass, Job, TransferResult
+from asynchy.render import plural
 from asynchy.rsync import (
     SLOT,
     child_env,
@@ -219,6 +220,11 @@ class _Watched:
             bytes_seen=self.seen,
             log_truncated=self.err_size >= LOG_CHARS,
         )
+
+
+def files_differ(n: int) -> str:
+    """``1 file differs``, ``3 files differ``: the count in a verification's reason."""
+    return f"{plural(n, 'file')} {'differs' if n == 1 else 'differ'}"
 
 
 def verify_local(job: Job) -> tuple[int, str | None]:
@@ -479,7 +485,7 @@ def _verify(job: Job, cancel: Any) -> tuple[FailureClass, str | None]:
     differences, problems = verify_local(job)
     if job.check_argv is None:
         if differences:
-            return "verify", f"verify: {differences} files differ from the inventory ({problems})"
+            return "verify", f"verify: {files_differ(differences)} from the inventory ({problems})"
         return "ok", None
     what = "checksum check" if job.check_checksum else "check against the source"
     check = _check(job.check_argv, job, cancel)
@@ -506,15 +512,15 @@ def _verify(job: Job, cancel: Any) -> tuple[FailureClass, str | None]:
     moved = check.lines - check.content_only
     if moved or (differences and not check.lines):
         seen = (
-            f"{moved} files differ from the copy now"
+            f"{files_differ(moved)} from the copy now"
             if moved
-            else f"{differences} files differ from the inventory ({problems})"
+            else f"{files_differ(differences)} from the inventory ({problems})"
         )
         return "changed", f"the source changed since it was listed ({seen}): listing it again"
     if check.content_only:
-        return "checksum", f"verify: {check.content_only} files differ from the source by checksum"
+        return "checksum", f"verify: {files_differ(check.content_only)} from the source by checksum"
     if differences:
-        return "verify", f"verify: {differences} files differ from the inventory ({problems})"
+        return "verify", f"verify: {files_differ(differences)} from the inventory ({problems})"
     return "ok", None
 
 

@@ -393,7 +393,6 @@ def test_destinations_lists_mapped_and_unmapped(
     assert "12283b" in unmapped.stdout and "12282a" not in unmapped.stdout
 
 
-
 @pytest.mark.parametrize("mapping", [None, {"12282": "ny79"}])
 @pytest.mark.parametrize("copy_unmapped", [False, True])
 def test_alert_dry_run_is_true_to_status(

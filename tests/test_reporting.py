@@ -401,6 +401,52 @@ def test_reset_and_skip(cli: Any, known: Path) -> None:
     assert rows(known, "SELECT status FROM epns WHERE epn = '12045a'") == [("running",)]
 
 
+def test_reset_of_complete_epns_asks_first_and_dry_runs_change_nothing(
+    cli: Any, known: Path
+) -> None:
+    """`reset --status complete` re-queued every complete EPN without a word; now it needs --yes
+    (or a yes at the terminal's prompt), and reset and skip have --dry-run."""
+    before = rows(known, "SELECT epn, status FROM epns ORDER BY epn")
+    refused = cli("--db", str(known), "reset", "--status", "complete")
+    assert refused.exit_code == 2
+    assert refused.stderr == (
+        "Error: reset --status complete puts 40 complete EPNs back in the queue (their copies are "
+        "checked and copied again where they differ): pass --yes, or --dry-run to list them\n"
+    )
+    dry = cli("--db", str(known), "reset", "--status", "complete", "--dry-run", "--json")
+    assert dry.exit_code == 0
+    assert json.loads(dry.stdout)["dry_run"] is True
+    assert len(json.loads(dry.stdout)["epns"]) == 40
+    assert cli("--db", str(known), "skip", "12046b", "--dry-run").stdout == (
+        "would skip 1 EPN: 12046b\n"
+    )
+    assert rows(known, "SELECT epn, status FROM epns ORDER BY epn") == before
+    done = cli("--db", str(known), "reset", "--status", "complete", "--yes")
+    assert done.exit_code == 0 and done.stdout == "reset 40 EPNs to pending\n"
+    assert rows(known, "SELECT count(*) FROM epns WHERE status = 'complete'") == [(0,)]
+    assert "complete (asks first, or --yes)" in " ".join(cli("reset", "--help").stdout.split())
+
+
+def test_verify_json(cli: Any, copied: dict[str, Path]) -> None:
+    base = ["--db", str(copied["db"]), "--host", "local"]
+    (copied["dest"] / "70001a" / "sub" / "b.dat").unlink()
+    result = cli(*base, "verify", "--dest", str(copied["dest"]), "--json")
+    assert result.exit_code == 3
+    assert json.loads(result.stdout) == {
+        "checked": 2,
+        "match": ["70000a"],
+        "differ": [
+            {
+                "epn": "70001a",
+                "reason": "verify: 1 file differs from the inventory ('sub/b.dat' missing)",
+            }
+        ],
+        "not_verified": [],
+    }
+    text = cli(*base, "verify", "--dest", str(copied["dest"]), "--epn", "70000a").stdout
+    assert text.splitlines()[-1] == "verified 1 EPN: 1 match, 0 differ"
+
+
 def test_reset_needs_something(cli: Any, known: Path) -> None:
     result = cli("--db", str(known), "reset")
     assert result.exit_code == 2
@@ -425,13 +471,13 @@ def test_verify_finds_a_damaged_copy_and_sync_repairs_it(cli: Any, copied: dict[
     base = ["--db", str(copied["db"]), "--host", "local"]
     assert (
         cli(*base, "verify", "--dest", str(copied["dest"])).stdout
-        == "verified 2 EPNs: 2 match, 0 differ (now 'changed')\n"
+        == "verified 2 EPNs: 2 match, 0 differ\n"
     )
     (copied["dest"] / "70001a" / "sub" / "b.dat").unlink()
     result = cli(*base, "verify", "--dest", str(copied["dest"]))
     assert result.exit_code == 3
     assert result.stdout.startswith(
-        "differs: 70001a: verify: 1 files differ from the inventory ('sub/b.dat' missing)"
+        "differs: 70001a: verify: 1 file differs from the inventory ('sub/b.dat' missing)"
     )
     assert rows(copied["db"], "SELECT epn, status, last_error_class FROM epns ORDER BY epn") == [
         ("70000a", "complete", None),
@@ -458,7 +504,7 @@ def test_verify_checksum_sees_same_size_same_time_damage(cli: Any, copied: dict[
         str(copied["src"]),
     )
     assert result.exit_code == 3
-    assert "differs: 70000a: verify: 1 files differ from the source by checksum" in result.stdout
+    assert "differs: 70000a: verify: 1 file differs from the source by checksum" in result.stdout
 
 
 # ------------------------------------------------------------------ the HTML report in a real browser

@@ -961,7 +961,7 @@ def test_source_file_growing_during_transfer_is_not_complete(
     t.join()
     assert result.exit_code == 3
     assert (
-        "changed: 56000a: the source changed since it was listed (1 files differ from the copy now)"
+        "changed: 56000a: the source changed since it was listed (1 file differs from the copy now)"
         in result.stdout
     )
     assert rows(env["db"], "SELECT status, last_error_class, failures FROM epns") == [

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from asynchy.cli.common import epn_option, get_settings, key_option, open_db, open_existing
+from asynchy.cli.common import (
+    epn_option,
+    get_settings,
+    key_option,
+    open_db,
+    open_existing,
+    output_options,
+    take_output,
+)
 from asynchy.cli.walk import SRC_PREFIX
 from asynchy.errors import PartialFailure
+
+DRY_RUN = click.option(
+    "--dry-run", is_flag=True, help="Say which EPNs it would change; change nothing."
+)
 
 
 @click.command("reset")
@@ -18,24 +32,48 @@ from asynchy.errors import PartialFailure
     "statuses",
     multiple=True,
     metavar="STATUS",
-    help="Reset every EPN in this status (repeatable): failed, quarantined, skipped, changed.",
+    help="Reset every EPN in this status (repeatable): failed, quarantined, skipped, changed, "
+    "complete (asks first, or --yes), pending.",
 )
+@DRY_RUN
+@click.option("--yes", is_flag=True, help="Do not ask before re-queueing complete EPNs.")
+@output_options()
 @click.pass_context
-def reset_cmd(ctx: click.Context, /, epns: tuple[str, ...], statuses: tuple[str, ...]) -> None:
+def reset_cmd(
+    ctx: click.Context,
+    /,
+    epns: tuple[str, ...],
+    statuses: tuple[str, ...],
+    dry_run: bool,
+    yes: bool,
+    **output: Any,
+) -> None:
     """Put EPNs back in the queue (status pending); their attempt history is kept.
+
+    A complete EPN put back is checked again by the next sync and copied again
+    where it differs; `--status complete` asks first (`--yes` on a script).
 
     \b
     Example:
         asynchy reset 12282a 12283b
-        asynchy reset --status quarantined
+        asynchy reset --status quarantined --dry-run
     """
     from asynchy import ops, render
 
+    out = take_output(output)
+
+    def confirm(count: int, status: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            return False
+        return click.confirm(
+            f"Put {render.plural(count, f'{status} EPN')} back in the queue?", default=False
+        )
+
     _, db = open_existing(ctx)
-    result = ops.reset(db, epns, statuses)
-    click.echo(f"reset {render.plural(len(result.done), 'EPN')} to pending")
-    for epn, why in result.refused.items():
-        click.echo(f"  not reset: {epn}: {why}", err=True)
+    result = ops.reset(db, epns, statuses, dry_run=dry_run, confirm=confirm)
+    _changed_out(result.as_dict(), out.fmt, "reset", "to pending")
     if result.refused and epns:
         raise PartialFailure()
 
@@ -48,23 +86,36 @@ def reset_cmd(ctx: click.Context, /, epns: tuple[str, ...], statuses: tuple[str,
     show_default=True,
     help="Why (shown by show and epns).",
 )
+@DRY_RUN
+@output_options()
 @click.pass_context
-def skip_cmd(ctx: click.Context, /, epns: tuple[str, ...], reason: str) -> None:
+def skip_cmd(
+    ctx: click.Context, /, epns: tuple[str, ...], reason: str, dry_run: bool, **output: Any
+) -> None:
     """Never transfer these EPNs (until asynchy reset).
 
     \b
     Example:
         asynchy skip 12290a --reason "test data, not to be kept"
     """
-    from asynchy import ops, render
+    from asynchy import ops
 
+    out = take_output(output)
     _, db = open_existing(ctx)
-    result = ops.skip(db, epns, reason)
-    click.echo(f"skipped {render.plural(len(result.done), 'EPN')}")
-    for epn, why in result.refused.items():
-        click.echo(f"  not skipped: {epn}: {why}", err=True)
+    result = ops.skip(db, epns, reason, dry_run=dry_run)
+    _changed_out(result.as_dict(), out.fmt, "skipped", "")
     if result.refused:
         raise PartialFailure()
+
+
+def _changed_out(data: dict[str, Any], fmt: str, verb: str, to: str) -> None:
+    """reset's and skip's result: a line on stdout and the refusals on stderr, or one object."""
+    from asynchy import render
+
+    click.echo(render.data_out(data, fmt, lambda: render.changed(data, verb, to)))
+    if fmt == "table":
+        for line in render.refusals(data, "reset" if verb == "reset" else "skipped"):
+            click.echo(line, err=True)
 
 
 @click.command("verify")
@@ -76,6 +127,7 @@ def skip_cmd(ctx: click.Context, /, epns: tuple[str, ...], reason: str) -> None:
 )
 @key_option("dest", help="Where the copies are.")
 @SRC_PREFIX
+@output_options()
 @click.pass_context
 def verify_cmd(
     ctx: click.Context,
@@ -84,6 +136,7 @@ def verify_cmd(
     checksum: bool,
     dest: str | None,
     src_prefix: str | None,
+    **output: Any,
 ) -> None:
     """Check complete EPNs' local copies against the inventory (and the source with --checksum).
 
@@ -93,10 +146,11 @@ def verify_cmd(
     \b
     Example:
         asynchy verify
-        asynchy verify --epn 12282a --checksum
+        asynchy verify --epn 12282a --checksum --json
     """
-    from asynchy import ops
+    from asynchy import ops, render
 
+    out = take_output(output)
     settings = get_settings(ctx, dest=dest, src_prefix=src_prefix)
     target_dest = Path(settings.require("dest")).expanduser().resolve()
     target = None if (settings.is_local or not checksum) else settings.ssh_target()
@@ -113,14 +167,8 @@ def verify_cmd(
         exclude=settings.exclude or (),
         rsync=settings.rsync,
     )
-    for epn, why in result.differ.items():
-        click.echo(f"differs: {epn}: {why}")
-    for epn, why in result.missing.items():
-        click.echo(f"not verified: {epn}: {why}")
-    click.echo(
-        f"verified {len(result.checked)} EPNs: {len(result.checked) - len(result.differ)} match, "
-        f"{len(result.differ)} differ (now 'changed')"
-    )
+    data = result.as_dict()
+    click.echo(render.data_out(data, out.fmt, lambda: render.verified(data)))
     if result.differ or (result.missing and epns):
         raise PartialFailure()
 
