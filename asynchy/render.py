@@ -369,11 +369,12 @@ def status(data: StatusReport, width: int | None = 80) -> str:
         )
     walk = data["last_walk"]
     if walk:
-        took = human_seconds(walk["seconds"]) if walk["seconds"] is not None else "still running"
-        lines.append(
-            f"last walk:  {local_time(walk['started_at'])}, {took}, {walk['status']} "
-            f"({plural(walk['epns_walked'], 'EPN')}, {plural(walk['errors'], 'error')})"
-        )
+        lines.append(f"last walk:  {_walk_line(walk)}")
+        if walk["status"] != "complete" and walk.get("message"):
+            lines += _wrapped("why:", shown(walk["message"]), width)
+        if "last_complete" in walk:
+            good = walk["last_complete"]
+            lines.append(f"last complete walk: {_walk_line(good) if good else 'never'}")
     else:
         lines.append("last walk:  never (run asynchy walk)")
     sync = data["last_sync"]
@@ -418,6 +419,26 @@ def status(data: StatusReport, width: int | None = 80) -> str:
             f"lease until {short_time(claim['lease_until'])}"
         )
     return "\n".join(lines)
+
+
+def _wrapped(label: str, text: str, width: int | None, indent: int = 12) -> list[str]:
+    """``label text`` under the status lines' indent, wrapped to the terminal (never cut)."""
+    import textwrap
+
+    lead = " " * indent + label + " "
+    if width is None:
+        return [lead + text]
+    return textwrap.wrap(
+        text, width=max(40, width), initial_indent=lead, subsequent_indent=" " * len(lead)
+    )
+
+
+def _walk_line(walk: dict[str, Any]) -> str:
+    took = human_seconds(walk["seconds"]) if walk["seconds"] is not None else "still running"
+    return (
+        f"{local_time(walk['started_at'])}, {took}, {walk['status']} "
+        f"({plural(walk['epns_walked'], 'EPN')}, {plural(walk['errors'], 'error')})"
+    )
 
 
 EPN_COLUMNS = ["epn", "status", "size", "files", "modified", "attempts", "last_error"]

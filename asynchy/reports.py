@@ -134,19 +134,37 @@ def _by_status(conn: Connection) -> dict[str, dict[str, int]]:
 
 
 def _last_walk(conn: Connection) -> dict[str, Any] | None:
+    """The last walk, with why it failed (``message``); when it did not complete, also the last
+    one that did (a one-off walk with a mistyped --host is not the inventory's state)."""
     w = walks_table.c
     row = conn.execute(select(walks_table).order_by(w.id.desc()).limit(1)).mappings().first()
     if row is None:
         return None
+    out = _walk_dict(row)
+    if row["status"] != "complete":
+        good = (
+            conn.execute(
+                select(walks_table).where(w.status == "complete").order_by(w.id.desc()).limit(1)
+            )
+            .mappings()
+            .first()
+        )
+        out["last_complete"] = _walk_dict(good) if good is not None else None
+    return out
+
+
+def _walk_dict(row: Any) -> dict[str, Any]:
     return {
         "id": row["id"],
         "started_at": row["started_at"],
         "finished_at": row["finished_at"],
         "seconds": _seconds(row["started_at"], row["finished_at"]),
         "status": row["status"],
+        "source": row["source"],
         "epns_walked": row["epns_walked"],
         "files": row["files"],
         "errors": row["errors"],
+        "message": row["message"],
     }
 
 

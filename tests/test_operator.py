@@ -302,3 +302,24 @@ def test_a_public_key_given_as_keypath_is_exit_2_naming_the_private_one(
     assert result.exit_code == 2, result.stderr
     assert result.stderr.startswith(f"Error: key file {garbage} cannot be used (")
     assert "give a private key" in result.stderr
+
+
+def test_status_says_why_the_last_walk_failed_and_which_walk_completed(
+    cli: Any, env: dict[str, Path]
+) -> None:
+    """A one-off walk with a mistyped --host became the "last walk: failed (0 EPNs, 0 errors)";
+    its reason was only in walks.message.  Now status shows it, and the last complete walk."""
+    write_file(env["src"] / "12282a" / "f", b"f", FIXED_MTIME)
+    walk(cli, env)
+    typo = cli("--config", str(env["conf"]), "--host", "nosuch.invalid", "walk")
+    assert typo.exit_code == 1, typo.stderr
+    data = json.loads(cli("--config", str(env["conf"]), "status", "--json").stdout)
+    last = data["last_walk"]
+    assert last["status"] == "failed"
+    assert last["message"].startswith("cannot resolve host 'nosuch.invalid'")
+    assert "nosuch.invalid" in last["source"]
+    assert last["last_complete"]["status"] == "complete"
+    assert last["last_complete"]["epns_walked"] == 1
+    text = cli("--config", str(env["conf"]), "status").stdout
+    assert "            why: cannot resolve host 'nosuch.invalid'" in text
+    assert "\nlast complete walk: " in text and "complete (1 EPN, 0 errors)" in text
