@@ -134,14 +134,15 @@ def _by_status(conn: Connection) -> dict[str, dict[str, int]]:
 
 
 def _last_walk(conn: Connection) -> dict[str, Any] | None:
-    """The last walk, with why it failed (``message``); when it did not complete, also the last
-    one that did (a one-off walk with a mistyped --host is not the inventory's state)."""
+    """The last walk, with why it failed (``message``); when it failed or was interrupted, also
+    the last one that completed (a one-off walk with a mistyped --host is not the inventory's
+    state)."""
     w = walks_table.c
     row = conn.execute(select(walks_table).order_by(w.id.desc()).limit(1)).mappings().first()
     if row is None:
         return None
     out = _walk_dict(row)
-    if row["status"] != "complete":
+    if row["status"] in ("failed", "interrupted"):
         good = (
             conn.execute(
                 select(walks_table).where(w.status == "complete").order_by(w.id.desc()).limit(1)
