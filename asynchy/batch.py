@@ -45,6 +45,7 @@ from asynchy.filters import Filters
 from asynchy.jobs import PART_MARK, FailureClass, Job, TransferResult
 from asynchy.names import decode_name
 from asynchy.preflight import ProbeResult, error_for, probe
+from asynchy.render import iso_utc
 from asynchy.rsync import RsyncOptions, files_from, partial_dir_for, rsync_argv, temp_dir_for
 from asynchy.schedule import Bandwidth, part_count, rsync_rate, share, split_files
 
@@ -531,8 +532,8 @@ class Batch:
                 "bytes_transferred": result.bytes_transferred,
                 "exit_code": result.exit_code,
                 "classification": result.classification,
-                "started_at": result.started_at.isoformat(),
-                "finished_at": result.finished_at.isoformat(),
+                "started_at": iso_utc(result.started_at),
+                "finished_at": iso_utc(result.finished_at),
             }
         )
         item.part_bytes += result.bytes_transferred

@@ -56,6 +56,7 @@ from asynchy.models import (
 )
 from asynchy.names import decode_name
 from asynchy.processes import pid_alive
+from asynchy.render import local_time
 
 log = logging.getLogger(__name__)
 
@@ -433,7 +434,7 @@ def plan(
                     ):
                         skipped[epn] = (
                             f"failed {row.failures} times; backing off until "
-                            f"{row.not_before:%Y-%m-%d %H:%M:%S} UTC (asynchy reset {epn} to try now)"
+                            f"{local_time(row.not_before)} (asynchy reset {epn} to try now)"
                         )
                     elif settled_before is not None and row.status in QUEUE_STATUSES:
                         skipped[epn] = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -157,14 +158,31 @@ def sync_summary(summary: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------ tables and machine formats
+# The one clock (docs/reporting.md, "Times"): machines get UTC ISO 8601 with a Z and whole
+# seconds (json, csv, nl, in every command); people get the local time with its zone (tables and
+# lines).  The database stores UTC.
 def iso_utc(value: datetime) -> str:
     """ISO 8601 in UTC with a Z, for JSON and CSV."""
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def local_time(value: datetime | None) -> str:
-    """Local time for people (the terminal's time zone)."""
-    return value.astimezone().strftime("%Y-%m-%d %H:%M") if value is not None else "-"
+    """Local time for people (the terminal's time zone), with the zone's name."""
+    return value.astimezone().strftime("%Y-%m-%d %H:%M %Z") if value is not None else "-"
+
+
+_STORED_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+
+
+def stored_time(value: Any) -> Any:
+    """A time as SQLite keeps asynchy's (UTC text, ``YYYY-MM-DD HH:MM:SS``) as an aware datetime,
+    so that ``asynchy sql`` shows it by the one clock; any other value as it is."""
+    if isinstance(value, str) and len(value) == 19 and _STORED_TIME.fullmatch(value):
+        try:
+            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        except ValueError:
+            return value
+    return value
 
 
 def short_time(value: datetime | None) -> str:

@@ -9,6 +9,7 @@ from sqlalchemy.exc import DBAPIError
 
 from asynchy.db import open_database, open_read_only
 from asynchy.errors import UsageError
+from asynchy.render import stored_time
 
 WRITE_HINTS = (
     "readonly",
@@ -38,7 +39,7 @@ def run(
                 raise UsageError(
                     "that statement returns no rows; asynchy sql is for queries (SELECT, WITH)"
                 )
-            return list(result.keys()), [tuple(r) for r in result]
+            return list(result.keys()), [tuple(stored_time(v) for v in r) for r in result]
     except DBAPIError as exc:
         message = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         if any(h in message.lower() for h in WRITE_HINTS):

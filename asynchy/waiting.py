@@ -13,6 +13,7 @@ from sqlalchemy import select
 from asynchy.claims import RETRYABLE_CLASSES, db_now, e
 from asynchy.db import Database
 from asynchy.destinations import is_mapped
+from asynchy.render import local_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,7 @@ def not_taken(
         "failed for good": "fix the cause, then asynchy reset --status failed",
         "skipped": "asynchy reset EPN",
         "backing off": (
-            f"the first one is due at {soonest:%Y-%m-%d %H:%M} UTC; asynchy reset EPN tries it now"
+            f"the first one is due at {local_time(soonest)}; asynchy reset EPN tries it now"
             if soonest is not None
             else "asynchy reset EPN tries it now"
         ),

@@ -97,7 +97,7 @@ class CycleSummary:
     def as_dict(self) -> dict[str, Any]:
         return {
             "cycle": self.number,
-            "started": self.started.isoformat(),
+            "started": self.started,
             "walked": self.walked,
             "new": self.new,
             "changed": self.changed,
@@ -111,7 +111,7 @@ class CycleSummary:
             "interrupted": self.interrupted,
             "problems": self.problems,
             "not_taken": self.not_taken,
-            "next_cycle": self.next_at.isoformat() if self.next_at else None,
+            "next_cycle": self.next_at,
         }
 
 

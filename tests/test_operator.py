@@ -323,3 +323,73 @@ def test_status_says_why_the_last_walk_failed_and_which_walk_completed(
     text = cli("--config", str(env["conf"]), "status").stdout
     assert "            why: cannot resolve host 'nosuch.invalid'" in text
     assert "\nlast complete walk: " in text and "complete (1 EPN, 0 errors)" in text
+
+
+ISO_Z = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+
+
+def _times_in(data: Any) -> list[str]:
+    """Every string in a JSON value that holds a date and a time."""
+    import re
+
+    if isinstance(data, dict):
+        return [t for v in data.values() for t in _times_in(v)]
+    if isinstance(data, list):
+        return [t for v in data for t in _times_in(v)]
+    return [data] if isinstance(data, str) and re.search(r"\d{4}-\d\d-\d\d.\d\d:\d\d", data) else []
+
+
+def test_one_clock_local_with_zone_for_people_utc_z_for_scripts(tmp_path: Path) -> None:
+    """docs/reporting.md, "Times": with TZ=Australia/Melbourne, epns/show printed local times
+    without a zone, sql raw UTC, sql --json no ISO form, watch --json microseconds and +00:00."""
+    import re
+
+    src = tmp_path / "src"
+    write_file(src / "12282a" / "f", b"f", FIXED_MTIME)
+    (tmp_path / "vault").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCHY_")}
+    env.update(TZ="Australia/Melbourne", HOME=str(tmp_path))
+    base = [
+        sys.executable, "-m", "asynchy", "--db", str(tmp_path / "f.db"), "--host", "local",
+    ]  # fmt: skip
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [*base, *args], capture_output=True, text=True, env=env, timeout=120, check=False
+        )
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done.stdout
+
+    run("walk", "--src-prefix", str(src))
+    run("sync", "--src-prefix", str(src), "--dest", str(tmp_path / "vault"))
+    sql = "SELECT epn, modified, walked_at, completed_at FROM epns"
+    tables = [run("epns"), run("show", "12282a"), run("sql", sql), run("status")]
+    for text in tables:
+        stamps = re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d(?::\d\d)?( \w+)?", text)
+        assert stamps, text
+        assert all(zone.strip() in ("AEDT", "AEST") for zone in stamps), text
+    assert "2020-09-13 22:26 AEST" in tables[0]  # FIXED_MTIME, 12:26:40 UTC
+    machine = [
+        json.loads(run("epns", "--json")),
+        json.loads(run("show", "12282a", "--json")),
+        json.loads(run("sql", sql, "--json")),
+        json.loads(run("status", "--json")),
+        json.loads(
+            run(
+                "watch",
+                "--once",
+                "--json",
+                "--src-prefix",
+                str(src),
+                "--dest",
+                str(tmp_path / "vault"),
+            )
+        ),
+    ]
+    for data in machine:
+        times = _times_in(data)
+        assert times, data
+        assert all(re.fullmatch(ISO_Z, t) for t in times), times
+    assert machine[2][0]["modified"] == "2020-09-13T12:26:40Z"
+    csv_out = run("sql", sql, "--format", "csv").splitlines()
+    assert csv_out[1].startswith("12282a,2020-09-13T12:26:40Z,")

@@ -52,7 +52,7 @@ def test_status_human(cli: Any, known: Path) -> None:
     result = cli("--db", str(known), "status")
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert re.fullmatch(rf"asynchy status at \d{{4}}-\d\d-\d\d \d\d:\d\d of {known}", lines[0])
+    assert re.fullmatch(rf"asynchy status at \d{{4}}-\d\d-\d\d \d\d:\d\d UTC of {known}", lines[0])
     assert lines[1:9] == [
         "status       EPNs       size  files",
         "complete       40  155.0 GiB    120",
@@ -65,7 +65,7 @@ def test_status_human(cli: Any, known: Path) -> None:
     ]
     assert lines[9] == "progress:   155.0 GiB of 234.0 GiB done (66.2 %), 76.0 GiB to go"
     assert re.match(
-        r"last walk:  \d{4}-\d\d-\d\d \d\d:\d\d, 12 min 0 s, partial \(60 EPNs, 1 error\)",
+        r"last walk:  \d{4}-\d\d-\d\d \d\d:\d\d UTC, 12 min 0 s, partial \(60 EPNs, 1 error\)",
         lines[10],
     )
     assert re.match(r"last sync:  .*, 11 min 0 s|last sync:  .*still running", lines[11]), lines[11]
@@ -147,8 +147,8 @@ def test_epns_filters_and_formats(cli: Any, known_any: str) -> None:
     assert all(d["size"] == 7 * GiB for d in data)
     result = cli("--db", known_any, "epns", "--until", "2019-02-01", "--limit", "1")
     assert result.stdout.splitlines() == [
-        "epn     status       size  files  modified          attempts  last_error",
-        "12000a  complete  1.0 GiB      3  2019-01-01 00:00         1",
+        "epn     status       size  files  modified              attempts  last_error",
+        "12000a  complete  1.0 GiB      3  2019-01-01 00:00 UTC         1",
         "1 of 2 shown; --all for every row",
     ]
 
@@ -173,11 +173,13 @@ def test_show_everything_about_one_epn(cli: Any, known: Path) -> None:
     assert result.exit_code == 0, result.stderr
     text = result.stdout
     assert text.startswith(
-        "EPN 12041c: failed\n  inventory:   3 files, 7.0 GiB, newest file 2021-03-31 00:00\n"
+        "EPN 12041c: failed\n  inventory:   3 files, 7.0 GiB, newest file 2021-03-31 00:00 UTC\n"
     )
     assert "2 attempts, 2 failures in a row" in text
     assert re.search(
-        r"^1  \d{4}-\d\d-\d\d \d\d:\d\d  5 min 0 s    23  partial  failed   256.0 MiB$", text, re.M
+        r"^1  \d{4}-\d\d-\d\d \d\d:\d\d UTC  5 min 0 s    23  partial  failed   256.0 MiB$",
+        text,
+        re.M,
     )
     assert "attempt 2: rsync exit 23: partial transfer due to error" in text
     assert 'send_files failed to open "img.cbf": Permission denied (13)' in text
@@ -321,16 +323,16 @@ def _speed(got: list[dict[str, Any]]) -> None:
 
 EXPECTED: dict[str, Any] = {
     "Oldest EPNs not yet copied": [
-        {"epn": "12040b", "status": "failed", "size": 6 * GiB, "modified": "2021-03-11 00:00:00"},
-        {"epn": "12041c", "status": "failed", "size": 7 * GiB, "modified": "2021-03-31 00:00:00"},
-        {"epn": "12042a", "status": "failed", "size": 1 * GiB, "modified": "2021-04-20 00:00:00"},
+        {"epn": "12040b", "status": "failed", "size": 6 * GiB, "modified": "2021-03-11T00:00:00Z"},
+        {"epn": "12041c", "status": "failed", "size": 7 * GiB, "modified": "2021-03-31T00:00:00Z"},
+        {"epn": "12042a", "status": "failed", "size": 1 * GiB, "modified": "2021-04-20T00:00:00Z"},
         {
             "epn": "12043b",
             "status": "quarantined",
             "size": 2 * GiB,
-            "modified": "2021-05-10 00:00:00",
+            "modified": "2021-05-10T00:00:00Z",
         },
-        {"epn": "12045a", "status": "running", "size": 4 * GiB, "modified": "2021-06-19 00:00:00"},
+        {"epn": "12045a", "status": "running", "size": 4 * GiB, "modified": "2021-06-19T00:00:00Z"},
     ],
     "Bytes still to copy, and how much is done": [{"done": 155 * GiB, "remaining": 76 * GiB}],
     "Bytes transferred per month": _months,

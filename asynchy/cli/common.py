@@ -160,7 +160,7 @@ def output_options(*, listing: bool = False) -> Decorator[Any]:
             "fmt",
             type=click.Choice(["table", "json", "csv", "nl"]),
             default=None,
-            help="table for people (human units, local times) [default]; json, csv or nl (one "
+            help="table for people (human units, local times with their zone) [default]; json, csv or nl (one "
             "JSON object a line) for scripts: raw numbers, UTC ISO 8601, never cut.",
         ),
         click.option("--json", "as_json", is_flag=True, help="Short for --format json."),
