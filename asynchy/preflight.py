@@ -124,9 +124,13 @@ def error_for(
 ) -> AsynchyError:
     """The AsynchyError a failed probe stands for, worded as the walk words it."""
     if result.kind == "link":
+        charged = "nothing was charged to any EPN"
+        if target is not None:
+            from asynchy.remote.ssh import worded_link
+
+            return LinkDown(worded_link(target, result.message, charged))
         return LinkDown(
-            f"cannot reach {where}: {result.message}; nothing was charged to any EPN: "
-            "run sync again once the server answers"
+            f"cannot reach {where}: {result.message}; {charged}: run sync again once it answers"
         )
     if result.exit_code in (3, 23):
         return SourceNotFound(f"src_prefix {prefix} cannot be listed on {where}: {result.message}")

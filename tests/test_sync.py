@@ -439,8 +439,13 @@ def test_server_refusing_connections_exits_1_and_charges_nothing(
     )
     result = cli("--config", str(conf), "sync", "--retry", "3")
     assert result.exit_code == 1
-    assert result.stderr.startswith("Error: cannot reach [127.0.0.1]:1: ssh: connect to host")
-    assert "Connection refused" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert result.stderr == (
+        "Error: cannot reach [127.0.0.1]:1: Connection refused; nothing was charged to any EPN: "
+        "run sync again once the server answers\n"
+    )
+    walked = cli("--config", str(conf), "walk")  # docs/failures.md: one wording for walk and sync
+    assert walked.exit_code == 1
+    assert walked.stderr == "Error: cannot reach [127.0.0.1]:1: Connection refused\n"
     assert untouched(env)
     assert sync(cli, env).exit_code == 0  # the next run simply continues
     assert set(statuses(env).values()) == {"complete"}

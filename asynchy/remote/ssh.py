@@ -183,14 +183,69 @@ def _refusal(exc: Exception, target: SshTarget) -> RemoteError | ConfigError | N
                 f"key file {target.keypath} cannot be used ({exc}): give a private key "
                 "(OpenSSH or PEM format), e.g. one made by ssh-keygen"
             )
+        if "protocol banner" in str(exc):
+            return ConnectionLost(unreachable(name, no_banner(target.timeout)))
         return ConnectionLost(f"ssh to {name} failed: {exc}")
     if isinstance(exc, socket.gaierror):
-        return RemoteError(f"cannot resolve host {target.host!r}: {exc.strerror}; check host")
+        return RemoteError(unresolved(target.host, exc.strerror or str(exc)))
     if isinstance(exc, TimeoutError):
-        return ConnectionLost(f"no answer from {name} within {target.timeout:g} s")
+        return ConnectionLost(unreachable(name, no_answer(target.timeout)))
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        causes = {getattr(e, "strerror", None) or str(e) for e in exc.errors.values()}
+        return ConnectionLost(unreachable(name, "; ".join(sorted(causes))))
     if isinstance(exc, (OSError, EOFError)):
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        return ConnectionLost(f"cannot connect to {name}: {reason}")
+        return ConnectionLost(unreachable(name, reason))
     if isinstance(exc, ValueError):  # e.g. a key file that is not a private key
         return AuthenticationError(f"key file {target.keypath} cannot be used: {exc}")
     return None
+
+
+# ------------------------------------------------------------------ one wording for "cannot reach"
+# walk (paramiko) and sync (OpenSSH, through rsync) say the same line when the server cannot be
+# reached (docs/failures.md): "cannot reach [host]:port: Connection refused", and the same for a
+# name that does not resolve; each command adds what it did about it.
+
+
+def unreachable(name: str, reason: str) -> str:
+    return f"cannot reach {name}: {reason}"
+
+
+def unresolved(host: str, reason: str, fix: str = "check host") -> str:
+    return f"cannot resolve host {host!r}: {reason}; {fix}"
+
+
+def no_answer(timeout: float) -> str:
+    return f"no answer within {timeout:g} s"
+
+
+def no_banner(timeout: float) -> str:
+    return f"connected, but no SSH banner within {timeout:g} s (is it an ssh server?)"
+
+
+_SSH_CONNECT = re.compile(r"ssh: connect to host \S+ port \d+: (.+)$")
+_SSH_RESOLVE = re.compile(r"ssh: Could not resolve hostname (\S+?): (.+)$")
+
+
+def worded_link(target: SshTarget, said: str, charged: str) -> str:
+    """OpenSSH's line about a connection that failed, in the walk's words (see ``unreachable``),
+    with ``charged`` (what the command did about it) before the fix."""
+    name = target.known_hosts_name
+    m = _SSH_RESOLVE.search(said)
+    if m:
+        return unresolved(target.host, m.group(2).strip().rstrip("."), f"{charged}: check host")
+    return (
+        f"{_worded_connect(target, name, said)}; {charged}: run sync again once the server answers"
+    )
+
+
+def _worded_connect(target: SshTarget, name: str, said: str) -> str:
+    m = _SSH_CONNECT.search(said)
+    if m:
+        reason = m.group(1).strip()
+        if reason.lower() == "connection timed out":
+            reason = no_answer(target.timeout)
+        return unreachable(name, reason)
+    if "banner exchange" in said:
+        return unreachable(name, no_banner(target.timeout))
+    return unreachable(name, said)
