@@ -105,6 +105,8 @@ class Settings:
     log_level: str
     timeout: float
     db_timeout: float
+    epn_pattern: str
+    strict_names: bool
     destinations: Mapping[str, str] | None
     rsync: str
     layout: str | None

@@ -48,7 +48,15 @@ from asynchy.models import (
     walk_errors_table,
     walks_table,
 )
-from asynchy.names import decode_name, encode_name, parse_epn, reserved_epn
+from asynchy.names import (
+    decode_name,
+    encode_name,
+    epn_regex,
+    likely_fix,
+    parse_epn,
+    reserved_epn,
+    unexpected_names,
+)
 from asynchy.processes import pid_alive
 from asynchy.remote.base import Entry, EpnDone, Files, Issue, Tree
 
@@ -101,6 +109,11 @@ class WalkOptions:
     # asynchy watch: also walk again EPNs whose newest file is newer than this, or whose folder
     # changed after their last walk (they may still be growing).
     recent: datetime | None = None
+    # What an EPN folder name looks like (setting epn_pattern; None: any name).  Folders under
+    # src_prefix that do not match are named once with the likely fix, or left out when strict.
+    epn_pattern: str | None = None
+    strict_names: bool = False
+    src_prefix: str = ""  # for the fix's wording
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +141,9 @@ class WalkSummary:
     errors: list[ErrorRow] = field(default_factory=list)
     reconnects: int = 0
     elapsed: float = 0.0
+    unexpected: list[str] = field(default_factory=list)  # folders that do not look like EPNs
+    left_out: bool = False  # ... and were not recorded (strict_names)
+    name_hint: str = ""  # the likely fix
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -146,6 +162,12 @@ class WalkSummary:
             "error_details": [_row_dict(e) for e in self.errors],
             "reconnects": self.reconnects,
             "elapsed_seconds": round(self.elapsed, 3),
+            "unexpected_names": {
+                "count": len(self.unexpected),
+                "names": self.unexpected[:20],
+                "left_out": self.left_out,
+                "hint": self.name_hint or None,
+            },
         }
 
 
@@ -497,6 +519,7 @@ def walk(
             progress.start(len(todo))
         writer = _Writer(db, summary.walk_id)
         _run(tree, todo, opts, writer, summary, progress, sleep)
+        _name_warning(db, opts, summary)
         summary.status = "partial" if summary.error_count else "complete"
         summary.elapsed = time.monotonic() - started
         _end_walk(db, summary)
@@ -567,6 +590,12 @@ def _select_epns(db: Database, tree: Tree, opts: WalkOptions, summary: WalkSumma
         ]
         top = [t for t in top if reserved_epn(t.name) is None]
         listed = [t.name for t in top if t.is_dir]
+        regex = epn_regex(opts.epn_pattern)
+        summary.unexpected = unexpected_names([encode_name(n) for n in listed], regex)
+        if summary.unexpected and opts.strict_names:
+            odd = {decode_name(n) for n in summary.unexpected}
+            listed = [n for n in listed if n not in odd]
+            summary.left_out = True
         folder_mtime = {t.name: t.mtime for t in top if t.is_dir}
         _record_top_issues(db, summary.walk_id, issues)
         summary.error_count += len(issues)
@@ -600,6 +629,25 @@ def _select_epns(db: Database, tree: Tree, opts: WalkOptions, summary: WalkSumma
     summary.epns_total = len(listed)
     summary.epns_skipped = len(listed) - len(todo)
     return todo
+
+
+def _name_warning(db: Database, opts: WalkOptions, summary: WalkSummary) -> None:
+    """Once per walk: the folders under src_prefix that do not look like EPNs, and the likely fix
+    (a walked one that holds EPN-like folders: src_prefix is one level too high)."""
+    regex = epn_regex(opts.epn_pattern)
+    if not summary.unexpected or regex is None:
+        return
+    inside: dict[str, list[str]] = {}
+    f = files_table.c
+    with db.read() as conn:
+        for name in summary.unexpected[:20]:
+            paths = conn.execute(select(f.path).where(f.epn == name).limit(500)).scalars()
+            inside[name] = sorted({p.split("/", 1)[0] for p in paths if "/" in p})
+    total = summary.epns_total + (len(summary.unexpected) if summary.left_out else 0)
+    summary.name_hint = likely_fix(opts.src_prefix, summary.unexpected, total, regex, inside)
+    from asynchy.render import names_warning
+
+    log.warning("%s", names_warning(summary.as_dict()["unexpected_names"], opts.epn_pattern or ""))
 
 
 def _run(

@@ -269,6 +269,18 @@ def _as_patterns(value: Any) -> tuple[str, ...]:
     return out
 
 
+def _as_regex(value: Any) -> str:
+    """A regular expression (Python's re), or ``off``."""
+    text = _as_line(value)
+    if text.lower() == "off":
+        return "off"
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"must be a regular expression or off ({exc})") from None
+    return text
+
+
 def _as_chmod(value: Any) -> str:
     import re
 
@@ -429,6 +441,26 @@ KEYS: dict[str, KeySpec] = {
             option_doc="-",
             default_doc="`60`",
             doc="seconds a command waits for a database that another process holds locked, then stops with one line ([failures.md](failures.md#database-faults))",
+        ),
+        KeySpec(
+            "epn_pattern",
+            _as_regex,
+            r"^\d{5,6}[a-z]?$",
+            "what an EPN folder name looks like (a regular expression, or off)",
+            "regex",
+            option_doc="-",
+            default_doc="`^\\d{5,6}[a-z]?$`",
+            doc="what the name of an EPN folder looks like, as a regular expression (`off`: any name). A walk warns once about the folders under `src_prefix` that do not match, with the likely fix (`src_prefix` one level too high or too low); with `strict_names` (or `walk --strict-names`) they are not recorded",
+        ),
+        KeySpec(
+            "strict_names",
+            _as_bool,
+            False,
+            "walk: do not record folders whose names do not match epn_pattern",
+            "boolean",
+            option_doc="`walk --strict-names`",
+            default_doc="`false`",
+            doc="a walk (and a watch's walk) leaves out the folders under `src_prefix` whose names do not match `epn_pattern`, instead of recording them with a warning",
         ),
         KeySpec(
             "destinations",

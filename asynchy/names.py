@@ -125,3 +125,57 @@ def read_epn_file(path: str) -> list[str]:
     except UnicodeDecodeError:
         raise UsageError(f"--epn-file {path} is not UTF-8 text") from None
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+# ------------------------------------------------------------------ what an EPN name looks like
+# The facility's shape of an EPN folder name (setting epn_pattern): a walk warns about the folders
+# under src_prefix that do not have it, since they usually mean src_prefix is one level off.
+DEFAULT_EPN_PATTERN = r"^\d{5,6}[a-z]?$"
+
+
+def epn_regex(pattern: str | None) -> re.Pattern[str] | None:
+    """The compiled epn_pattern, or None when it is off."""
+    if pattern is None or pattern.strip().lower() in ("", "off"):
+        return None
+    return re.compile(pattern)
+
+
+def unexpected_names(names: list[str], regex: re.Pattern[str] | None) -> list[str]:
+    """The names (stored form) that do not look like EPNs, sorted."""
+    if regex is None:
+        return []
+    return sorted(n for n in names if not regex.search(n))
+
+
+def likely_fix(
+    prefix: str,
+    unexpected: list[str],
+    total: int,
+    regex: re.Pattern[str],
+    inside: dict[str, list[str]] | None = None,
+) -> str:
+    """What the names that do not look like EPNs probably mean, worded as the fix.
+
+    ``inside``: for some of them, the names of their own sub-folders (a beamline folder such as
+    ``mx`` holds EPN folders: src_prefix is one level too high)."""
+    import posixpath
+
+    base = posixpath.basename(prefix.rstrip("/"))
+    for name, children in sorted((inside or {}).items()):
+        if children and any(regex.search(c) for c in children):
+            return (
+                f"src_prefix may be one level too high: its folder {name!r} holds EPN folders; "
+                f"try src_prefix {posixpath.join(prefix, name)}"
+            )
+    if base and regex.search(base) and len(unexpected) == total:
+        return (
+            f"src_prefix may be one level too low: it looks like an EPN folder itself ({base!r}); "
+            f"try src_prefix {posixpath.dirname(prefix.rstrip('/')) or '/'}"
+        )
+    if len(unexpected) == total:
+        return (
+            "nothing under src_prefix looks like an EPN: is src_prefix one level too high (a "
+            "beamline folder such as 'mx' under it) or too low (inside an EPN)? If these are "
+            "EPNs, set epn_pattern to match their names (or epn_pattern: off)"
+        )
+    return "if these are EPNs, set epn_pattern to match their names (or epn_pattern: off)"

@@ -63,6 +63,7 @@ def walk_summary(summary: dict[str, Any]) -> str:
         lines.append(
             f"note: {summary['epns_gone']} EPNs in the database were not found on the source"
         )
+
     details = summary["error_details"]
     for err in details:
         where = (
@@ -77,6 +78,22 @@ def walk_summary(summary: dict[str, Any]) -> str:
             f"(walk_id {summary['walk_id']})"
         )
     return "\n".join(lines)
+
+
+def names_warning(odd: dict[str, Any], pattern: str) -> str:
+    """The walk's one warning about folders under src_prefix that do not look like EPNs."""
+    n = odd["count"]
+    names = ", ".join(shown(repr(x)) for x in odd["names"][:5]) + (" ..." if n > 5 else "")
+    what = (
+        "left out (strict_names)"
+        if odd["left_out"]
+        else ("recorded as an EPN" if n == 1 else "recorded as EPNs")
+    )
+    return (
+        f"{plural(n, 'folder')} under src_prefix {'does' if n == 1 else 'do'} not look like "
+        f"{'an EPN' if n == 1 else 'EPNs'} (epn_pattern {pattern}) and {'was' if n == 1 else 'were'} "
+        f"{what}: {names}; {odd['hint']}"
+    )
 
 
 def as_json(data: Any) -> str:

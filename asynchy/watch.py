@@ -69,6 +69,8 @@ class WatchOptions:
     alert: AlertOptions | None = None
     portal: Mapping[str, Any] | None = None
     destinations: Mapping[str, str] | None = None
+    epn_pattern: str | None = None  # the walk's (docs/walk.md)
+    strict_names: bool = False
 
 
 @dataclass
@@ -287,7 +289,11 @@ def _cycle(
             db,
             open_tree(),
             inventory.WalkOptions(
-                recent=now - timedelta(seconds=opts.recent), workers=opts.walk_workers
+                recent=now - timedelta(seconds=opts.recent),
+                workers=opts.walk_workers,
+                epn_pattern=opts.epn_pattern,
+                strict_names=opts.strict_names,
+                src_prefix=opts.sync.src_prefix,
             ),
         )
         with db.read() as conn:

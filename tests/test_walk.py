@@ -571,3 +571,66 @@ def test_log_file_gets_warnings(cli: Any, sftp_conf: Path, served: Path, tmp_pat
     assert result.exit_code == 3
     text = log.read_text()
     assert "EPN 20000a: closed:" in text and "(permission)" in text
+
+
+# ------------------------------------------------------------------ src_prefix one level off
+def _levels(root: Path) -> None:
+    """/data/mx/<EPN>/{frames,processed,snapshots}: the facility's layout."""
+    for epn in ("10000a", "10001b"):
+        for part in ("frames", "processed", "snapshots"):
+            write_file(root / "data" / "mx" / epn / part / "f.cbf", b"x")
+
+
+def test_src_prefix_one_level_too_high_is_named_with_its_fix(
+    cli: Any, sftp_conf: Path, served: Path, tmp_path: Path
+) -> None:
+    """src_prefix .../data records one "EPN" called mx; the walk warns once, naming the fix."""
+    _levels(served)
+    result = cli("--config", str(sftp_conf), "walk", "--src-prefix", str(served / "data"), "--json")
+    assert result.exit_code == 0, result.stderr
+    odd = json.loads(result.stdout)["unexpected_names"]
+    assert odd["count"] == 1 and odd["names"] == ["mx"] and odd["left_out"] is False
+    assert odd["hint"] == (
+        "src_prefix may be one level too high: its folder 'mx' holds EPN folders; try src_prefix "
+        f"{served / 'data' / 'mx'}"
+    )
+    warnings = [ln for ln in result.stderr.splitlines() if "do" in ln and "look like" in ln]
+    assert len(warnings) == 1, result.stderr
+    assert "1 folder under src_prefix does not look like an EPN" in warnings[0]
+    assert rows(tmp_path / "files.db", "SELECT epn FROM epns") == [("mx",)]
+
+
+def test_src_prefix_one_level_too_low_and_strict_names(
+    cli: Any, tmp_path: Path, write_config: Any
+) -> None:
+    """src_prefix .../mx/10000a records frames, processed, snapshots as EPNs (a warning says so);
+    --strict-names (or strict_names) records nothing that does not look like an EPN."""
+    _levels(tmp_path)
+    conf = write_config({"host": "local", "db": str(tmp_path / "f.db")})
+    low = str(tmp_path / "data" / "mx" / "10000a")
+    result = cli("--config", str(conf), "walk", "--src-prefix", low, "--json")
+    odd = json.loads(result.stdout)["unexpected_names"]
+    assert odd["names"] == ["frames", "processed", "snapshots"]
+    assert odd["hint"] == (
+        "src_prefix may be one level too low: it looks like an EPN folder itself ('10000a'); "
+        f"try src_prefix {tmp_path / 'data' / 'mx'}"
+    )
+    strict = write_config({"host": "local", "db": str(tmp_path / "g.db")}, name="strict.yaml")
+    result = cli("--config", str(strict), "walk", "--src-prefix", low, "--strict-names")
+    assert result.exit_code == 0
+    assert rows(tmp_path / "g.db", "SELECT count(*) FROM epns") == [(0,)]
+    assert "were left out (strict_names)" in result.stderr
+    right = cli("--config", str(strict), "walk", "--src-prefix", str(tmp_path / "data" / "mx"))
+    assert right.exit_code == 0 and "look like" not in right.stderr
+    assert rows(tmp_path / "g.db", "SELECT epn FROM epns ORDER BY epn") == [
+        ("10000a",),
+        ("10001b",),
+    ]
+    off = write_config(
+        {"host": "local", "db": str(tmp_path / "h.db"), "epn_pattern": "off"}, name="off.yaml"
+    )
+    quiet = cli("--config", str(off), "walk", "--src-prefix", low)
+    assert "look like" not in quiet.stderr
+    bad = write_config({"host": "local", "epn_pattern": "(["}, name="bad.yaml")
+    refused = cli("--config", str(bad), "walk", "--src-prefix", low)
+    assert refused.exit_code == 2 and "epn_pattern' must be a regular expression" in refused.stderr

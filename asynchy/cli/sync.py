@@ -368,6 +368,8 @@ def watch_cmd(ctx: click.Context, /, **kw: Any) -> None:
         alert=alert_opts,
         portal=settings.portal,
         destinations=settings.destinations,
+        epn_pattern=settings.epn_pattern,
+        strict_names=settings.strict_names,
     )
 
     def tree() -> Tree:

@@ -68,6 +68,12 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Sha
     help="Walk only share K of N (by a hash of the EPN name), for several hosts walking at once.",
 )
 @TIMEOUT
+@key_option(
+    "strict_names",
+    is_flag=True,
+    default=None,
+    help="Leave out the folders whose names do not match epn_pattern (else: a warning).",
+)
 @accept_new_host_key_option
 @output_options()
 @click.pass_context
@@ -81,6 +87,7 @@ def walk_cmd(
     refresh: bool,
     shard: Shard | None,
     timeout: float | None,
+    strict_names: bool | None,
     accept_new_host_key: bool,
     **output: Any,
 ) -> None:
@@ -100,7 +107,7 @@ def walk_cmd(
     from asynchy.remote.factory import open_tree
 
     out = take_output(output)
-    settings = get_settings(ctx, src_prefix=src_prefix, timeout=timeout)
+    settings = get_settings(ctx, src_prefix=src_prefix, timeout=timeout, strict_names=strict_names)
     settings.require("src_prefix")
     chosen: list[str] = list(epns)
     if epn_file:
@@ -123,7 +130,15 @@ def walk_cmd(
     from asynchy.progress import WalkBar
     from asynchy.signals import StopSignals
 
-    opts = inventory.WalkOptions(epns=selection, refresh=refresh, shard=shard, workers=workers)
+    opts = inventory.WalkOptions(
+        epns=selection,
+        refresh=refresh,
+        shard=shard,
+        workers=workers,
+        epn_pattern=settings.epn_pattern,
+        strict_names=settings.strict_names,
+        src_prefix=settings.src_prefix or "",
+    )
     with StopSignals():
         summary = inventory.walk(db, tree, opts, progress=WalkBar(bars(ctx)))
     data = summary.as_dict()
