@@ -211,3 +211,41 @@ if __name__ == "__main__":
     a, b = _table_block(doc)
     CONFIGURATION_MD.write_text(doc[:a] + render_config_table() + doc[b:])
     print(f"wrote the table of keys in {CONFIGURATION_MD}", file=sys.stderr)
+
+
+MARKDOWN = sorted([ROOT / "README.md", ROOT / "CHANGELOG.md", *(ROOT / "docs").glob("*.md")])
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: p.name)
+def test_code_fences_are_balanced(path: Path) -> None:
+    """Every code fence opens and closes on a line of its own (one that did not stopped
+    docs/operations.md from rendering after its metrics section)."""
+    text = path.read_text(encoding="utf-8")
+    fences = [ln for ln in text.splitlines() if ln.lstrip().startswith("```")]
+    assert len(fences) % 2 == 0, f"{path.name}: an unclosed code fence"
+    for n, line in enumerate(text.splitlines(), 1):
+        if "```" in line and not line.lstrip().startswith("```"):
+            raise AssertionError(f"{path.name}:{n}: a code fence in the middle of a line: {line}")
+        if line.lstrip().startswith("```") and line.strip("`").strip().count(" ") > 0:
+            raise AssertionError(f"{path.name}:{n}: text after a code fence: {line}")
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: p.name)
+def test_links_stay_inside_the_repository_and_resolve(path: Path) -> None:
+    """A relative link names a file of this repository that exists (failures.md linked a file
+    outside it)."""
+    text = path.read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        where = (path.parent / target.split("#", 1)[0]).resolve()
+        assert where.is_relative_to(ROOT), f"{path.name}: {target} is outside the repository"
+        assert where.exists(), f"{path.name}: {target} does not exist"
+    for mention in re.findall(r"`(\.\./[^`]+)`", text):
+        where = (path.parent / mention.split(" ")[0]).resolve()
+        assert where.is_relative_to(ROOT), f"{path.name}: {mention} is outside the repository"
+
+
+def test_configuration_counts_its_sources() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert "three places" not in text

@@ -53,8 +53,9 @@ BATCH_OPTIONS = [
         type=click.IntRange(min=0),
         default=0,
         show_default=True,
-        help="Attempts of one EPN after the first in this run (spaced); also the breaker's probes "
-        "of a server that stopped answering, and ssh ConnectionAttempts.",
+        help="Patience, N: at most N+1 attempts of one EPN in this run (spaced); N+1 probes of a "
+        "server that stopped answering before the run gives up (exit 1); ssh ConnectionAttempts "
+        "N+1 (docs/sync.md).",
     ),
     key_option("threads", type=click.IntRange(1, 64), metavar="N", help="EPNs copied at once."),
     click.option(
