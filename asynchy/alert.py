@@ -38,6 +38,7 @@ from asynchy.models import alerts_table, visits_table
 from asynchy.names import encode_name
 from asynchy.portal import Person, Portal, Visit, person_from
 from asynchy.remote.base import Tree
+from asynchy.render import plural
 
 log = logging.getLogger(__name__)
 
@@ -468,7 +469,7 @@ def alert(
                 for e in todo
             ],
         )
-    log.info("alert sent to %s naming %d EPNs", ", ".join(opts.to), len(todo))
+    log.info("alert sent to %s naming %s", ", ".join(opts.to), plural(len(todo), "EPN"))
     return summary
 
 

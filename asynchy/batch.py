@@ -45,7 +45,7 @@ from asynchy.filters import Filters
 from asynchy.jobs import PART_MARK, FailureClass, Job, TransferResult
 from asynchy.names import decode_name
 from asynchy.preflight import ProbeResult, error_for, probe
-from asynchy.render import iso_utc
+from asynchy.render import iso_utc, plural
 from asynchy.rsync import RsyncOptions, files_from, partial_dir_for, rsync_argv, temp_dir_for
 from asynchy.schedule import Bandwidth, part_count, rsync_rate, share, split_files
 
@@ -385,7 +385,7 @@ class Batch:
             complete, size, count = claims.walk_state(self.db, epn)
             self.planned[epn] = claims.Planned(epn, size, count, "pending")
             if complete:
-                log.info("EPN %s %s: listed it now (%d files)", epn, what, count)
+                log.info("EPN %s %s: listed it now (%s)", epn, what, plural(count, "file"))
                 return True
         claims.release(self.db, self.worker, claim)  # uncharged
         self.gave_up.add(epn)
@@ -669,10 +669,10 @@ class Batch:
             if self.progress is not None:
                 self.progress.advance(max(0, item.planned.size - sum(item.reported.values())))
             log.info(
-                "EPN %s complete (%d files, %d bytes transferred)",
+                "EPN %s complete (%s, %s transferred)",
                 epn,
-                result.files_transferred,
-                result.bytes_transferred,
+                plural(result.files_transferred, "file"),
+                plural(result.bytes_transferred, "byte"),
             )
         elif outcome == "superseded":
             self.summary.failed[epn] = (

@@ -56,7 +56,7 @@ from asynchy.models import (
 )
 from asynchy.names import decode_name
 from asynchy.processes import pid_alive
-from asynchy.render import local_time
+from asynchy.render import local_time, plural
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,9 @@ def reclaim_dead_local(db: Database) -> int:
         )
     freed = int(result.rowcount)
     if freed:
-        log.warning("took back %d EPNs claimed by dead asynchy processes on this host", freed)
+        log.warning(
+            "took back %s claimed by dead asynchy processes on this host", plural(freed, "EPN")
+        )
     return freed
 
 

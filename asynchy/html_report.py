@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from asynchy.db import Database
 from asynchy.models import epns_table, transfers_table
-from asynchy.render import human_bytes, human_seconds, local_time, shown
+from asynchy.render import human_bytes, human_seconds, local_time, plural, shown
 from asynchy.reports import StatusReport, status
 
 COLORS = {
@@ -120,7 +120,7 @@ def daily_chart(daily: list[tuple[date, int, int]], days: int = 60) -> str:
         parts.append(
             f'<rect class="bar" x="{left + 1:.1f}" y="{y(nbytes):.1f}" width="{max(1.0, bar_w - 2):.1f}" '
             f'height="{H - PAD_B - y(nbytes):.1f}" fill="#1565c0" data-day="{day.isoformat()}" data-bytes="{nbytes}">'
-            f"<title>{day.isoformat()}: {escape(human_bytes(nbytes))}, {done} EPNs completed</title></rect>"
+            f"<title>{day.isoformat()}: {escape(human_bytes(nbytes))}, {plural(done, 'EPN')} completed</title></rect>"
         )
     parts.append(f'<text x="{PAD_L}" y="{H - 8}">{first.isoformat()}</text>')
     parts.append(f'<text x="{W - 10}" y="{H - 8}" text-anchor="end">{last.isoformat()}</text>')
@@ -145,7 +145,7 @@ def status_chart(by_status: dict[str, dict[str, int]]) -> str:
             f'fill="{COLORS.get(name, "#607d8b")}" data-status="{escape(name)}" data-bytes="{v["bytes"]}"/>'
         )
         parts.append(
-            f'<text x="{126 + width:.1f}" y="{y0 + 14}">{v["epns"]:,} EPNs, {escape(human_bytes(v["bytes"]))}</text>'
+            f'<text x="{126 + width:.1f}" y="{y0 + 14}">{plural(v["epns"], "EPN")}, {escape(human_bytes(v["bytes"]))}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)

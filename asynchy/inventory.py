@@ -59,6 +59,7 @@ from asynchy.names import (
 )
 from asynchy.processes import pid_alive
 from asynchy.remote.base import Entry, EpnDone, Files, Issue, Tree
+from asynchy.render import plural
 
 log = logging.getLogger(__name__)
 
@@ -533,7 +534,8 @@ def walk(
         summary.elapsed = time.monotonic() - started
         _end_walk(db, summary, "interrupted by the user")
         raise Interrupted(
-            f"walk interrupted after {summary.epns_walked} EPNs; run `asynchy walk` again to continue"
+            f"walk interrupted after {plural(summary.epns_walked, 'EPN')}; run `asynchy walk` "
+            "again to continue"
         ) from None
     except BaseException as exc:
         summary.status = "failed"
@@ -686,7 +688,8 @@ def _run(
                 remaining
             ):  # a well-behaved tree reports every EPN; never loop forever on one that does not
                 raise RemoteError(
-                    f"the source did not report {len(remaining)} EPNs (first: {remaining[0]!r})"
+                    f"the source did not report {plural(len(remaining), 'EPN')} "
+                    f"(first: {remaining[0]!r})"
                 )
         except ConnectionLost as exc:
             for epn in spilled:
@@ -695,10 +698,12 @@ def _run(
             failures += 1
             if failures > opts.retries:
                 raise RemoteError(
-                    f"{exc}; gave up after {opts.retries} reconnects without progress"
+                    f"{exc}; gave up after {plural(opts.retries, 'reconnect')} without progress"
                 ) from None
             delay = min(30.0, opts.backoff * 2 ** (failures - 1))
-            log.warning("%s; reconnecting in %g s (%d EPNs to go)", exc, delay, len(remaining))
+            log.warning(
+                "%s; reconnecting in %g s (%s to go)", exc, delay, plural(len(remaining), "EPN")
+            )
             summary.reconnects += 1
             sleep(delay)
 

@@ -20,6 +20,7 @@ from asynchy.jobs import FailureClass, Job
 from asynchy.lookup import known_rows, unknown_epn
 from asynchy.models import epns_table
 from asynchy.names import decode_name
+from asynchy.render import plural
 from asynchy.rsync import RsyncOptions, files_from, rsync_argv, rsync_version
 from asynchy.transfer import files_differ, run_rsync, verify_local
 
@@ -87,7 +88,7 @@ def reset(
             count = sum(1 for _, s in by_status if s == status)
             if count and not dry_run and (confirm is None or not confirm(count, status)):
                 raise UsageError(
-                    f"reset --status {status} puts {count} {status} EPNs back in the queue (their "
+                    f"reset --status {status} puts {plural(count, f'{status} EPN')} back in the queue (their "
                     "copies are checked and copied again where they differ): pass --yes, or "
                     "--dry-run to list them"
                 )

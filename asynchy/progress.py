@@ -69,12 +69,14 @@ class SyncBar(_Bar):
 
     def start(self, total_bytes: int, epns: int) -> None:
         if self.enabled:
+            from asynchy.render import plural
+
             self._open(
                 total=total_bytes,
                 unit="iB",  # with unit_scale and 1024: KiB, MiB, GiB - the units of the summaries
                 unit_scale=True,
                 unit_divisor=1024,
-                desc=f"sync {epns} EPNs",
+                desc=f"sync {plural(epns, 'EPN')}",
                 leave=False,
                 mininterval=0.5,
             )

@@ -46,22 +46,23 @@ def human_seconds(s: float) -> str:
 
 def walk_summary(summary: dict[str, Any]) -> str:
     parts = [
-        f"walk {summary['status']}: {summary['epns_walked']} EPNs walked",
+        f"walk {summary['status']}: {plural(summary['epns_walked'], 'EPN')} walked",
     ]
     if summary["epns_skipped"]:
         parts.append(f"{summary['epns_skipped']} already walked")
     if summary["epns_changed"]:
         parts.append(f"{summary['epns_changed']} changed")
-    parts.append(f"{summary['files']:,} files")
+    parts.append(plural(summary["files"], "file"))
     parts.append(human_bytes(summary["bytes"]))
-    parts.append(f"{summary['errors']} errors")
+    parts.append(plural(summary["errors"], "error"))
     if summary["reconnects"]:
-        parts.append(f"{summary['reconnects']} reconnects")
+        parts.append(plural(summary["reconnects"], "reconnect"))
     line = ", ".join(parts) + f" in {human_seconds(summary['elapsed_seconds'])}"
     lines = [line]
     if summary["epns_gone"]:
         lines.append(
-            f"note: {summary['epns_gone']} EPNs in the database were not found on the source"
+            f"note: {plural(summary['epns_gone'], 'EPN')} in the database "
+            f"{'was' if summary['epns_gone'] == 1 else 'were'} not found on the source"
         )
 
     details = summary["error_details"]
@@ -117,7 +118,7 @@ def plan_lines(plan: list[dict[str, Any]]) -> list[str]:
     for step, entry in enumerate(plan, 1):
         parts = entry["parts"]
         how = (
-            f"in {len(parts)} parts of {', '.join(human_bytes(p) for p in parts)}"
+            f"in {plural(len(parts), 'part')} of {', '.join(human_bytes(p) for p in parts)}"
             if parts
             else "whole"
         )
@@ -131,17 +132,21 @@ def sync_summary(summary: dict[str, Any]) -> str:
     if summary["dry_run"]:
         changes = summary["would_change"]
         lines = [
-            f"sync dry run: {len(changes)} EPNs checked, {sum(changes.values()):,} items would be transferred, "
-            f"{len(summary['failed'])} failed in {human_seconds(elapsed)}"
+            f"sync dry run: {plural(len(changes), 'EPN')} checked, "
+            f"{plural(sum(changes.values()), 'item')} would be transferred, "
+            f"{len(summary['failed']):,} failed in {human_seconds(elapsed)}"
         ]
-        lines += [f"  {shown(epn)}: {n:,} items" for epn, n in changes.items()]
+        lines += [f"  {shown(epn)}: {plural(n, 'item')}" for epn, n in changes.items()]
         lines += plan_lines(summary.get("plan", []))
     else:
         state = "interrupted" if summary["interrupted"] else "finished"
         if summary.get("stopped"):
             state = "stopped"
         rate = human_bytes(summary["bytes_per_second"]) + "/s"
-        parts = [f"{len(summary['complete'])} EPNs complete", f"{len(summary['failed'])} failed"]
+        parts = [
+            f"{plural(len(summary['complete']), 'EPN')} complete",
+            f"{len(summary['failed']):,} failed",
+        ]
         if summary["changed"]:
             parts.append(f"{len(summary['changed'])} changed")
         if summary["given_back"]:
@@ -161,7 +166,7 @@ def sync_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  given back: {shown(item['epn'])}: {shown(item['reason'])} (not charged)")
     for w in summary.get("not_taken", []):
         n = w["epns"]
-        lines.append(f"  not taken: {n} EPN{'s' if n != 1 else ''} {w['reason']} ({w['hint']})")
+        lines.append(f"  not taken: {plural(n, 'EPN')} {w['reason']} ({w['hint']})")
     by_reason: dict[str, list[str]] = {}
     for epn, why in summary["skipped"].items():
         by_reason.setdefault(why, []).append(epn)
@@ -170,7 +175,7 @@ def sync_summary(summary: dict[str, Any]) -> str:
             lines += [f"  skipped: {shown(epn)}: {why}" for epn in epns]
         else:  # one line per reason, with its count: an unmapped archive is not a wall of text
             first = ", ".join(shown(e) for e in epns[:3])
-            lines.append(f"  skipped {len(epns)} EPNs ({first}, ...): {why}")
+            lines.append(f"  skipped {plural(len(epns), 'EPN')} ({first}, ...): {why}")
     return "\n".join(lines)
 
 
@@ -290,19 +295,35 @@ def rows_out(
     return text
 
 
+def _byte_column(name: str) -> str | None:
+    """``bytes`` for a column of byte counts (a word ``bytes`` or ``size`` in its name:
+    size, bytes_transferred, done_bytes), ``rate`` for bytes per second, else None."""
+    words = name.lower().split("_")
+    if "bytes" not in words and "size" not in words:
+        return None
+    return "rate" if "per" in words and ("second" in words or "s" in words) else "bytes"
+
+
 def human_units(columns: list[str], rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Rows of ``asynchy sql`` for a table: byte counts (columns named size, bytes, *_size,
-    *_bytes) in IEC units; everything else as it is."""
-    sized = [c == "size" or c == "bytes" or c.endswith(("_size", "_bytes")) for c in columns]
-    return [
-        tuple(
-            human_bytes(float(v))
-            if flag and isinstance(v, (int, float, Decimal)) and not isinstance(v, bool)
-            else v
-            for v, flag in zip(row, sized, strict=True)
-        )
-        for row in rows
-    ]
+    """Rows of ``asynchy sql`` for a table: byte counts (and rates) in IEC units; everything
+    else as it is."""
+    kinds = [_byte_column(c) for c in columns]
+
+    def shown_value(value: Any, kind: str | None) -> Any:
+        if kind is None or isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+            return value
+        return human_bytes(float(value)) + ("/s" if kind == "rate" else "")
+
+    return [tuple(shown_value(v, k) for v, k in zip(row, kinds, strict=True)) for row in rows]
+
+
+# Columns that hold identifiers or codes, not quantities: no thousands separators there.
+_NAMES = {"#", "id", "pid", "port", "exit", "epn", "number", "attempt", "year", "month", "day"}
+
+
+def _is_quantity(column: str) -> bool:
+    name = column.lower()
+    return name not in _NAMES and not name.endswith(("_id", "_code", "_token", "pid", "port"))
 
 
 def _flat(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -330,13 +351,17 @@ def as_json_rows(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
     return as_json_data([dict(zip(columns, row, strict=True)) for row in rows])
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, quantity: bool = True) -> str:
     if value is None:
         return ""
     if isinstance(value, datetime):
         return local_time(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, Decimal)) and quantity and value == int(value):
+        return f"{int(value):,}"  # the same thousands separators in every table
     if isinstance(value, float):
-        return f"{value:g}"
+        return f"{value:,.1f}" if quantity and abs(value) >= 1000 else f"{value:g}"
     return shown(str(value))
 
 
@@ -350,7 +375,8 @@ def table(
     """A plain text table that fits ``width`` columns (the widest columns are cut with '…');
     ``width=None``: nothing is cut (output to a pipe or a file)."""
     right = right or set()
-    cells = [[_cell(v) for v in row] for row in rows]
+    quantities = [_is_quantity(c) for c in columns]
+    cells = [[_cell(v, q) for v, q in zip(row, quantities, strict=False)] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     while width is not None and sum(widths) + 2 * (len(widths) - 1) > width and max(widths) > 8:
         widest = widths.index(max(widths))
@@ -399,7 +425,7 @@ def status(data: StatusReport, width: int | None = 80) -> str:
     if unmapped.get("epns"):
         n = unmapped["epns"]
         lines.append(
-            f"unmapped:   {n} EPN{'s' if n != 1 else ''} ({human_bytes(unmapped['bytes'])}) not copied: "
+            f"unmapped:   {plural(n, 'EPN')} ({human_bytes(unmapped['bytes'])}) not copied: "
             "no destinations entry (asynchy destinations --unmapped; copy_unmapped copies them)"
         )
     walk = data["last_walk"]
@@ -493,7 +519,7 @@ def show(data: dict[str, Any], width: int | None = 80) -> str:
         + (f" ({shown(e['skip_reason'])})" if e.get("skip_reason") else "")
     ]
     lines.append(
-        f"  inventory:   {e['file_count']:,} files, {human_bytes(e['size'])}, newest file {local_time(e['modified'])}"
+        f"  inventory:   {plural(e['file_count'], 'file')}, {human_bytes(e['size'])}, newest file {local_time(e['modified'])}"
     )
     lines.append(
         f"  walked:      {local_time(e['walked_at'])}"
@@ -601,9 +627,9 @@ def merge_summary(data: dict[str, Any]) -> str:
     lines = [
         f"merged {plural(len(data['inputs']), 'input')} into a target of {plural(data['epns'], 'EPN')} "
         f"({data['epns_added']:,} new), "
-        f"{data['files_added']:,} files added, {data['files_updated']:,} updated, {data['files_removed']:,} removed; "
-        f"{data['epns_completed']:,} EPNs completed, {data['epns_changed']:,} changed, "
-        f"{data['conflicts_resolved']:,} conflicts resolved, {data['transfers_added']:,} transfers added"
+        f"{plural(data['files_added'], 'file')} added, {data['files_updated']:,} updated, {data['files_removed']:,} removed; "
+        f"{plural(data['epns_completed'], 'EPN')} completed, {data['epns_changed']:,} changed, "
+        f"{plural(data['conflicts_resolved'], 'conflict')} resolved, {plural(data['transfers_added'], 'transfer')} added"
     ]
     lines += [f"  {shown(i['path'])}: {i['kind']}" for i in data["inputs"]]
     if data.get("legacy_timezone"):
@@ -623,7 +649,7 @@ def alert_preview(summary: Any, html_path: str | None) -> str:
     rows = html.count("<tr")
     where = f"written to {html_path}" if html_path else "--html FILE writes it"
     lines = [
-        f"alert (dry run): {len(summary.alerted)} EPNs, to {to}; nothing sent, nothing recorded",
+        f"alert (dry run): {plural(len(summary.alerted), 'EPN')}, to {to}; nothing sent, nothing recorded",
         "",
         summary.text.rstrip("\n"),
         "",
@@ -638,13 +664,14 @@ def alert_summary(data: dict[str, Any]) -> str:
         return f"no alert needed: {data['all_copied']}"
     if not alerted:
         line = (
-            f"no alert needed: {unmapped} unmapped EPNs on the server, all named in earlier alerts"
+            f"no alert needed: {plural(unmapped, 'unmapped EPN')} on the server, all named in "
+            "earlier alerts"
         )
         if not unmapped:
             line = "no alert needed: every EPN on the server has a destination mapping"
     else:
         line = (
-            f"alert sent naming {alerted} EPNs ({unmapped} unmapped on the server, "
+            f"alert sent naming {plural(alerted, 'EPN')} ({unmapped:,} unmapped on the server, "
             f"{data['already_alerted']} named before): {', '.join(shown(e) for e in data['alerted'][:10])}"
             + (" ..." if alerted > 10 else "")
         )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from asynchy.db import open_database, open_read_only
+from asynchy.db import is_url, open_database, open_read_only
 from asynchy.errors import UsageError
 from asynchy.render import stored_time
 
@@ -30,6 +31,7 @@ def run(
     if not sql.strip():
         raise UsageError('give a query, e.g. asynchy sql "SELECT epn, status FROM epns LIMIT 5"')
     open_database(setting, create=False).close()  # an older schema is brought up to date first
+    absent = _no_sidecars(setting)
     db = open_read_only(setting)
     try:
         with db.read(faults_only=True) as conn:
@@ -49,6 +51,16 @@ def run(
         raise UsageError(f"the database refused the query: {message}") from None
     finally:
         db.close()
+        if absent:  # a read-only connection cannot remove the -wal and -shm files it made; a
+            open_database(setting, create=False).close()  # writable one does when it closes
+
+
+def _no_sidecars(setting: str) -> bool:
+    """True when the database is a SQLite file whose -wal and -shm files are not there now."""
+    if is_url(setting):
+        return False
+    path = Path(setting).expanduser().resolve()
+    return not any(path.with_name(path.name + end).exists() for end in ("-wal", "-shm"))
 
 
 def _value(text_value: str) -> Any:

@@ -38,6 +38,7 @@ from asynchy.jobs import Job, TransferResult
 from asynchy.preflight import check_dest, check_options, check_source
 from asynchy.processes import pid_alive
 from asynchy.remote.base import Tree
+from asynchy.render import plural
 from asynchy.rsync import RsyncOptions, rsync_argv, rsync_version
 from asynchy.schedule import DEFAULT_SPLIT_MIN
 from asynchy.signals import StopSignals
@@ -462,7 +463,7 @@ def _wind_down(
     try:
         left = claims.release_all(db, worker)
         if left:
-            log.warning("gave back %d claims this run still held", left)
+            log.warning("gave back %s this run still held", plural(left, "claim"))
         claims.finish_worker(db, worker, status)
     except Exception as exc:  # the run's own error, if any, is the one that matters
         log.warning(

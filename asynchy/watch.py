@@ -50,7 +50,7 @@ from asynchy.errors import (
 from asynchy.models import epns_table
 from asynchy.portal import Portal
 from asynchy.remote.base import Tree
-from asynchy.render import human_bytes
+from asynchy.render import human_bytes, plural
 from asynchy.signals import StopSignals
 from asynchy.sync import SyncOptions, SyncSummary, sync
 
@@ -371,8 +371,9 @@ def _span(value: float) -> str:
 def cycle_line(c: CycleSummary) -> str:
     """The one line each cycle logs."""
     parts = [
-        f"watch cycle {c.number}: walked {c.walked} EPNs ({c.new} new, {c.changed} changed"
-        + (f", {c.walk_errors} errors)" if c.walk_errors else ")"),
+        f"watch cycle {c.number}: walked {plural(c.walked, 'EPN')} ({c.new:,} new, "
+        f"{c.changed:,} changed"
+        + (f", {plural(c.walk_errors, 'error')})" if c.walk_errors else ")"),
         f"alerted {c.alerted}",
         f"copied {c.complete} ({human_bytes(c.bytes)}), {c.failed} failed",
         f"{c.waiting} settling",

@@ -211,7 +211,7 @@ def test_workers_and_release_stale(
     result = cli("--db", setting, "release", "--stale")
     assert result.stdout.splitlines() == [
         "released 2 claims: 20000a, 20001b",
-        f"marked 1 workers dead: {gone.worker_id}",
+        f"marked 1 worker dead: {gone.worker_id}",
     ]
     data = json.loads(cli("--db", setting, "status", "--json").stdout)
     assert data["epns"]["by_status"]["pending"]["epns"] == 2

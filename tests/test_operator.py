@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import stat
@@ -78,8 +80,8 @@ def test_logs_have_start_and_summary_lines_and_files_are_private(
     assert synced.exit_code == 0
     text = log.read_text()
     assert f"asynchy walk started: config {env['conf']}, db {env['db']}" in text
-    assert "walk complete: 1 EPNs walked" in text
-    assert "asynchy sync started" in text and "sync finished: 1 EPNs complete" in text
+    assert "walk complete: 1 EPN walked" in text
+    assert "asynchy sync started" in text and "sync finished: 1 EPN complete" in text
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
     assert stat.S_IMODE(env["db"].stat().st_mode) == 0o600
     # logrotate moves the file away: the next command writes a new one (WatchedFileHandler)
@@ -139,7 +141,9 @@ def _inventory_of(tmp_path: Path, n: int) -> Path:
         walk(db, LocalTree(str(src)), WalkOptions())
     finally:
         db.close()
-    with sqlite3.connect(path) as conn:
+    # closed now, not by the garbage collector (sqlite3's statement cache is a reference cycle):
+    # an open connection keeps SQLite's -wal file from going away
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute(
             "UPDATE epns SET status = 'failed', last_error = ? WHERE epn = '30000a'",
             (
@@ -222,6 +226,38 @@ def test_sql_takes_parameters_and_stdin_and_shows_human_units(cli: Any, tmp_path
     assert "5.0 GiB" in table
     raw = cli("--db", db, "sql", "SELECT size FROM epns WHERE epn = '30000a'", "--csv").stdout
     assert raw.splitlines() == ["size", "5368709120"]
+
+
+def test_sql_leaves_no_wal_files_and_tables_read_alike(cli: Any, tmp_path: Path) -> None:
+    """sql left -wal/-shm files beside the database; byte columns other than size/bytes were raw
+    numbers; one table had thousands separators and the next did not."""
+    db = _inventory_of(tmp_path, 3)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(
+            "UPDATE epns SET bytes_transferred = 3221225472, file_count = 12345 WHERE epn = '30000a'"
+        )
+    conn.close()
+    for end in ("-wal", "-shm"):
+        Path(str(db) + end).unlink(missing_ok=True)
+    query = (
+        "SELECT epn, bytes_transferred, file_count, bytes_transferred / 10 AS bytes_per_second, "
+        "claim_token FROM epns WHERE epn = '30000a'"
+    )
+    table = subprocess.run(  # its own process, as an operator runs it
+        [sys.executable, "-m", "asynchy", "--db", str(db), "sql", query],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ASYNCHY_")},
+    ).stdout
+    assert not Path(str(db) + "-wal").exists() and not Path(str(db) + "-shm").exists()
+    row = table.splitlines()[1].split()
+    assert row[:3] == ["30000a", "3.0", "GiB"] and "12,345" in row and "MiB/s" in table
+    epns = cli("--db", str(db), "epns").stdout
+    assert "12,345" in epns
+    raw = cli("--db", str(db), "sql", query, "--csv").stdout.splitlines()[1]
+    assert raw.startswith("30000a,3221225472,12345,")
 
 
 def test_metrics_file_for_node_exporter(cli: Any, env: dict[str, Path], tmp_path: Path) -> None:
@@ -393,3 +429,57 @@ def test_one_clock_local_with_zone_for_people_utc_z_for_scripts(tmp_path: Path) 
     assert machine[2][0]["modified"] == "2020-09-13T12:26:40Z"
     csv_out = run("sql", sql, "--format", "csv").splitlines()
     assert csv_out[1].startswith("12282a,2020-09-13T12:26:40Z,")
+
+
+PLURAL_AFTER_ONE = re.compile(
+    r"(?<![\d.,])1 (EPNs|files|errors|items|reconnects|inputs|transfers|conflicts|folders|"
+    r"attempts|failures|claims|workers|parts|changes|rows|cycles)\b"
+)
+
+
+def test_no_summary_says_1_and_a_plural() -> None:
+    """'1 errors', '1 EPNs walked': every summary format, rendered with counts of one."""
+    from datetime import UTC, datetime
+
+    from asynchy import render
+    from asynchy.watch import CycleSummary, cycle_line
+
+    now = datetime.now(UTC)
+    walk = {
+        "status": "complete", "epns_walked": 1, "epns_skipped": 1, "epns_changed": 1,
+        "files": 1, "bytes": 1, "errors": 1, "reconnects": 1, "elapsed_seconds": 1.0,
+        "epns_gone": 1, "error_details": [{"epn": "a", "path": "p", "message": "m", "kind": "k"}],
+        "walk_id": 1,
+    }  # fmt: skip
+    sync = {
+        "dry_run": False, "interrupted": False, "stopped": None, "complete": ["a"],
+        "failed": [{"epn": "b", "outcome": "failed", "reason": "r"}],
+        "changed": [{"epn": "c", "reason": "r"}], "given_back": [{"epn": "d", "reason": "r"}],
+        "skipped": {"e": "why"}, "cancelled": ["f"], "bytes": 1, "elapsed_seconds": 1.0,
+        "bytes_per_second": 1, "not_taken": [{"reason": "quarantined", "epns": 1, "hint": "h"}],
+        "would_change": {"a": 1}, "plan": [{"epn": "a", "bytes": 1, "parts": [1]}],
+    }  # fmt: skip
+    dry = {**sync, "dry_run": True}
+    merge = {
+        "inputs": [{"path": "x", "kind": "asynchy"}], "epns": 1, "epns_added": 1, "files_added": 1,
+        "files_updated": 1, "files_removed": 1, "epns_completed": 1, "epns_changed": 1,
+        "conflicts_resolved": 1, "transfers_added": 1,
+    }  # fmt: skip
+    alert = {"unmapped": ["a"], "alerted": ["a"], "already_alerted": 1, "refused_recipients": [],
+             "portal_errors": [], "all_copied": None}  # fmt: skip
+    cycle = CycleSummary(1, now, walked=1, new=1, changed=1, walk_errors=1, alerted=1,
+                         complete=1, failed=1, bytes=1, waiting=1)  # fmt: skip
+    texts = [
+        render.walk_summary(walk),
+        render.sync_summary(sync),
+        render.sync_summary(dry),
+        render.merge_summary(merge),
+        render.alert_summary(alert),
+        render.alert_summary({**alert, "alerted": []}),
+        render.changed({"dry_run": False, "epns": ["a"], "refused": []}, "reset", "to pending"),
+        render.verified({"checked": 1, "match": ["a"], "differ": [], "not_verified": []}),
+        render.names_warning({"count": 1, "names": ["mx"], "left_out": False, "hint": "h"}, "p"),
+        cycle_line(cycle),
+    ]
+    for text in texts:
+        assert not PLURAL_AFTER_ONE.search(text), text

@@ -741,7 +741,7 @@ def test_killing_the_rsync_child_is_retried(cli: Any, env: dict[str, Path]) -> N
     assert got[1] == (2, 0, "ok", "complete")
     assert tree_digest(env["dest"]) == tree_digest(env["src"])
     assert rows(env["db"], "SELECT status, failures FROM epns") == [("complete", 0)]
-    assert "1 EPNs complete, 0 failed, 0 skipped" in result.stdout  # one EPN, not two attempts
+    assert "1 EPN complete, 0 failed, 0 skipped" in result.stdout  # one EPN, not two attempts
 
 
 @pytest.fixture
@@ -1004,7 +1004,7 @@ def test_progress_bar_advances_within_a_large_file(env: dict[str, Path]) -> None
         columns=120,
     )
     assert code == 0
-    assert "sync 1 EPNs" in shown and "/6.00M" in shown and "iB/s" in shown  # IEC, as the summaries
+    assert "sync 1 EPN" in shown and "/6.00M" in shown and "iB/s" in shown  # IEC, as the summaries
     seen = {float(m) for m in re.findall(r"\b(\d+(?:\.\d+)?)M/6\.00M", shown)}
     assert len(seen) >= 3, shown  # several distinct positions while the one big file was copied
     assert "running 1" in shown

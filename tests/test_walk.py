@@ -124,7 +124,7 @@ def test_permission_denied_folder_exit_3_recorded_and_retried(
     os.chmod(served / "20000a" / "private", 0o000)
     result = walk(cli, sftp_conf)
     assert result.exit_code == 3
-    assert "1 errors" in result.stdout
+    assert "1 error in" in result.stdout
     assert "error: 20000a/private: " in result.stdout and "(permission)" in result.stdout
     db = tmp_path / "files.db"
     assert rows(

@@ -59,18 +59,18 @@ def release_cmd(ctx: click.Context, /, stale: bool, worker_id: str | None) -> No
         asynchy release --stale
         asynchy release --worker 3f2a9c0d1e4b5a69
     """
-    from asynchy import claims
+    from asynchy import claims, render
 
     if stale == (worker_id is not None):
         raise UsageError("give --stale or --worker ID (one of them)")
     _, db = open_existing(ctx)
     freed, dead = claims.release_stale(db, worker_id=worker_id)
     click.echo(
-        f"released {len(freed)} claims"
+        f"released {render.plural(len(freed), 'claim')}"
         + (f": {', '.join(freed)}" if freed and len(freed) <= 10 else "")
     )
     if dead:
-        click.echo(f"marked {len(dead)} workers dead: {', '.join(dead)}")
+        click.echo(f"marked {render.plural(len(dead), 'worker')} dead: {', '.join(dead)}")
 
 
 COMMANDS = [workers_cmd, release_cmd]

@@ -65,6 +65,7 @@ from asynchy.merge.summary import MergeProgress, MergeSummary
 from asynchy.models import epns_table, walks_table, workers_table
 from asynchy.names import encode_name
 from asynchy.processes import pid_alive
+from asynchy.render import plural
 
 __all__ = [
     "MergeProgress",
@@ -374,5 +375,5 @@ def record_ignore_file(db: Database, path: Path) -> int:
             )
             marked += len(new) + int(result.rowcount)
     if marked:
-        log.info("ignore_file %s: %d EPNs recorded as already copied", path, marked)
+        log.info("ignore_file %s: %s recorded as already copied", path, plural(marked, "EPN"))
     return marked
