@@ -28,7 +28,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from asynchy.errors import (
     ExitCode,
     HostKeyChanged,
     Interrupted,
+    RemoteError,
 )
 from asynchy.models import epns_table
 from asynchy.portal import Portal
@@ -89,6 +90,7 @@ class CycleSummary:
     elapsed: float = 0.0
     interrupted: bool = False
     problems: list[str] = field(default_factory=list)
+    classes: set[str] = field(default_factory=set)  # of the problems (metrics.WATCH_CLASSES)
     next_at: datetime | None = None
     not_taken: dict[str, int] = field(default_factory=dict)  # reason -> EPNs (docs/sync.md)
 
@@ -216,6 +218,7 @@ def watch(
         opts.alert.smtp.check()
     portal = Portal(opts.portal) if opts.portal else None
     number = 0
+    counts = _Counts()
     with instance_lock(db), StopSignals():
         log.info(
             "watch started: every %s, settle %s, database %s",
@@ -236,8 +239,11 @@ def watch(
                 if problem is None:
                     raise
                 cycle.problems.append(f"database: {problem}")
+                cycle.classes.add("database")
                 log.error("cycle %d: %s", number, problem)  # noqa: TRY400 - one line
             cycle.elapsed = time.monotonic() - started
+            counts.add(cycle)
+            _write_metrics(db, opts, counts)
             if not (opts.once or cycle.interrupted):
                 wait = max(0.0, opts.every - cycle.elapsed)
                 cycle.next_at = datetime.now(UTC) + timedelta(seconds=wait)
@@ -252,6 +258,47 @@ def watch(
                 time.sleep(max(0.0, opts.every - (time.monotonic() - started)))
             except KeyboardInterrupt:
                 raise Interrupted(f"watch stopped after cycle {number}") from None
+
+
+@dataclass
+class _Counts:
+    """The watch's own counters, for the metrics file (they start again with the watch)."""
+
+    cycles: int = 0
+    last_ok: bool = True
+    failed: dict[str, int] = field(default_factory=dict)
+
+    def add(self, cycle: CycleSummary) -> None:
+        self.cycles += 1
+        if cycle.failed:
+            cycle.classes.add("data")
+        if cycle.walk_errors:
+            cycle.classes.add("walk")
+        self.last_ok = not cycle.classes and not cycle.problems
+        for kind in cycle.classes:
+            self.failed[kind] = self.failed.get(kind, 0) + 1
+
+
+def _write_metrics(db: Database, opts: WatchOptions, counts: _Counts) -> None:
+    """The metrics file, every cycle, whatever the cycle met (docs/operations.md)."""
+    if opts.sync.metrics_file is None:
+        return
+    from asynchy import metrics
+
+    watch = metrics.WatchCounts(counts.cycles, counts.last_ok, dict(counts.failed))
+    try:
+        metrics.write(db, opts.sync.metrics_file, watch=watch)
+    except AsynchyError as exc:
+        log.error("%s", exc)  # noqa: TRY400 - one line; the watch goes on
+
+
+def _problem_class(exc: AsynchyError) -> str:
+    """The class a cycle's problem counts under in the metrics (docs/operations.md)."""
+    if isinstance(exc, DatabaseError):
+        return "database"
+    if isinstance(exc, RemoteError) and exc.exit_code == ExitCode.ERROR:
+        return "link"
+    return "setup"
 
 
 def _database_problem(exc: Exception) -> DatabaseError | None:
@@ -310,6 +357,7 @@ def _cycle(
         if _fatal(exc, first):
             raise
         cycle.problems.append(f"walk: {exc}")
+        cycle.classes.add(_problem_class(exc))
         log.error("walk failed: %s; no alert or sync this cycle", exc)  # noqa: TRY400 - one line
         return  # the source cannot be listed: copying now would only burn attempts
     # 2. alert about EPNs nobody owns
@@ -318,14 +366,20 @@ def _cycle(
             result = _alert(db, open_tree, opts, portal)
             cycle.alerted = len(result.alerted) if result.sent else 0
             cycle.problems.extend(f"portal: {p}" for p in result.portal_errors)
+            if result.portal_errors:
+                cycle.classes.add("portal")
         except AsynchyError as exc:
             if _fatal(exc, first):
                 raise
             cycle.problems.append(f"alert: {exc}")
+            cycle.classes.add("alert")
             log.error("alert failed: %s", exc)  # noqa: TRY400 - expected: one line
     # 3. one sync batch of settled EPNs
     try:
-        synced: SyncSummary = sync(db, target, opts.sync, open_tree=open_tree)
+        # the watch writes the metrics file itself, once a cycle, with the cycle's outcome
+        synced: SyncSummary = sync(
+            db, target, replace(opts.sync, metrics_file=None), open_tree=open_tree
+        )
         cycle.complete, cycle.failed, cycle.bytes = (
             len(synced.complete),
             len(synced.failed),
@@ -342,6 +396,7 @@ def _cycle(
         if _fatal(exc, first):
             raise
         cycle.problems.append(f"sync: {exc}")
+        cycle.classes.add(_problem_class(exc))
         log.error("sync failed: %s", exc)  # noqa: TRY400 - expected: one line
         return
     cutoff = datetime.now(UTC) - timedelta(seconds=opts.sync.settle or 0)

@@ -282,3 +282,65 @@ def test_a_locked_database_costs_one_cycle_not_the_watch(
     assert code == 130, stderr
     assert "Traceback" not in stderr
     assert rows(env["db"], "SELECT status, failures FROM epns") == [("complete", 0)]
+
+
+def test_the_metrics_file_stays_fresh_through_a_server_outage(
+    served_base: Path, served: Path, tmp_path: Path, write_config: Any
+) -> None:
+    """docs/operations.md: every cycle rewrites the metrics file, with its outcome; it was written
+    only at the end of a sync run, so a cycle whose walk failed (server down) left it stale."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server = Sshd(served_base / f"watch-metrics-{tmp_path.name}").start()
+    try:
+        write_file(served / "57000a" / "x.cbf", b"x")
+        (tmp_path / "vault").mkdir()
+        metrics = tmp_path / "asynchy.prom"
+        values = server.settings(
+            src_prefix=str(served), db=str(tmp_path / "f.db"), dest=str(tmp_path / "vault"),
+            metrics_file=str(metrics), timeout=3,
+        )  # fmt: skip
+        watch = Watch(write_config(values), "--every", "1s", "--settle", "0s", "--json")
+
+        def read() -> dict[str, Any]:
+            families = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}
+            failed = {
+                s.labels["class"]: s.value
+                for s in families["asynchy_watch_failed_cycles"].samples
+                if s.name.endswith("_total")
+            }
+            return {
+                "ok": families["asynchy_watch_last_cycle_ok"].samples[0].value,
+                "cycles": families["asynchy_watch_cycles"].samples[0].value,
+                "written": families["asynchy_metrics_written_timestamp_seconds"].samples[0].value,
+                "failed": failed,
+                "complete": {s.labels["status"]: s.value for s in families["asynchy_epns"].samples}[
+                    "complete"
+                ],
+            }
+
+        first = watch.cycle()
+        assert first["complete"] == 1, first
+        assert read()["ok"] == 1 and read()["complete"] == 1
+        server.stop()
+        down = watch.cycle()
+        while not down["problems"]:
+            down = watch.cycle()
+        now = time.time()
+        during = read()
+        assert during["ok"] == 0, during
+        assert during["failed"]["link"] >= 1 and during["failed"]["setup"] == 0
+        assert during["cycles"] == down["cycle"]
+        assert now - during["written"] < 5  # fresh: written by this very cycle
+        again = watch.cycle()
+        assert read()["failed"]["link"] >= during["failed"]["link"] + 1
+        assert again["cycle"] == down["cycle"] + 1
+        server.restart()
+        back = watch.cycle()
+        while back["problems"]:
+            back = watch.cycle()
+        assert read()["ok"] == 1
+        code, _ = watch.stop()
+        assert code == 130
+    finally:
+        server.stop()
