@@ -119,6 +119,7 @@ class Settings:
     metrics_file: str | None
     threads: int
     bwlimit: str | None
+    history_days: float
     every: float
     settle: float
     alert_to: tuple[str, ...] | None

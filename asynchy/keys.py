@@ -587,6 +587,16 @@ KEYS: dict[str, KeySpec] = {
             "day applies every day); a change applies to rsyncs started after it ([sync.md](sync.md#filling-the-link))",
         ),
         KeySpec(
+            "history_days",
+            _as_days,
+            90.0,
+            "a watch deletes walks older than this that no EPN refers to (0: keep all)",
+            "number",
+            option_doc="-",
+            default_doc="`90`",
+            doc="how long a watch keeps the `walks` rows (and their walk errors) that no EPN refers to any more; `0` keeps them all. Quiet cycles (a walk that found nothing new, changed or wrong, and a sync that took nothing) fold into one row whatever this says ([operations.md](operations.md#history)). Transfers are always kept",
+        ),
+        KeySpec(
             "every",
             _as_interval,
             3600.0,

@@ -40,8 +40,10 @@ class StopSignals:
             os.write(2, b"asynchy: interrupted again: exiting now\n")
             os._exit(130)  # rsync children die with us (parent-death signal)
         self.requested = True
+        again = "Ctrl+C again" if signum == signal.SIGINT else "send SIGTERM again"
         os.write(
-            2, b"asynchy: stopping: cancelling running transfers (Ctrl+C again to exit at once)\n"
+            2,
+            f"asynchy: stopping: cancelling running transfers ({again} to exit at once)\n".encode(),
         )
         self._on_first()
 

@@ -68,6 +68,35 @@ def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(proc.pid, sig)
 
 
+def _group_alive(pgid: int) -> bool:
+    """Does a process of this group still run?  (Zombies waiting for their new parent to reap
+    them do not count: they hold nothing.)"""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
+
+
+def _wait_for_group(pgid: int, timeout: float = 5.0) -> None:
+    """After the group's SIGKILL: until none of it runs (a stop or a stall is over only then)."""
+    deadline = time.monotonic() + timeout
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def run_rsync(
     argv: tuple[str, ...],
     stdin: bytes,
@@ -203,6 +232,7 @@ class _Watched:
             if (self.stalled or self.cancelled) and not self.finished.wait(5):
                 _kill_group(self.proc, signal.SIGKILL)
         _kill_group(self.proc, signal.SIGKILL)  # an ssh left behind in the group must not linger
+        _wait_for_group(self.proc.pid)  # ... nor rsync's receiver child, reparented when it ends
         for thread in self.threads:
             thread.join(timeout=10)
 

@@ -72,6 +72,7 @@ class WatchOptions:
     destinations: Mapping[str, str] | None = None
     epn_pattern: str | None = None  # the walk's (docs/walk.md)
     strict_names: bool = False
+    history_days: float = 90.0  # asynchy.retention
 
 
 @dataclass
@@ -91,6 +92,10 @@ class CycleSummary:
     interrupted: bool = False
     problems: list[str] = field(default_factory=list)
     classes: set[str] = field(default_factory=set)  # of the problems (metrics.WATCH_CLASSES)
+    walk_id: int | None = None  # this cycle's walk row ...
+    quiet_walk: bool = False  # ... found nothing new, changed or wrong
+    worker_id: str | None = None  # this cycle's sync row ...
+    idle_sync: bool = False  # ... took no EPN
     next_at: datetime | None = None
     not_taken: dict[str, int] = field(default_factory=dict)  # reason -> EPNs (docs/sync.md)
 
@@ -219,6 +224,7 @@ def watch(
     portal = Portal(opts.portal) if opts.portal else None
     number = 0
     counts = _Counts()
+    quiet: tuple[int | None, str | None] = (None, None)  # the last quiet cycle's walk, sync rows
     with instance_lock(db), StopSignals():
         log.info(
             "watch started: every %s, settle %s, database %s",
@@ -244,6 +250,7 @@ def watch(
             cycle.elapsed = time.monotonic() - started
             counts.add(cycle)
             _write_metrics(db, opts, counts)
+            quiet = _keep_history(db, opts, cycle, quiet)
             if not (opts.once or cycle.interrupted):
                 wait = max(0.0, opts.every - cycle.elapsed)
                 cycle.next_at = datetime.now(UTC) + timedelta(seconds=wait)
@@ -277,6 +284,26 @@ class _Counts:
         self.last_ok = not cycle.classes and not cycle.problems
         for kind in cycle.classes:
             self.failed[kind] = self.failed.get(kind, 0) + 1
+
+
+def _keep_history(
+    db: Database, opts: WatchOptions, cycle: CycleSummary, before: tuple[int | None, str | None]
+) -> tuple[int | None, str | None]:
+    """Quiet cycles fold into one row, old unreferenced walks go (asynchy.retention); returns
+    this cycle's quiet rows, for the next cycle to fold."""
+    from asynchy import retention
+
+    walk_id = cycle.walk_id if cycle.quiet_walk else None
+    worker_id = cycle.worker_id if cycle.idle_sync else None
+    try:
+        if walk_id is not None and before[0] is not None:
+            retention.forget_quiet_walk(db, before[0])
+        if worker_id is not None and before[1] is not None:
+            retention.forget_idle_worker(db, before[1])
+        retention.prune_walks(db, opts.history_days)
+    except AsynchyError as exc:  # the history can wait for the next cycle
+        log.warning("keeping the history bounded failed: %s", exc)
+    return walk_id, worker_id
 
 
 def _write_metrics(db: Database, opts: WatchOptions, counts: _Counts) -> None:
@@ -351,6 +378,8 @@ def _cycle(
             walked.epns_changed,
         )
         cycle.walk_errors = walked.error_count
+        cycle.walk_id = walked.walk_id
+        cycle.quiet_walk = not (cycle.new or cycle.changed or cycle.walk_errors)
     except Interrupted:
         raise KeyboardInterrupt from None
     except AsynchyError as exc:
@@ -385,6 +414,8 @@ def _cycle(
             len(synced.failed),
             synced.bytes,
         )
+        cycle.worker_id = synced.worker_id
+        cycle.idle_sync = synced.selected == 0 and synced.stop_error is None
         cycle.not_taken = {
             w.reason: w.epns for w in synced.not_taken if w.reason != "settling"
         }  # settling has its own count

@@ -3,11 +3,13 @@ one watch per database (SQLite and PostgreSQL), signals, failures that skip a cy
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -344,3 +346,73 @@ def test_the_metrics_file_stays_fresh_through_a_server_outage(
         assert code == 130
     finally:
         server.stop()
+
+
+def _rsync_anywhere_into(dest: Path) -> list[int]:
+    """Every process (a receiver's forked child too) whose command line names dest."""
+    from sshd import processes
+
+    return [
+        pid
+        for pid, (_ppid, cmd) in processes().items()
+        if b"rsync" in cmd and str(dest).encode() in cmd and pid != os.getpid()
+    ]
+
+
+def test_sigterm_leaves_no_rsync_behind_and_says_sigterm(env: dict[str, Any]) -> None:
+    """After SIGTERM, rsync's receiver child outlived the watch by about 0.5 s, and the stop line
+    of a sync said "Ctrl+C again" to someone who sent SIGTERM."""
+    big_epns(env["src"], ["58000a", "58001b"])
+    watch = Watch(env["conf"], "--every", "1h", "--bwlimit", "1000", "--threads", "2")
+    wait_until(lambda: len(_rsync_anywhere_into(env["dest"])) >= 3, what="rsyncs and a receiver")
+    code, _stderr = watch.stop()
+    assert code == 130
+    assert _rsync_anywhere_into(env["dest"]) == []  # at once, not a moment later
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "asynchy",
+            "--config",
+            str(env["conf"]),
+            "sync",
+            "--bwlimit",
+            "1000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ASYNCHY_")},
+    )
+    wait_until(lambda: len(_rsync_anywhere_into(env["dest"])) >= 2, what="rsync to start")
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "(send SIGTERM again to exit at once)" in err and "Ctrl+C" not in err
+    assert _rsync_anywhere_into(env["dest"]) == []
+
+
+def test_quiet_cycles_fold_into_one_row_and_old_walks_go(
+    cli: Any, env: dict[str, Any], write_config: Any
+) -> None:
+    """A watch every 5 s added a walks and a workers row per cycle for ever (17k a day each):
+    quiet cycles now replace the previous quiet cycle's rows, and walks older than
+    history_days that no EPN refers to are deleted."""
+    write_file(env["src"] / "59000a" / "x.cbf", b"x", FIXED_MTIME)
+    assert cli("--config", str(env["conf"]), "walk").exit_code == 0
+    assert cli("--config", str(env["conf"]), "sync").exit_code == 0
+    assert cli("--config", str(env["conf"]), "walk", "--refresh").exit_code == 0  # a walk row
+    with contextlib.closing(sqlite3.connect(env["db"])) as conn, conn:  # 100 days old, unreferenced
+        conn.execute("UPDATE walks SET started_at = datetime('now', '-100 days') WHERE id = 1")
+    watch = Watch(env["conf"], "--every", "1s", "--json")
+    cycles = [watch.cycle() for _ in range(5)]
+    code, _ = watch.stop()
+    assert code == 130
+    assert all(not c["problems"] for c in cycles), cycles
+    walks = rows(env["db"], "SELECT id FROM walks ORDER BY id")
+    workers = rows(env["db"], "SELECT worker_id FROM workers")
+    assert (1,) not in walks  # older than 90 days, referenced by no EPN
+    assert len(walks) <= 3, walks  # the refresh walk, and the newest quiet cycle (and one more)
+    assert len(workers) <= 3, workers  # the sync that copied, and the newest quiet cycle
+    status = json.loads(cli("--config", str(env["conf"]), "status", "--json").stdout)
+    assert status["last_walk"]["status"] == "complete"

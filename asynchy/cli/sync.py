@@ -371,6 +371,7 @@ def watch_cmd(ctx: click.Context, /, **kw: Any) -> None:
         destinations=settings.destinations,
         epn_pattern=settings.epn_pattern,
         strict_names=settings.strict_names,
+        history_days=settings.history_days,
     )
 
     def tree() -> Tree:
