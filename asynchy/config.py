@@ -447,6 +447,50 @@ def load_settings(
     )
 
 
+MASK = "********"
+
+
+def effective(settings: Settings, env: Mapping[str, str]) -> list[tuple[str, Any, str]]:
+    """``asynchy config``: every key's value and where it came from (default, config file,
+    environment variable, option), in the documented order; secrets masked.  The SMTP password,
+    which is no key, is shown as set or not, with where it comes from."""
+    rows: list[tuple[str, Any, str]] = []
+    for name in KEYS:
+        value = getattr(settings, name)
+        if name == "db" and isinstance(value, str):
+            value = _masked_url(value)
+        elif name == "portal" and value:
+            value = _masked_portal(value)
+        rows.append((name, value, settings.where(name)))
+    env_name = SECRET_ENV["smtp_password"]
+    if env.get(env_name):
+        rows.append(("smtp_password", MASK, f"environment variable {env_name}"))
+    elif settings.smtp_password_file:
+        rows.append(("smtp_password", MASK, f"smtp_password_file {settings.smtp_password_file}"))
+    else:
+        rows.append(("smtp_password", None, "default"))
+    return rows
+
+
+def _masked_url(url: str) -> str:
+    """A database URL without its password."""
+    if "://" not in url or "@" not in url.split("://", 1)[1]:
+        return url
+    scheme, rest = url.split("://", 1)
+    userinfo, _, host = rest.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}://{user}{':' + MASK if colon else ''}@{host}"
+
+
+def _masked_portal(portal: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(portal)
+    out["equipment"] = [
+        {k: (MASK if k in ("password", "client_password") and v else v) for k, v in e.items()}
+        for e in portal.get("equipment", [])
+    ]
+    return out
+
+
 def existing_values(path: Path) -> dict[str, Any]:
     """The settings an existing config file holds (for ``init --overwrite``, which keeps them)."""
     values = dict(_read_config_file(path, must_exist=True)[0])

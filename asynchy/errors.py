@@ -106,5 +106,11 @@ class PortalError(AsynchyError):
     """The facility portal could not be asked; an alert still goes out, without visit details."""
 
 
+class PortalRefused(PortalError):
+    """The portal refused the configured credentials: a fix in the configuration."""
+
+    exit_code = ExitCode.USAGE
+
+
 class AlertError(AsynchyError):
     """An alert e-mail could not be sent (the SMTP server refused it or cannot be reached)."""

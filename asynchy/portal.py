@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from asynchy.errors import ConfigError, PortalError
+from asynchy.errors import ConfigError, PortalError, PortalRefused
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,10 @@ class Portal:
         except ValueError:
             raise PortalError(f"{what}: the portal's answer is not JSON") from None
 
+    def login(self, entry: Mapping[str, Any]) -> None:
+        """Log in for one equipment (``asynchy check``); PortalError says why not."""
+        self._token(entry)
+
     def _token(self, entry: Mapping[str, Any]) -> str:
         key = str(entry["id"])
         if key in self._tokens:
@@ -160,7 +164,7 @@ class Portal:
             data = self._call(request, what)
         except _HttpStatus as exc:
             if exc.status in (400, 401, 403):
-                raise PortalError(
+                raise PortalRefused(
                     f"{what} refused (HTTP {exc.status}): check username, password, client_name "
                     "and client_password"
                 ) from None

@@ -396,6 +396,28 @@ def terminal_width() -> int:
     return min(shutil.get_terminal_size((80, 24)).columns, 160)
 
 
+# ------------------------------------------------------------------ config and check
+def setting_value(value: Any) -> str:
+    """A setting as ``asynchy config`` shows it in a table."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(machine(value), default=str)
+    return str(value)
+
+
+CHECK_MARKS = {"ok": "ok  ", "warn": "warn", "fail": "FAIL", "skip": "skip"}
+
+
+def check_line(check: Any) -> str:
+    """One line of ``asynchy check``: state, name, what was found (names escaped)."""
+    return f"{CHECK_MARKS[check.state]}  {check.name:<13} {shown(check.detail)}"
+
+
 # ------------------------------------------------------------------ status, epns, show
 def status(data: StatusReport, width: int | None = 80) -> str:
     lines = [f"asynchy status at {local_time(data['generated_at'])} of {data['database']}"]

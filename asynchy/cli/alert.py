@@ -8,7 +8,9 @@ from typing import Any
 import click
 
 from asynchy.cli.common import (
+    SRC_PREFIX,
     accept_new_host_key_option,
+    alert_options,
     get_settings,
     json_flag,
     key_option,
@@ -17,8 +19,6 @@ from asynchy.cli.common import (
     output_options,
     take_output,
 )
-from asynchy.cli.sync import alert_options
-from asynchy.cli.walk import SRC_PREFIX
 from asynchy.errors import ConfigError
 
 

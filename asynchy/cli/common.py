@@ -20,6 +20,7 @@ from asynchy import __version__
 from asynchy.config import KEYS
 
 if TYPE_CHECKING:
+    from asynchy.alert import AlertOptions
     from asynchy.config import Settings
     from asynchy.db import Database
 
@@ -73,6 +74,17 @@ def get_settings(ctx: click.Context, **command_values: Any) -> Settings:
     return settings
 
 
+def alert_options(settings: Settings, *, preview: bool = False) -> AlertOptions | None:
+    """AlertOptions from the settings, or None when alert_to is not configured."""
+    import os
+
+    from asynchy.alert import options_from_settings
+
+    prefix = settings.src_prefix or "?"
+    source = prefix if settings.is_local else f"{settings.host}:{prefix}"
+    return options_from_settings(settings, os.environ, source, preview=preview)
+
+
 def open_db(ctx: click.Context, setting: str, *, create: bool = True) -> Database:
     """The database, closed when the command ends (however it ends)."""
     from asynchy.db import open_database
@@ -107,6 +119,12 @@ def key_option(name: str, *more: str, help: str | None = None, **kw: Any) -> Dec
     text = help or spec.help + "."
     default = f"; default {spec.default}" if spec.default not in (None, False) else ""
     return click.option(*names, *more, name, help=f"{text} [config: {name}{default}]", **kw)
+
+
+SRC_PREFIX = key_option(
+    "src_prefix", metavar="PATH", help="Folder on the source whose sub-folders are EPNs."
+)
+DEST = key_option("dest", help="Local folder the EPNs are copied into.")
 
 
 def accept_new_host_key_option(f: F) -> F:

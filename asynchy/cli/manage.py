@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from asynchy.cli.common import (
+    SRC_PREFIX,
     epn_option,
     get_settings,
     key_option,
@@ -17,7 +18,6 @@ from asynchy.cli.common import (
     output_options,
     take_output,
 )
-from asynchy.cli.walk import SRC_PREFIX
 from asynchy.errors import PartialFailure
 
 DRY_RUN = click.option(

@@ -8,7 +8,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from asynchy.cli.common import (
+    DEST,
+    SRC_PREFIX,
     accept_new_host_key_option,
+    alert_options,
     bars,
     duration,
     epn_option,
@@ -21,18 +24,16 @@ from asynchy.cli.common import (
     summary_out,
     take_output,
 )
-from asynchy.cli.walk import SRC_PREFIX
 from asynchy.errors import AsynchyError, Interrupted, PartialFailure
 
 if TYPE_CHECKING:
-    from asynchy.alert import AlertOptions
     from asynchy.config import Settings
     from asynchy.remote.base import Tree
     from asynchy.sync import SyncOptions
 
 # The options of one sync batch, shared by `sync` and `watch`.
 BATCH_OPTIONS = [
-    key_option("dest", help="Local folder the EPNs are copied into."),
+    DEST,
     SRC_PREFIX,
     click.option(
         "--order",
@@ -299,17 +300,6 @@ def sync_cmd(ctx: click.Context, /, **kw: Any) -> None:
         raise Interrupted()  # the summary says so
     if summary.unfinished:
         raise PartialFailure()
-
-
-def alert_options(settings: Settings, *, preview: bool = False) -> AlertOptions | None:
-    """AlertOptions from the settings, or None when alert_to is not configured."""
-    import os
-
-    from asynchy.alert import options_from_settings
-
-    prefix = settings.src_prefix or "?"
-    source = prefix if settings.is_local else f"{settings.host}:{prefix}"
-    return options_from_settings(settings, os.environ, source, preview=preview)
 
 
 @click.command("watch")

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from asynchy.cli.common import (
+    SRC_PREFIX,
     accept_new_host_key_option,
     bars,
     epn_option,
@@ -22,9 +23,6 @@ from asynchy.errors import AsynchyError, PartialFailure
 if TYPE_CHECKING:
     from asynchy.inventory import Shard
 
-SRC_PREFIX = key_option(
-    "src_prefix", metavar="PATH", help="Folder on the source whose sub-folders are EPNs."
-)
 TIMEOUT = key_option("timeout", type=click.FloatRange(min=0.1), metavar="SECONDS")
 
 
