@@ -182,14 +182,33 @@ class Batch:
     assigned: dict[str, float] = field(default_factory=dict)  # unit key -> its --bwlimit share
     done_parts: dict[str, tuple[int, set[int]]] = field(default_factory=dict)  # epn -> (K, done)
     batch_bytes: int = 0  # the planned batch's size: an EPN's fair share is batch_bytes / threads
+    timed_out: bool = False  # --max-duration / --stop-at reached: stopping as on Ctrl+C
 
     def __post_init__(self) -> None:
         self.breaker = Breaker(self.opts.retry + 1)
+        limit = self.opts.time_limit
+        self.deadline = time.monotonic() + limit if limit is not None else None
         settle = self.opts.settle
         self.settled_before = (
             datetime.now(UTC) - timedelta(seconds=settle) if settle is not None else None
         )
         self.bandwidth = Bandwidth.parse(self.opts.bwlimit)
+
+    @property
+    def stopping(self) -> bool:
+        """A stop was asked for (Ctrl+C, SIGTERM) or the run's time is up: nothing new starts,
+        running transfers are cancelled and their claims given back uncharged."""
+        return self.stop.requested or self.timed_out
+
+    def _check_deadline(self) -> None:
+        if self.deadline is None or self.stopping or time.monotonic() < self.deadline:
+            return
+        self.timed_out = True
+        self.pool.cancel.set()
+        log.info(
+            "the time limit is reached: no new EPN starts; stopping %s",
+            plural(len(self.running), "running EPN"),
+        )
 
     # -------------------------------------------------------------- the loop
     def run(self) -> None:
@@ -197,14 +216,15 @@ class Batch:
         if self.progress is not None:
             self.progress.start(sum(p.size for p in first), len(first))
         while True:
-            if not self.stop.requested and self.halt is None:
+            self._check_deadline()
+            if not self.stopping and self.halt is None:
                 now = time.monotonic()
                 self._start_due_retries(now)
                 if self.breaker.due(now):
                     self._probe()
                 if not self.breaker.open:
                     self._fill()
-            if self.stop.requested or self.halt is not None:
+            if self.stopping or self.halt is not None:
                 self._drop_waiting()
             if self._finished():
                 return
@@ -222,7 +242,7 @@ class Batch:
     def _finished(self) -> bool:
         if self.running or self.waiting or self.breaker.probing:
             return False
-        if self.stop.requested or self.halt is not None:
+        if self.stopping or self.halt is not None:
             return True
         if self.breaker.open:
             return False
@@ -506,7 +526,7 @@ class Batch:
         except (
             BrokenExecutor
         ):  # a --parallel worker process died (kill -9, OOM, Ctrl+C at start-up)
-            kind: FailureClass = "cancelled" if self.stop.requested else "link"
+            kind: FailureClass = "cancelled" if self.stopping else "link"
             result = _made_up(item.job, kind, "the worker process died")
         except Exception as exc:  # a bug in the worker: not the EPN's fault; record it, keep going
             log.exception("transfer of EPN %s failed unexpectedly", epn)
@@ -547,7 +567,7 @@ class Batch:
             return  # one EPN, one verdict: after its other parts
         if item.part_failure is not None:
             self._verdict(item, item.part_failure)
-        elif not (self.stop.requested or self.halt is not None):
+        elif not (self.stopping or self.halt is not None):
             self._submit_final(item)  # rsync skips what the parts copied; then the whole verifies
         else:
             self._verdict(item, _made_up(item.job, "cancelled", "interrupted"))
@@ -583,7 +603,7 @@ class Batch:
         for earlier in (self.summary.failed, self.summary.changed, self.summary.given_back):
             earlier.pop(epn, None)  # the summary tells each EPN's last word, once
         kind = result.classification
-        another = self.tries[epn] < self.opts.retry + 1 and not self.stop.requested
+        another = self.tries[epn] < self.opts.retry + 1 and not self.stopping
         reason = result.reason or kind
         if kind == "ok":
             self._record(item, result, keep=False)

@@ -113,6 +113,8 @@ class Settings:
     copy_unmapped: bool
     exclude: tuple[str, ...] | None
     include: tuple[str, ...] | None
+    exclude_from: str | None
+    include_from: str | None
     chmod: str | None
     ignore_file: str | None
     comment: str | None

@@ -16,6 +16,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from asynchy.errors import ConfigError
+
+if TYPE_CHECKING:
+    from asynchy.config import Settings
 
 
 def _regex(pattern: str) -> re.Pattern[bytes]:
@@ -97,3 +104,37 @@ class Filters:
                         return True
                     break
         return False
+
+
+def read_patterns(path: Path, key: str) -> tuple[str, ...]:
+    """The patterns of an ``--exclude-from`` / ``--include-from`` file, read as rsync reads it: one
+    a line; blank lines and lines starting with ``#`` or ``;`` are left out."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{key} {path} does not exist: create it or fix {key}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{key} {path} is a folder, not a file: fix {key}") from None
+    except PermissionError:
+        raise ConfigError(f"{key} {path} is not readable: check its permissions") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key} {path} is not UTF-8 text") from None
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith(("#", ";")):
+            continue
+        if any(ord(c) < 32 and c != "\t" for c in line):
+            raise ConfigError(f"{key} {path}, line {number}: a pattern holds a control character")
+        out.append(line.rstrip("\r"))
+    return tuple(out)
+
+
+def from_settings(settings: Settings) -> Filters:
+    """The run's rules: include, then include_from's; exclude, then exclude_from's."""
+    include = tuple(settings.include or ())
+    exclude = tuple(settings.exclude or ())
+    if settings.include_from:
+        include += read_patterns(Path(settings.include_from).expanduser(), "include_from")
+    if settings.exclude_from:
+        exclude += read_patterns(Path(settings.exclude_from).expanduser(), "exclude_from")
+    return Filters(include, exclude)

@@ -44,6 +44,17 @@ def human_seconds(s: float) -> str:
     return f"{days} d {hours} h"
 
 
+def compact_duration(seconds: float) -> str:
+    """6h, 1h30m, 90s: a duration as it is typed (--max-duration, --every)."""
+    total = round(seconds)
+    out = ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if total >= size:
+            out += f"{total // size}{unit}"
+            total %= size
+    return out or "0s"
+
+
 def walk_summary(summary: dict[str, Any]) -> str:
     parts = [
         f"walk {summary['status']}: {plural(summary['epns_walked'], 'EPN')} walked",
@@ -142,6 +153,8 @@ def sync_summary(summary: dict[str, Any]) -> str:
         state = "interrupted" if summary["interrupted"] else "finished"
         if summary.get("stopped"):
             state = "stopped"
+        elif summary.get("time_limit_reached"):
+            state = f"stopped at the time limit ({summary['time_limit_reached']})"
         rate = human_bytes(summary["bytes_per_second"]) + "/s"
         parts = [
             f"{plural(len(summary['complete']), 'EPN')} complete",
@@ -164,6 +177,12 @@ def sync_summary(summary: dict[str, Any]) -> str:
         )
     for item in summary.get("given_back", []):
         lines.append(f"  given back: {shown(item['epn'])}: {shown(item['reason'])} (not charged)")
+    if summary.get("time_limit_reached") and summary.get("cancelled"):
+        stopped = ", ".join(shown(e) for e in summary["cancelled"][:5])
+        more = ", ..." if len(summary["cancelled"]) > 5 else ""
+        lines.append(
+            f"  stopped at the time limit: {stopped}{more} (not charged; the next run copies them)"
+        )
     for w in summary.get("not_taken", []):
         n = w["epns"]
         lines.append(f"  not taken: {plural(n, 'EPN')} {w['reason']} ({w['hint']})")

@@ -15,9 +15,9 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from asynchy.errors import ConfigError
+from asynchy.errors import ConfigError, UsageError
 
 GiB = 1024**3
 DEFAULT_SPLIT_MIN = GiB
@@ -146,3 +146,28 @@ def share(budget: float | None, assigned: float, starting: int, running: int) ->
 def rsync_rate(bytes_per_second: float) -> str:
     """A rate as rsync's --bwlimit value (whole bytes per second)."""
     return f"{max(MIN_RATE, int(bytes_per_second))}b"
+
+
+def seconds_until(text: str, now: datetime) -> float:
+    """``--stop-at``: the seconds from ``now`` (aware) to a local time of day ``HH:MM`` (the next
+    one: today's, or tomorrow's once it has passed) or to ``YYYY-MM-DD HH:MM``, local time (with
+    daylight saving); UsageError for anything else, or for a date and time already past."""
+    value = text.strip()
+    try:
+        if len(value) <= 5:
+            clock = datetime.strptime(value, "%H:%M").time()
+            today = now.astimezone().replace(tzinfo=None)
+            at = datetime.combine(today.date(), clock)
+            if at <= today:
+                at += timedelta(days=1)
+        else:
+            at = datetime.strptime(value, "%Y-%m-%d %H:%M")
+    except ValueError:
+        raise UsageError(
+            f"--stop-at {text!r} is not a time: give HH:MM (the next one) or 'YYYY-MM-DD HH:MM', "
+            "local time"
+        ) from None
+    seconds = (at.astimezone() - now).total_seconds()
+    if seconds <= 0:
+        raise UsageError(f"--stop-at {text!r} has already passed")
+    return seconds

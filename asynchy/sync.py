@@ -80,6 +80,8 @@ class SyncOptions:
     metrics_file: Path | None = None  # Prometheus text, written after the run (asynchy.metrics)
     streams_per_epn: int | None = None  # parts of one EPN at most (None: --threads; 1: never split)
     split_min: int = DEFAULT_SPLIT_MIN  # bytes: a smaller EPN is never split
+    time_limit: float | None = None  # seconds: then no new EPN, running ones stopped (uncharged)
+    time_limit_text: str = ""  # the option that set it, for the summary
 
 
 class SyncProgress(Protocol):
@@ -108,6 +110,7 @@ class SyncSummary:
     bytes: int = 0
     elapsed: float = 0.0
     interrupted: bool = False
+    timed_out: str = ""  # the time limit that ended the run (--max-duration 6h, --stop-at 07:00)
     rsync_version: str = ""
     worker_id: str | None = None
     stop_error: AsynchyError | None = None  # the setup or link problem that ended the run early
@@ -141,6 +144,7 @@ class SyncSummary:
             "elapsed_seconds": round(self.elapsed, 3),
             "bytes_per_second": round(self.bytes / self.elapsed) if self.elapsed > 0 else 0,
             "interrupted": self.interrupted,
+            "time_limit_reached": self.timed_out or None,
             "rsync": self.rsync_version,
             "worker_id": self.worker_id,
         }
@@ -358,6 +362,8 @@ def sync(
             )
             batch.run()
             summary.interrupted = stop.requested
+            if batch.timed_out and not stop.requested:
+                summary.timed_out = opts.time_limit_text or "the time limit"
         status = _conclude(db, batch, target, opts, ropts, summary)
     except BaseException:
         status = "failed"
@@ -413,7 +419,11 @@ def _conclude(
     summary: SyncSummary,
 ) -> str:
     """After the batch: why fewer EPNs were taken than asked for, and how the run ended."""
-    if summary.selected < opts.limit and not summary.interrupted and batch.halt is None:
+    if (
+        summary.selected < opts.limit
+        and not (summary.interrupted or summary.timed_out)
+        and batch.halt is None
+    ):
         summary.not_taken = not_taken(
             db,
             max_attempts=opts.max_attempts,

@@ -265,10 +265,11 @@ def test_init_prompts_on_a_terminal(cli: Any, tmp_path: Path) -> None:
     path = tmp_path / "as.yaml"
     answers = (
         "\n".join(["sftp.example.org", "2222", "me", "/keys/k", "", "", "/data/mx", "/srv/vault"])
-        + "\n"
+        + "\nn\n"  # and no check of the new setup now
     )
     result = cli("init", "--config_path", str(path), "--interactive", input=answers)
     assert result.exit_code == 0, result.output
+    assert "Check the setup now? [Y/n]: n" in result.output
     data = yaml.safe_load(path.read_text())
     assert data["host"] == "sftp.example.org"
     assert data["port"] == 2222

@@ -11,6 +11,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -483,3 +484,89 @@ def test_no_summary_says_1_and_a_plural() -> None:
     ]
     for text in texts:
         assert not PLURAL_AFTER_ONE.search(text), text
+
+
+def test_exclude_from_and_include_from_read_as_rsync_reads_them(
+    cli: Any, env: dict[str, Path], tmp_path: Path
+) -> None:
+    """--exclude-from FILE / --include-from FILE (and the keys): one pattern a line, comments and
+    blank lines left out; verification leaves out what they leave out."""
+    epn = env["src"] / "12282a"
+    for name in ("keep.cbf", "scratch/tmp.dat", ".info", ".hidden"):
+        write_file(epn / name, b"x")
+    excludes = tmp_path / "exclude.txt"
+    excludes.write_text("# scratch space and dot-files\n; as rsync reads them\n\nscratch/\n.*\n")
+    includes = tmp_path / "include.txt"
+    includes.write_text(".info\n")
+    walk(cli, env)
+    missing = sync(cli, env, "--exclude-from", str(tmp_path / "nope.txt"))
+    assert missing.exit_code == 2
+    assert missing.stderr == (
+        f"Error: exclude_from {tmp_path / 'nope.txt'} does not exist: create it or fix exclude_from\n"
+    )
+    assert rows(env["db"], "SELECT status, attempts FROM epns") == [("pending", 0)]
+    done = sync(cli, env, "--exclude-from", str(excludes), "--include-from", str(includes))
+    assert done.exit_code == 0, done.stdout + done.stderr
+    copy = env["dest"] / "12282a"
+    assert sorted(p.name for p in copy.iterdir()) == [".info", "keep.cbf"]
+    files = {"ASYNCHY_EXCLUDE_FROM": str(excludes), "ASYNCHY_INCLUDE_FROM": str(includes)}
+    verified = cli("--config", str(env["conf"]), "verify", "--json", env=files)
+    assert verified.exit_code == 0, verified.stdout
+    assert json.loads(verified.stdout)["differ"] == []
+    unfiltered = cli("--config", str(env["conf"]), "verify", "--json")
+    assert json.loads(unfiltered.stdout)["differ"] != []  # without the files, two are missing
+
+
+def test_max_duration_stops_cleanly_and_charges_nothing(cli: Any, env: dict[str, Path]) -> None:
+    """sync --max-duration: at the limit no new EPN starts and running copies stop, given back
+    uncharged; exit 0 (the run did what it was asked); the next run copies them."""
+    from test_sync import big_epns, rsyncs_into
+
+    big_epns(env["src"], ["61000a", "61001b", "61002c"], mib=4)
+    walk(cli, env)
+    started = time.monotonic()
+    result = sync(cli, env, "--max-duration", "2s", "--bwlimit", "200K", "--threads", "1")
+    took = time.monotonic() - started
+    assert result.exit_code == 0, result.stdout + result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("sync stopped at the time limit (--max-duration 2s): 0 EPNs complete")
+    assert "1 cancelled" in first
+    assert "  stopped at the time limit: 61000a (not charged; the next run copies them)" in (
+        result.stdout
+    )
+    assert took < 30
+    assert rsyncs_into(env["dest"]) == []
+    assert rows(env["db"], "SELECT DISTINCT status, failures FROM epns") == [("pending", 0)]
+    assert rows(env["db"], "SELECT classification FROM transfers") == [("cancelled",)]
+    data = json.loads(sync(cli, env, "--json").stdout)
+    assert sorted(data["complete"]) == ["61000a", "61001b", "61002c"]
+    assert data["time_limit_reached"] is None
+
+
+def test_stop_at_takes_the_next_such_time_and_refuses_nonsense(
+    cli: Any, env: dict[str, Path]
+) -> None:
+    from datetime import datetime, timedelta
+
+    from asynchy.errors import UsageError
+    from asynchy.schedule import seconds_until
+
+    now = datetime(2026, 12, 7, 22, 30).astimezone()
+    assert seconds_until("23:00", now) == 1800
+    assert seconds_until("07:00", now) == 8.5 * 3600  # tomorrow morning
+    assert seconds_until("2026-12-08 07:00", now) == 8.5 * 3600
+    for bad in ("7 o'clock", "25:00", "2026-12-07 21:00"):
+        try:
+            seconds_until(bad, now)
+        except UsageError:
+            continue
+        raise AssertionError(bad)
+    write_file(env["src"] / "62000a" / "f", b"f")
+    walk(cli, env)
+    refused = sync(cli, env, "--stop-at", "soon")
+    assert refused.exit_code == 2
+    assert refused.stderr.startswith("Error: --stop-at 'soon' is not a time: give HH:MM")
+    assert rows(env["db"], "SELECT attempts FROM epns") == [(0,)]
+    soon = (datetime.now() + timedelta(minutes=5)).strftime("%H:%M")
+    assert sync(cli, env, "--stop-at", soon).exit_code == 0  # far enough: the run completes
+    assert rows(env["db"], "SELECT status FROM epns") == [("complete",)]

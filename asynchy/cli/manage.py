@@ -149,9 +149,11 @@ def verify_cmd(
         asynchy verify --epn 12282a --checksum --json
     """
     from asynchy import ops, render
+    from asynchy.filters import from_settings
 
     out = take_output(output)
     settings = get_settings(ctx, dest=dest, src_prefix=src_prefix)
+    rules = from_settings(settings)
     target_dest = Path(settings.require("dest")).expanduser().resolve()
     target = None if (settings.is_local or not checksum) else settings.ssh_target()
     result = ops.verify(
@@ -163,8 +165,8 @@ def verify_cmd(
         src_prefix=settings.src_prefix,
         destinations=settings.destinations,
         layout=settings.layout,
-        include=settings.include or (),
-        exclude=settings.exclude or (),
+        include=rules.include,
+        exclude=rules.exclude,
         rsync=settings.rsync,
     )
     data = result.as_dict()

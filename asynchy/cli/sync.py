@@ -134,6 +134,8 @@ BATCH_OPTIONS = [
         metavar="PATTERN",
         help="rsync include pattern, checked before the excludes (repeatable).",
     ),
+    key_option("exclude_from", metavar="FILE"),
+    key_option("include_from", metavar="FILE"),
     key_option(
         "metrics_file",
         metavar="FILE",
@@ -180,6 +182,8 @@ def _sync_settings(ctx: click.Context, kw: dict[str, Any], **more: Any) -> Setti
         copy_unmapped=kw["include_unmapped"],
         exclude=kw["exclude"] or None,
         include=kw["include"] or None,
+        exclude_from=kw["exclude_from"],
+        include_from=kw["include_from"],
         chmod=kw["chmod"],
         metrics_file=kw["metrics_file"],
         bwlimit=kw["bwlimit"],
@@ -196,9 +200,11 @@ def _size(text: str) -> int:
 def _sync_options(settings: Settings, kw: dict[str, Any], **more: Any) -> SyncOptions:
     """SyncOptions from the batch options and the settings."""
     from asynchy.destinations import copies_unmapped
+    from asynchy.filters import from_settings
     from asynchy.sync import SyncOptions
 
     dest = Path(settings.require("dest")).expanduser().resolve()
+    rules = from_settings(settings)
     return SyncOptions(
         dest=dest,
         src_prefix=settings.require("src_prefix"),
@@ -222,8 +228,8 @@ def _sync_options(settings: Settings, kw: dict[str, Any], **more: Any) -> SyncOp
         destinations=settings.destinations,
         rsync=settings.rsync,
         layout=settings.layout,
-        include=settings.include or (),
-        exclude=settings.exclude or (),
+        include=rules.include,
+        exclude=rules.exclude,
         chmod=settings.chmod,
         ignore_file=Path(settings.ignore_file).expanduser() if settings.ignore_file else None,
         metrics_file=Path(settings.metrics_file).expanduser() if settings.metrics_file else None,
@@ -245,6 +251,18 @@ def _sync_options(settings: Settings, kw: dict[str, Any], **more: Any) -> SyncOp
     metavar="DURATION",
     help="Only EPNs whose newest file is at least this old, e.g. 1h [default: any].",
 )
+@click.option(
+    "--max-duration",
+    callback=duration,
+    metavar="DURATION",
+    help="After this long (e.g. 6h) no new EPN starts and running copies stop, given back "
+    "uncharged (the next run resumes them; keep their files with --partial).",
+)
+@click.option(
+    "--stop-at",
+    metavar="TIME",
+    help="As --max-duration, at a local time: HH:MM (the next one) or 'YYYY-MM-DD HH:MM'.",
+)
 @output_options()
 @click.pass_context
 def sync_cmd(ctx: click.Context, /, **kw: Any) -> None:
@@ -254,7 +272,8 @@ def sync_cmd(ctx: click.Context, /, **kw: Any) -> None:
     failed for a data reason once their back-off has passed); an EPN is
     complete only when rsync succeeded and the local copy matches the
     inventory and the source.  A server outage or a setup mistake is never
-    charged to an EPN (docs/failures.md).  Exit code 3 when some EPNs were
+    charged to an EPN (docs/failures.md).  --max-duration / --stop-at end
+    the run at a time, nothing charged.  Exit code 3 when some EPNs were
     not completed, 2 for a setup problem, 1 when the server cannot be
     reached, 130 when interrupted.
 
@@ -263,6 +282,7 @@ def sync_cmd(ctx: click.Context, /, **kw: Any) -> None:
         asynchy sync --dest /srv/as/vault/data --src_prefix /data/mx --limit 30 --retry 5 --parallel --threads 2
         asynchy sync --epn 12282a --verify checksum
         asynchy sync --dry-run --limit 5
+        asynchy sync --limit 500 --stop-at 07:00 --partial
     """
     from asynchy import render
     from asynchy.progress import SyncBar
@@ -276,12 +296,15 @@ def sync_cmd(ctx: click.Context, /, **kw: Any) -> None:
 
         for name in kw["epns"]:
             parse_epn(name)
+    limit, limit_text = _time_limit(kw["max_duration"], kw["stop_at"])
     opts = _sync_options(
         settings,
         kw,
         dry_run=kw["dry_run"],
         epns=tuple(kw["epns"]) or None,
         settle=kw["settle"],
+        time_limit=limit,
+        time_limit_text=limit_text,
     )
     from asynchy.remote.factory import open_tree
 
@@ -300,6 +323,21 @@ def sync_cmd(ctx: click.Context, /, **kw: Any) -> None:
         raise Interrupted()  # the summary says so
     if summary.unfinished:
         raise PartialFailure()
+
+
+def _time_limit(max_duration: float | None, stop_at: str | None) -> tuple[float | None, str]:
+    """The run's time limit in seconds (the earlier of the two options) and how it was given."""
+    from datetime import datetime
+
+    from asynchy.render import compact_duration
+    from asynchy.schedule import seconds_until
+
+    limits = []
+    if max_duration is not None:
+        limits.append((max_duration, f"--max-duration {compact_duration(max_duration)}"))
+    if stop_at is not None:
+        limits.append((seconds_until(stop_at, datetime.now().astimezone()), f"--stop-at {stop_at}"))
+    return min(limits) if limits else (None, "")
 
 
 @click.command("watch")
