@@ -77,9 +77,11 @@ Event = Progressed | Finished | Probed
 
 
 class Pool(Protocol):
-    cancel: threading.Event
-
     def submit(self, job: Job) -> None: ...
+
+    def cancel_all(self) -> None: ...  # every running transfer stops (cancelled)
+
+    def recover(self, key: str) -> None: ...  # the job's worker process died
 
 
 class Stop(Protocol):
@@ -204,7 +206,7 @@ class Batch:
         if self.deadline is None or self.stopping or time.monotonic() < self.deadline:
             return
         self.timed_out = True
-        self.pool.cancel.set()
+        self.pool.cancel_all()
         log.info(
             "the time limit is reached: no new EPN starts; stopping %s",
             plural(len(self.running), "running EPN"),
@@ -301,9 +303,10 @@ class Batch:
     def _fill(self) -> None:
         """Fill the free slots, the largest remaining work first: a waiting part of a split EPN,
         or the next EPN of the batch (claimed now; split into parts if it is big)."""
-        if self._free() > 0 and self.again and not self.opts.dry_run:
-            names, self.again = self.again[: self._free()], self.again[self._free() :]
-            for c in self._claim(names, len(names)):  # taken by someone else meanwhile: fine
+        while self._free() > 0 and self.again and not self.opts.dry_run:
+            # one at a time: the ones still in `again` count as starting for --bwlimit's share
+            name = self.again.pop(0)
+            for c in self._claim([name], 1):  # taken by someone else meanwhile: fine
                 self._start(c.epn, c)
         while self._free() > 0:
             candidate = self._next_candidate()
@@ -526,6 +529,7 @@ class Batch:
         except (
             BrokenExecutor
         ):  # a --parallel worker process died (kill -9, OOM, Ctrl+C at start-up)
+            self.pool.recover(event.key)  # its rsyncs end before the EPN is taken again
             kind: FailureClass = "cancelled" if self.stopping else "link"
             result = _made_up(item.job, kind, "the worker process died")
         except Exception as exc:  # a bug in the worker: not the EPN's fault; record it, keep going
@@ -732,7 +736,7 @@ class Batch:
         if result.kind == "setup" or self.breaker.failed(time.monotonic()):
             self.halt = error_for(result, self.target, self.opts.src_prefix, where)
             self.breaker.answered()  # nothing more to wait for
-            self.pool.cancel.set()  # running transfers stop and give their claims back
+            self.pool.cancel_all()  # running transfers stop and give their claims back
             log.info("stopping: %s", self.halt)  # the command's error line says it once
             return
         wait = self.breaker.next_at - time.monotonic()

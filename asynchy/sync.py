@@ -42,7 +42,7 @@ from asynchy.render import plural
 from asynchy.rsync import RsyncOptions, rsync_argv, rsync_version
 from asynchy.schedule import DEFAULT_SPLIT_MIN
 from asynchy.signals import StopSignals
-from asynchy.transfer import close_master, run_job
+from asynchy.transfer import close_master, end_strays, run_job
 from asynchy.waiting import Waiting, not_taken
 
 log = logging.getLogger(__name__)
@@ -183,24 +183,34 @@ class _Pool:
         self.parallel = parallel
         self.threads = threads
         self._relay: threading.Thread | None = None
+        self.cancelled = False
+        # the process pool's jobs not settled yet (by key), with the pool they went to
+        self._jobs: dict[str, tuple[Job, Executor]] = {}
         if parallel:  # imported only here: start-up time matters (docs/benchmarks.md)
             import multiprocessing
 
             self._ctx = multiprocessing.get_context("spawn")
-            self._mp_queue = self._ctx.Queue()
-            self.cancel: Any = self._ctx.Event()
             self.executor: Executor = self._process_pool()
-            self._relay = threading.Thread(target=self._relay_progress, daemon=True)
-            self._relay.start()
         else:
-            self.cancel = threading.Event()
+            self.cancel: Any = threading.Event()
             self.executor = ThreadPoolExecutor(
                 max_workers=threads, thread_name_prefix="asynchy-rsync"
             )
 
     def _process_pool(self) -> Executor:
+        """A process pool with a progress queue and a cancel event of its own: a worker killed
+        while it used them can leave their locks held for good, so a new pool never shares
+        them with the one it replaces."""
         from concurrent.futures import ProcessPoolExecutor
 
+        self._mp_queue = self._ctx.Queue()
+        self.cancel = self._ctx.Event()
+        if self.cancelled:
+            self.cancel.set()
+        self._relay = threading.Thread(
+            target=self._relay_progress, args=(self._mp_queue,), daemon=True
+        )
+        self._relay.start()
         return ProcessPoolExecutor(
             max_workers=self.threads,
             mp_context=self._ctx,
@@ -208,34 +218,71 @@ class _Pool:
             initargs=(self._mp_queue, self.cancel),
         )
 
-    def _relay_progress(self) -> None:
+    def _relay_progress(self, progress: Any) -> None:
         while True:
-            item = self._mp_queue.get()
+            item = progress.get()
             if item is None:
                 return
             self.events.put(Progressed(*item))
 
+    def cancel_all(self) -> None:
+        """Stop every running transfer (they end as cancelled); new ones start cancelled."""
+        self.cancelled = True
+        self.cancel.set()
+
     def submit(self, job: Job) -> None:
+        key = job.key
         if self.parallel:
+            self._jobs[key] = (job, self.executor)  # before submit: a refusal may come late
             try:
                 fut: Future[TransferResult] = self._spawn_safely(job)
             except (BrokenExecutor, OSError, RuntimeError):
                 # A worker process was killed (kill -9, the OOM killer): the pool is broken, or
-                # half-way there ("handle is closed" while its manager winds down).  The job
-                # ends as the pool's running ones did - "the worker process died", a link
-                # failure: given back uncharged - and a fresh pool takes the next ones.
-                log.warning("a worker process died; starting new worker processes")
-                self._drop_executor(wait=False)
-                self.executor = self._process_pool()
+                # half-way there ("handle is closed" while its manager winds down) - after it
+                # may have taken the job all the same.  The job ends as the pool's running ones
+                # did - "the worker process died", a link failure: given back uncharged - once
+                # everything the pool started has ended; a fresh pool takes the next ones.
+                self.recover(key)
                 fut = Future()
                 fut.set_exception(BrokenExecutor("the worker process died"))
+            fut.add_done_callback(lambda f: self._settled(key, f))
         else:
             events = self.events
             fut = self.executor.submit(
                 run_job, job, lambda name, done: events.put(Progressed(name, done)), self.cancel
             )
-        key = job.key
         fut.add_done_callback(lambda f: self.events.put(Finished(key, f)))
+
+    def _settled(self, key: str, fut: Future[TransferResult]) -> None:
+        """A job of the process pool that ended normally leaves nothing behind to clean up (one
+        that failed with its pool is forgotten by recover)."""
+        if not isinstance(fut.exception(), BrokenExecutor):
+            self._jobs.pop(key, None)
+
+    def recover(self, key: str) -> None:
+        """A worker process died, and with it the process pool (the job ``key`` failed with it):
+        before any EPN it was copying is taken again, the pool's other workers and every rsync
+        its jobs started are ended (an rsync outlives its worker for a while, and the next
+        attempt of its EPN uses the same folders), then a fresh pool takes the next jobs.  Once
+        per broken pool; threads never break."""
+        if not self.parallel or self._jobs.get(key, (None, None))[1] is not self.executor:
+            return  # a job of a pool already ended and replaced
+        log.warning("a worker process died; ending its pool and starting new worker processes")
+        old = self.executor
+        workers = list((getattr(old, "_processes", None) or {}).values())
+        for process in workers:
+            with contextlib.suppress(Exception):
+                process.kill()
+        for process in workers:
+            with contextlib.suppress(Exception):
+                process.join(5)
+        jobs = list(self._jobs.items())  # one step: pool threads settle jobs meanwhile
+        ended = end_strays(job for _, (job, pool) in jobs if pool is old)
+        if ended:
+            log.info("ended %s of the dead pool", plural(ended, "rsync"))
+        self._jobs = {k: v for k, v in jobs if v[1] is not old}
+        self._drop_executor(wait=False)
+        self.executor = self._process_pool()
 
     def _spawn_safely(self, job: Job) -> Future[TransferResult]:
         """Submit; a worker process started meanwhile is born with SIGINT blocked, so a Ctrl+C on
@@ -260,6 +307,7 @@ class _Pool:
         if self._relay is not None:
             self._mp_queue.put(None)
             self._relay.join(timeout=5)
+            self._mp_queue.cancel_join_thread()  # never wait at exit on a lock a dead worker held
 
 
 # ------------------------------------------------------------------ the run
@@ -346,7 +394,7 @@ def sync(
             _sweep_control_dirs()
             control_dir = tempfile.mkdtemp(prefix=f"{CONTROL_PREFIX}{os.getpid()}-")
             ropts = replace(ropts, control_dir=control_dir)
-        with StopSignals(pool.cancel.set) as stop:
+        with StopSignals(pool.cancel_all) as stop:
             batch = Batch(
                 db=db,
                 target=target,
@@ -367,7 +415,7 @@ def sync(
         status = _conclude(db, batch, target, opts, ropts, summary)
     except BaseException:
         status = "failed"
-        pool.cancel.set()
+        pool.cancel_all()
         raise
     finally:
         _wind_down(db, pool, control_dir, heart, worker, status)

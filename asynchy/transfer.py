@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -95,6 +95,40 @@ def _wait_for_group(pgid: int, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while _group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+def end_strays(jobs: Iterable[Job]) -> int:
+    """kill -9 every rsync still running for these jobs, found by their own ``--temp-dir`` or
+    ``--partial-dir`` (no other transfer has them), with its process group (its receiver and
+    ssh), and wait until none of them runs; returns how many groups were ended.
+
+    A ``--parallel`` worker that died leaves its rsync running for a while: the same EPN must not
+    be copied again (in the same folders) until that rsync has ended."""
+    marks = set()
+    for job in jobs:
+        if job.temp_dir is not None:
+            marks.add(b"--temp-dir=" + job.temp_dir)
+        if job.partial_dir is not None:
+            marks.add(b"--partial-dir=" + job.partial_dir)
+    if not marks:
+        return 0
+    groups = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                args = fh.read().split(b"\0")
+            if marks.intersection(args):
+                groups.add(os.getpgid(int(entry)))
+        except (OSError, ProcessLookupError):
+            continue
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+    for group in groups:
+        _wait_for_group(group)
+    return len(groups)
 
 
 def run_rsync(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -1081,3 +1082,51 @@ def test_claim_of_another_host_is_taken_back_only_after_its_lease(
         ("20001b", "complete", None, 4),
     ]
     assert rows(env["db"], "SELECT claim_token FROM transfers") == [(4,)]
+
+
+def _rsync_runs_by_folder(dest: Path) -> dict[bytes, set[int]]:
+    """The rsync runs (process groups) alive now, by the --temp-dir they write into."""
+    from sshd import processes
+
+    runs: dict[bytes, set[int]] = {}
+    for pid, (_ppid, cmd) in processes().items():
+        if not cmd.startswith(b"rsync") or str(dest).encode() not in cmd:
+            continue
+        folder = next((a for a in cmd.split(b"\0") if a.startswith(b"--temp-dir=")), None)
+        with contextlib.suppress(ProcessLookupError):
+            if folder is not None:
+                runs.setdefault(folder, set()).add(os.getpgid(pid))
+    return runs
+
+
+def test_a_dead_worker_s_rsyncs_end_before_their_epns_are_copied_again(
+    env: dict[str, Path], cli: Any
+) -> None:
+    """Found by the fault campaign (tests/chaos): after kill -9 of one --parallel worker, the
+    pool's other workers and their rsyncs ran on for seconds while their EPNs, given back, were
+    copied again in the same folders; the old run then removed the new one's temporary files
+    (an EPN charged with exit 23 on a 'stat ... No such file'), and the sync hung at exit.
+    Two rsyncs of one EPN must never run at once.  The EPNs given back were also claimed again
+    all at once, so --bwlimit gave the first the whole budget and the others 512 B/s each: the
+    run crawled for hours (each now gets its share)."""
+    big_epns(env["src"], ["58100a", "58101b", "58102c"], mib=6)
+    walk(cli, env)
+    proc = spawn_sync(env, "--parallel", "--threads", "3", "--bwlimit", "3M", "--retry", "2")
+    wait_until(lambda: len(rsyncs_into(env["dest"])) >= 3, what="three rsyncs")
+    rsync_pid = rsyncs_into(env["dest"])[0]
+    worker = int(Path(f"/proc/{rsync_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    os.kill(worker, signal.SIGKILL)
+    overlaps = []
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        for folder, groups in _rsync_runs_by_folder(env["dest"]).items():
+            if len(groups) > 1:
+                overlaps.append((folder, groups))
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=10)
+    assert overlaps == []
+    assert proc.returncode == 0, out + err  # given back, copied again within --retry
+    assert rows(env["db"], "SELECT count(*) FROM epns WHERE failures > 0") == [(0,)]
+    assert tree_digest(env["dest"]) == tree_digest(env["src"])
+    own = env["dest"] / ".asynchy-tmp"
+    assert not own.exists() or not any(own.iterdir())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 from typing import Any, NoReturn
 
@@ -131,6 +132,7 @@ def main() -> None:
     build code that way while modules load): its ``run_eval_code_obj`` marks the interrupt as
     unhandled although asynchy handled it.  So a stop leaves with os._exit(130), once everything
     is flushed (the run has already wound down: claims given back, workers ended)."""
+    _sigterm_stops()
     try:
         cli(prog_name="asynchy")
     except KeyboardInterrupt:  # a Ctrl+C that landed while a stop was already unwinding
@@ -139,6 +141,18 @@ def main() -> None:
         if exc.code == int(ExitCode.INTERRUPTED):
             _leave(int(ExitCode.INTERRUPTED))
         raise
+
+
+def _sigterm_stops() -> None:
+    """From the start, SIGTERM stops a command as Ctrl+C does (exit 130, nothing half-written):
+    before a command installs its own handling (walk, sync, watch), the default would end the
+    process by the signal - `systemctl stop` during sync's preflight, for one."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, stop)
 
 
 def _leave(code: int) -> NoReturn:
