@@ -20,7 +20,7 @@ import functools
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -321,62 +321,18 @@ def _short(exc: Exception) -> str:
     return str(orig if orig is not None else exc).splitlines()[0]
 
 
-_READ_ACTIONS = {
-    sqlite3.SQLITE_SELECT,
-    sqlite3.SQLITE_READ,
-    sqlite3.SQLITE_FUNCTION,
-    sqlite3.SQLITE_RECURSIVE,
-    sqlite3.SQLITE_TRANSACTION,
-}
-_READ_PRAGMAS = {
-    "table_info",
-    "table_xinfo",
-    "table_list",
-    "index_list",
-    "index_info",
-    "index_xinfo",
-    "foreign_key_list",
-    "function_list",
-    "collation_list",
-    "compile_options",
-    "page_count",
-    "page_size",
-    "freelist_count",
-    "user_version",
-    "schema_version",
-    "data_version",
-    "journal_mode",
-    "encoding",
-}
+Authorizer = Callable[[int, str | None, str | None, str | None, str | None], int]
 
 
-def _read_only_authorizer(
-    action: int, arg1: str | None, arg2: str | None, _db: str | None, _src: str | None
-) -> int:
-    """SQLite authorizer of ``asynchy sql``: reading only; no ATTACH (it creates files), no settings changed."""
-    if action in _READ_ACTIONS:
-        return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _READ_PRAGMAS:
-        reads = arg2 is None or (arg1 or "").lower() in (
-            "table_info",
-            "table_xinfo",
-            "index_list",
-            "index_info",
-            "index_xinfo",
-            "foreign_key_list",
-        )
-        return sqlite3.SQLITE_OK if reads else sqlite3.SQLITE_DENY
-    return sqlite3.SQLITE_DENY
-
-
-def open_read_only(setting: str) -> Database:
-    """A connection that cannot write: SQLite opened with mode=ro and query_only; PostgreSQL read-only
-    transactions.  The schema must be current (nothing can be upgraded through it)."""
+def open_read_only(setting: str, *, authorizer: Authorizer | None = None) -> Database:
+    """A connection that cannot write: SQLite opened with mode=ro and query_only (and
+    ``authorizer``, which asynchy.sqlquery gives); PostgreSQL read-only transactions.  The schema
+    must be current (nothing can be upgraded through it)."""
     if is_url(setting):
         engine, shown, _ = make_engine(setting)
         if engine.dialect.name == "sqlite":
             engine.dispose()
-            return open_read_only(str(make_url(setting).database))
+            return open_read_only(str(make_url(setting).database), authorizer=authorizer)
 
         @event.listens_for(engine, "begin")
         def _read_only(conn: Connection) -> None:
@@ -398,7 +354,8 @@ def open_read_only(setting: str) -> Database:
             dbapi_conn.isolation_level = None
             dbapi_conn.execute(f"PRAGMA busy_timeout = {_busy_timeout_ms}")
             dbapi_conn.execute("PRAGMA query_only = ON")
-            dbapi_conn.set_authorizer(_read_only_authorizer)
+            if authorizer is not None:
+                dbapi_conn.set_authorizer(authorizer)
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:

@@ -231,20 +231,75 @@ def test_sql_formats(cli: Any, known_any: str) -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    "statement",
-    [
-        "DELETE FROM epns",
-        "UPDATE epns SET status = 'complete'",
-        "DROP TABLE files",
-        "INSERT INTO epns (epn, first_seen_at) VALUES ('x', '2020-01-01')",
-    ],
-)
-def test_sql_refuses_writes(cli: Any, known_any: str, statement: str) -> None:
-    result = cli("--db", known_any, "sql", statement)
-    assert result.exit_code == 2
-    assert result.stderr.startswith("Error: asynchy sql only reads")
-    assert json.loads(cli("--db", known_any, "status", "--json").stdout)["epns"]["total"] == 60
+WRITES = [
+    "DELETE FROM epns",
+    "UPDATE epns SET status = 'complete'",
+    "DROP TABLE files",
+    "INSERT INTO epns (epn, first_seen_at) VALUES ('x', '2020-01-01')",
+    # the security review's: a query that ends its own read-only transaction, then writes
+    "SELECT 1; COMMIT; DELETE FROM epns",
+    "COMMIT; CREATE TABLE pwned (x int); SELECT 1",
+    "SELECT 1; END; DELETE FROM epns",
+    "COMMIT",
+    "END",
+    "CREATE TABLE pwned (x int)",
+    "COPY (SELECT 1) TO PROGRAM 'touch {marker}'",
+    "COPY epns TO '{marker}'",
+    "DO $$ BEGIN DELETE FROM epns; END $$",
+    "SET ROLE postgres",
+    "SET default_transaction_read_only = off",
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid()",
+    "SELECT lo_import('/etc/hostname')",
+    "SELECT lo_export(0, '{marker}')",
+    "SELECT set_config('default_transaction_read_only', 'off', false)",
+    "SELECT * FROM query_to_xml('DELETE FROM epns RETURNING epn', true, true, '')",
+    "SELECT dblink_exec('dbname=' || current_database(), 'DELETE FROM epns')",
+    "WITH gone AS (DELETE FROM epns RETURNING epn) SELECT count(*) FROM gone",
+    "SELECT epn FROM epns FOR UPDATE",
+    "SELECT 1 /* ; */ ; DELETE FROM epns -- ;",
+    "SELECT $x$ ; $x$; DELETE FROM epns",
+    "SELECT 'it''s'; DELETE FROM epns",
+    "SELECT nextval('walks_id_seq')",
+]
+
+
+@pytest.mark.parametrize("statement", WRITES)
+def test_sql_refuses_writes(cli: Any, known_any: str, statement: str, tmp_path: Path) -> None:
+    """Every write form the security review tried, on SQLite and on PostgreSQL (with dblink
+    installed there): one line, exit 2, and nothing changed - no row, no table, no file."""
+    marker = tmp_path / "pwned"
+    if "://" in known_any:
+        from sqlalchemy import create_engine
+
+        engine = create_engine(known_any)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS dblink")
+        engine.dispose()
+    count = "SELECT status, count(*) AS n FROM epns GROUP BY status ORDER BY status"
+    before = cli("--db", known_any, "sql", count, "--csv").stdout
+    result = cli("--db", known_any, "sql", statement.format(marker=marker))
+    assert result.exit_code == 2, result.stdout
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: "), result.stderr
+    assert any(w in result.stderr for w in ("only reads", "refused the query", "one statement"))
+    assert cli("--db", known_any, "sql", count, "--csv").stdout == before
+    tables = cli("--db", known_any, "sql", "SELECT count(*) AS n FROM transfers", "--csv").stdout
+    assert tables.splitlines()[1] != "0"
+    pwned = cli("--db", known_any, "sql", "SELECT * FROM pwned")
+    assert pwned.exit_code == 2  # no such table
+    assert not marker.exists()
+
+
+def test_sql_reads_what_looks_like_a_write(cli: Any, known_any: str) -> None:
+    """Semicolons, keywords and % inside strings, names and comments are the query's own (and
+    LIKE '%' works on PostgreSQL: psycopg read '%' as a placeholder)."""
+    for query, expected in (
+        ("SELECT 'a;b; DELETE FROM epns' AS x", "a;b; DELETE FROM epns"),
+        ("SELECT 1 AS \"x;y\" -- ; DROP TABLE epns", "1"),
+        ("/* DELETE; */ SELECT count(*) AS n FROM epns WHERE epn LIKE '1200%';", "10"),
+    ):
+        result = cli("--db", known_any, "sql", query, "--csv")
+        assert result.exit_code == 0, result.stderr
+        assert result.stdout.splitlines()[1] == expected, query
 
 
 def test_sql_refuses_what_sqlite_would_let_write_elsewhere(
@@ -262,9 +317,12 @@ def test_sql_refuses_what_sqlite_would_let_write_elsewhere(
 
 
 def test_sql_bad_query(cli: Any, known: Path) -> None:
-    result = cli("--db", str(known), "sql", "SELEC 1")
+    result = cli("--db", str(known), "sql", "SELECT 1 FRM epns")
     assert result.exit_code == 2
-    assert result.stderr == 'Error: the database refused the query: near "SELEC": syntax error\n'
+    assert result.stderr == 'Error: the database refused the query: near "epns": syntax error\n'
+    typo = cli("--db", str(known), "sql", "SELEC 1")
+    assert typo.exit_code == 2
+    assert typo.stderr.startswith("Error: asynchy sql only reads: a statement starting with SELEC")
 
 
 # ------------------------------------------------------------------ recipes in docs/reporting.md
