@@ -130,7 +130,9 @@ class AlertSummary:
 
 
 # ------------------------------------------------------------------ templates
-def _environment(folder: Path | None) -> Any:
+def _environment(folder: Path | None, html_name: str) -> Any:
+    """Templates from ``folder``, then the shipped ones.  The HTML template (whatever its name:
+    HPC ASSyncy's is ``epnalert-html.j2``) is autoescaped, the text one is not."""
     import jinja2
 
     loaders: list[Any] = []
@@ -143,7 +145,7 @@ def _environment(folder: Path | None) -> Any:
     loaders.append(jinja2.PackageLoader("asynchy", "templates"))
     return jinja2.Environment(
         loader=jinja2.ChoiceLoader(loaders),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2", "html")),
+        autoescape=lambda name: name == html_name,  # noqa: S701 - the text part is not HTML
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -157,7 +159,7 @@ def render(
     """(text, html) of the message; a ConfigError naming the template, line and problem."""
     import jinja2
 
-    env = _environment(folder)
+    env = _environment(folder, names[1])
     out = []
     for name in names:
         where = name

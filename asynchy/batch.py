@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from asynchy import claims
 from asynchy.config import SshTarget
 from asynchy.db import Database
-from asynchy.destinations import dest_base, dest_folder, dest_path
+from asynchy.destinations import Overlaps, dest_base, dest_folder, dest_path, dest_root
 from asynchy.errors import AsynchyError, RemoteError, SetupError
 from asynchy.failures import (
     IN_RUN_BASE,
@@ -185,6 +185,7 @@ class Batch:
     done_parts: dict[str, tuple[int, set[int]]] = field(default_factory=dict)  # epn -> (K, done)
     batch_bytes: int = 0  # the planned batch's size: an EPN's fair share is batch_bytes / threads
     timed_out: bool = False  # --max-duration / --stop-at reached: stopping as on Ctrl+C
+    overlaps: Overlaps | None = None  # every copied EPN's folder, built at the first plan
 
     def __post_init__(self) -> None:
         self.breaker = Breaker(self.opts.retry + 1)
@@ -266,6 +267,7 @@ class Batch:
             settled_before=self.settled_before,
         )
         self.summary.skipped.update({k: v for k, v in skipped.items() if k not in self.seen})
+        found = [p for p in found if not self._overlaps(p.epn)]
         for p in found:
             self.planned[p.epn] = p
             self.seen.add(p.epn)
@@ -273,6 +275,25 @@ class Batch:
             self.batch_bytes += p.size
         self.queue.sort(key=lambda epn: -self.planned[epn].size)  # stable: --order among equals
         return found
+
+    def _overlaps(self, epn: str) -> bool:
+        """An EPN whose folder would overlap another's is refused at plan time (docs/sync.md)."""
+        if self.overlaps is None:
+            opts = self.opts
+            copied = claims.copied_epns(
+                self.db, mapped_only=opts.mapped_only, destinations=opts.destinations
+            )
+            self.overlaps = Overlaps(copied, opts.dest, opts.destinations, opts.layout)
+        why = self.overlaps.conflict(epn)
+        if why is None:
+            return False
+        self.seen.add(epn)
+        self.summary.refused[epn] = (
+            f"{why}: one copy would write into the other; asynchy skip one of them, or fix "
+            "destinations or layout"
+        )
+        log.warning("EPN %s refused: %s", epn, self.summary.refused[epn])
+        return True
 
     def _claim(self, candidates: list[str] | None, n: int) -> list[claims.Claim]:
         assert self.worker is not None
@@ -771,14 +792,16 @@ def build_job(
     ``part``: (index, files) of a split EPN - its own temporary folders, exactly its files on
     stdin, no checks (the whole EPN's final pass verifies)."""
     raw = decode_name(planned.epn)
+    root = os.fsencode(dest_root(planned.epn, opts.dest, opts.destinations, opts.layout))
     base = dest_base(planned.epn, opts.dest, opts.destinations, opts.layout)
     folder = dest_folder(planned.epn, opts.dest, opts.destinations, opts.layout)
     temp = None if opts.dry_run else temp_dir_for(base, raw)
     partial = partial_dir_for(base, raw) if opts.partial and not opts.dry_run else None
     if part is not None:
-        return _part_job(
+        job, where = _part_job(
             planned, claimed, tries, repair, part, opts, ropts, target, folder, temp, partial
         )
+        return replace(job, dest_root=root), where
 
     def argv(**kw: Any) -> tuple[str, ...]:
         return tuple(rsync_argv(target=target, prefix=opts.src_prefix, **kw))
@@ -813,6 +836,7 @@ def build_job(
         stall_timeout=opts.stall_timeout,
         dry_run=opts.dry_run,
         prefix=opts.src_prefix,
+        dest_root=root,
     )
     return job, str(dest_path(planned.epn, opts.dest, opts.destinations, opts.layout))
 

@@ -558,6 +558,15 @@ def claim(
     ]
 
 
+def copied_epns(
+    db: Database, *, mapped_only: bool, destinations: Mapping[str, str] | None
+) -> list[str]:
+    """Every EPN whose copy is or will be under dest: not skipped (and mapped, with mapped_only)."""
+    with db.read() as conn:
+        names = conn.execute(select(e.epn).where(e.status != "skipped")).scalars().all()
+    return [n for n in names if not mapped_only or is_mapped(n, destinations)]
+
+
 def walk_state(db: Database, epn: str) -> tuple[bool, int, int]:
     """(walk_complete, size, file_count) of one EPN as recorded now."""
     with db.read() as conn:

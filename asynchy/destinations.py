@@ -85,6 +85,16 @@ def _parts(
     )
 
 
+def dest_root(
+    epn: str, dest: Path, destinations: Mapping[str, str] | None, layout: str | None = None
+) -> Path:
+    """The configured folder the EPN's folders are below: dest, or the absolute folder its project
+    is mapped to.  It is trusted as it is (it may be a symlink); everything below it is entered
+    without following symlinks (asynchy.destfs)."""
+    absolute, _, _ = _parts(epn, resolve_layout(layout, destinations), destinations)
+    return Path(absolute or dest)
+
+
 def dest_base(
     epn: str, dest: Path, destinations: Mapping[str, str] | None, layout: str | None = None
 ) -> Path:
@@ -121,3 +131,58 @@ def stored_folder(stored: str, epn: str) -> bytes:
     head = os.fsencode("/".join(parts[:at]))
     tail = "/".join(parts[at + 1 :])
     return head + b"/" + decode_name(epn) + (b"/" + os.fsencode(tail) if tail else b"")
+
+
+class Overlaps:
+    """No EPN's folder may lie inside, or hold, another EPN's folder, nor be or hold a project
+    folder of the map: one copy would write into the other (a server folder ``projD`` copied
+    unmapped into ``dest/projD``, where the mapped EPN 12400a lives).  Built once per batch
+    from the EPNs that are copied (``epns``: not skipped; mapped ones only when unmapped ones
+    are not copied)."""
+
+    def __init__(
+        self,
+        epns: list[str],
+        dest: Path,
+        destinations: Mapping[str, str] | None,
+        layout: str | None,
+    ) -> None:
+        self.dest, self.destinations, self.layout = dest, destinations, layout
+        self.folders: dict[tuple[bytes, ...], str] = {}  # an EPN's own folder -> the EPN
+        self.holders: dict[tuple[bytes, ...], str] = {}  # every folder above one -> an EPN there
+        for epn in epns:
+            parts = self._own(epn)
+            self.folders.setdefault(parts, epn)
+            for k in range(1, len(parts)):
+                self.holders.setdefault(parts[:k], epn)
+        self.projects: dict[tuple[bytes, ...], str] = {}
+        for project in sorted(set((destinations or {}).values())):
+            folder = Path(project) if Path(project).is_absolute() else dest / project
+            self.projects[_components(os.fsencode(folder))] = project
+
+    def _own(self, epn: str) -> tuple[bytes, ...]:
+        base = dest_base(epn, self.dest, self.destinations, self.layout)
+        return (*_components(os.fsencode(base)), decode_name(epn))
+
+    def conflict(self, epn: str) -> str | None:
+        """Why the EPN's folder would overlap another EPN's or a project folder; None if not."""
+        parts = self._own(epn)
+        shown = os.fsdecode(b"/" + b"/".join(parts))
+        other = self.folders.get(parts)
+        if other is not None and other != epn:
+            return f"its folder {shown} is EPN {other}'s too"
+        for k in range(len(parts) - 1, 0, -1):
+            other = self.folders.get(parts[:k])
+            if other is not None and other != epn:
+                return f"its folder {shown} lies inside EPN {other}'s folder"
+        inner = self.holders.get(parts)
+        if inner is not None and inner != epn:
+            return f"its folder {shown} holds EPN {inner}'s folder"
+        for folder, project in self.projects.items():
+            if folder[: len(parts)] == parts:
+                return f"its folder {shown} is or holds the folder of project {project}"
+        return None
+
+
+def _components(path: bytes) -> tuple[bytes, ...]:
+    return tuple(p for p in os.path.normpath(path).split(b"/") if p)

@@ -46,6 +46,9 @@ class Job:
     # One part of a split EPN (docs/sync.md, "Filling the link"): ``stdin`` lists exactly its files,
     # rsync copies them and nothing is verified; the whole EPN's final pass verifies.
     part: int | None = None
+    # the configured folder dest_dir, temp_dir and partial_dir are below (dest, or an absolute
+    # destination): every folder under it is entered without following symlinks (asynchy.destfs)
+    dest_root: bytes | None = None
 
     @property
     def key(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,7 +182,10 @@ def verify(
             if row.dest_path
             else dest_folder(row.epn, dest, destinations, layout)
         )
-        reason, kind = _check_copy(db, row.epn, folder, rules)
+        kind: FailureClass = "verify"
+        reason = _unsafe(dest, folder)
+        if reason is None:
+            reason, kind = _check_copy(db, row.epn, folder, rules)
         if reason is None and ropts is not None:
             assert src_prefix is not None
             reason, kind = _check_source(row.epn, folder, target, src_prefix, ropts)
@@ -192,6 +196,20 @@ def verify(
         if on_epn is not None:
             on_epn(row.epn, reason is None)
     return out
+
+
+def _unsafe(dest: Path, folder: bytes) -> str | None:
+    """A symlink (or a file) where a folder of the copy under dest should be: not followed."""
+    from asynchy.destfs import UnsafeFolder, check_below
+
+    root = os.fsencode(dest)
+    if not folder.startswith(root.rstrip(b"/") + b"/"):
+        return None  # an absolute destination: its root is the administrator's
+    try:
+        check_below(root, folder)
+    except UnsafeFolder as exc:
+        return f"verify: {exc}"
+    return None
 
 
 def _verify_rows(db: Database, epns: Sequence[str], out: Verified) -> list[Any]:

@@ -164,6 +164,8 @@ def sync_summary(summary: dict[str, Any]) -> str:
             parts.append(f"{len(summary['changed'])} changed")
         if summary["given_back"]:
             parts.append(f"{len(summary['given_back'])} given back")
+        if summary.get("refused"):
+            parts.append(f"{len(summary['refused'])} refused")
         parts += [f"{len(summary['skipped'])} skipped", f"{len(summary['cancelled'])} cancelled"]
         lines = [
             f"sync {state}: {', '.join(parts)}, "
@@ -177,6 +179,8 @@ def sync_summary(summary: dict[str, Any]) -> str:
         )
     for item in summary.get("given_back", []):
         lines.append(f"  given back: {shown(item['epn'])}: {shown(item['reason'])} (not charged)")
+    for item in summary.get("refused", []):
+        lines.append(f"  refused: {shown(item['epn'])}: {shown(item['reason'])}")
     if summary.get("time_limit_reached") and summary.get("cancelled"):
         stopped = ", ".join(shown(e) for e in summary["cancelled"][:5])
         more = ", ..." if len(summary["cancelled"]) > 5 else ""

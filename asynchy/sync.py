@@ -104,6 +104,7 @@ class SyncSummary:
     changed: dict[str, str] = field(default_factory=dict)  # listed again; copied by the next run
     given_back: dict[str, str] = field(default_factory=dict)  # link or setup: uncharged
     skipped: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # its folder would overlap another's
     cancelled: list[str] = field(default_factory=list)
     would_change: dict[str, int] = field(default_factory=dict)
     plan: list[dict[str, Any]] = field(default_factory=list)  # in start order: epn, bytes, parts
@@ -119,7 +120,7 @@ class SyncSummary:
     @property
     def unfinished(self) -> bool:
         """Some selected EPN is not complete (exit code 3), though the run itself went to its end."""
-        return bool(self.failed or self.changed or self.given_back)
+        return bool(self.failed or self.changed or self.given_back or self.refused)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +138,7 @@ class SyncSummary:
                 {"reason": w.reason, "epns": w.epns, "hint": w.hint} for w in self.not_taken
             ],
             "skipped": self.skipped,
+            "refused": [{"epn": epn, "reason": why} for epn, why in self.refused.items()],
             "cancelled": self.cancelled,
             "would_change": self.would_change,
             "plan": self.plan,

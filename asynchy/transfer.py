@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from asynchy import destfs
 from asynchy.failures import classify_exit, main_complaint
 from asynchy.jobs import FailureClass, Job, TransferResult
 from asynchy.render import plural
@@ -131,6 +132,12 @@ def end_strays(jobs: Iterable[Job]) -> int:
     return len(groups)
 
 
+def _pinned_fds(cwd: bytes) -> tuple[int, ...]:
+    """The descriptor a ``/proc/self/fd/N`` working folder needs in the child."""
+    prefix = b"/proc/self/fd/"
+    return (int(cwd[len(prefix) :]),) if cwd.startswith(prefix) else ()
+
+
 def run_rsync(
     argv: tuple[str, ...],
     stdin: bytes,
@@ -154,6 +161,7 @@ def run_rsync(
             start_new_session=True,
             env=child_env(os.environ),
             cwd=cwd,
+            pass_fds=_pinned_fds(cwd),
         )
     except OSError as exc:
         return _Run(None, "", "", "", False, False, error=f"cannot run {argv[0]}: {exc.strerror}")
@@ -378,75 +386,81 @@ def run_job(job: Job, on_progress: ProgressFn | None = None, cancel: Any = None)
     return _run_job(job, on_progress, cancel)
 
 
-class UnsafeFolder(OSError):
-    """asynchy's own folder is a symlink or not a folder: never followed, never written through."""
+class _Folders:
+    """The folders of one attempt, opened without following symlinks (asynchy.destfs): the EPN's
+    destination folder (rsync's working folder, handed over as an open descriptor), asynchy's
+    ``.asynchy-tmp`` beside it with the attempt's temporary and partial folders.  Closed by
+    ``close``; ``tidy`` removes what the attempt leaves behind."""
 
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.dest: int | None = None  # the EPN's destination folder
+        self.own: int | None = None  # <base>/.asynchy-tmp
 
-def _private_dir(path: bytes) -> None:
-    """Create ``path`` (its parent must exist) or accept it as it is, if it is a real folder.
-
-    Checked with lstat: a symlink planted there is refused, not followed."""
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a folder"
-        raise UnsafeFolder(
-            f"{os.fsdecode(path)} is {what}: asynchy keeps its temporary files there and will "
-            "not follow it; remove it"
-        )
-
-
-def _remove_private(path: bytes) -> None:
-    """Remove this EPN's own temporary folder (never through a symlink)."""
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISLNK(os.lstat(path).st_mode):
-            os.unlink(path)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _remove_leftovers(temp_dir: bytes) -> None:
-    """Every folder of this EPN beside its temporary folder (``<hash>.partial``, a split EPN's
-    ``<hash>.pN`` and ``<hash>.partial.pN``): what killed or earlier attempts left behind."""
-    parent, own = os.path.split(temp_dir)
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        return
-    for name in names:
-        if name.startswith(own + b"."):
-            _remove_private(os.path.join(parent, name))
-
-
-def prepare_folders(job: Job) -> None:
-    """The EPN's destination parent, asynchy's folder beside it, and this EPN's temporary folders."""
-    # rsync runs in the EPN's destination folder (no EPN name in its argv); made here, not by rsync.
-    os.makedirs(job.dest_dir, exist_ok=True)
-    for own in (job.temp_dir, job.partial_dir):
+    def prepare(self) -> None:
+        job = self.job
+        root = job.dest_root if job.dest_root is not None else os.path.dirname(job.dest_dir)
+        self.dest = destfs.open_below(root, job.dest_dir, create=True)
+        own = job.temp_dir or job.partial_dir
         if own is None:
-            continue
-        for attempt in range(5):  # another transfer may remove the (empty) shared parent meanwhile
+            return
+        tmp = os.path.dirname(own)  # <base>/.asynchy-tmp
+        base = destfs.open_below(root, os.path.dirname(tmp), create=True)
+        try:
+            self.own = destfs.private_folder(base, os.path.basename(tmp), tmp)
+        finally:
+            os.close(base)
+        if job.temp_dir is not None:
+            name = os.path.basename(job.temp_dir)
+            destfs.remove(self.own, name)  # what a killed attempt left behind
+            os.close(destfs.private_folder(self.own, name, job.temp_dir))
+        if job.partial_dir is not None:
+            name = os.path.basename(job.partial_dir)
+            os.close(destfs.private_folder(self.own, name, job.partial_dir))
+
+    def tidy(self, result: TransferResult | None) -> None:
+        """The temporary folder goes; the partial one once the attempt succeeded; and once the
+        whole EPN is in place, whatever earlier attempts and parts left (``<hash>.*``)."""
+        job = self.job
+        if self.own is None:
+            return
+        ok = result is not None and result.ok
+        if job.partial_dir is not None and ok:
+            destfs.remove(self.own, os.path.basename(job.partial_dir))
+        if job.temp_dir is not None:
+            name = os.path.basename(job.temp_dir)
+            if job.part is None and ok:
+                for other in destfs.names(self.own):
+                    if other.startswith(name + b"."):
+                        destfs.remove(self.own, other)
+            destfs.remove(self.own, name)
+        tmp = os.path.dirname(job.temp_dir or job.partial_dir or b"")
+        with contextlib.suppress(OSError):  # the shared folder, once no transfer uses it
+            root = job.dest_root if job.dest_root is not None else os.path.dirname(job.dest_dir)
+            base = destfs.open_below(root, os.path.dirname(tmp), create=False)
             try:
-                _private_dir(os.path.dirname(own))
-                if own == job.temp_dir:
-                    _remove_private(own)  # what a killed attempt left behind
-                _private_dir(own)
-                break
-            except FileNotFoundError:
-                if attempt == 4:
-                    raise
+                os.rmdir(os.path.basename(tmp), dir_fd=base)
+            finally:
+                os.close(base)
+
+    def close(self) -> None:
+        for fd in (self.dest, self.own):
+            if fd is not None:
+                os.close(fd)
+        self.dest = self.own = None
 
 
 def _run_job(job: Job, on_progress: ProgressFn | None, cancel: Any) -> TransferResult:
     started = datetime.now(UTC)
     progress = (lambda done: on_progress(job.key, done)) if on_progress is not None else None
+    folders = _Folders(job)
     if not job.dry_run:
         try:
-            prepare_folders(job)
+            folders.prepare()
         except OSError as exc:
+            folders.close()
             now = datetime.now(UTC)
-            if isinstance(exc, UnsafeFolder):
+            if isinstance(exc, destfs.UnsafeFolder):
                 reason = str(exc)
             else:
                 where = os.fsdecode(exc.filename) if exc.filename else os.fsdecode(job.dest_dir)
@@ -461,28 +475,29 @@ def _run_job(job: Job, on_progress: ProgressFn | None, cancel: Any) -> TransferR
         ):  # nothing copied yet: compare with nothing
             with tempfile.TemporaryDirectory(prefix="asynchy-dry-run-") as empty:
                 return _transfer(
-                    replace(job, dest_dir=os.fsencode(empty)), started, progress, cancel
+                    replace(job, dest_dir=os.fsencode(empty)), started, progress, cancel, None
                 )
-        result = _transfer(job, started, progress, cancel)
+        result = _transfer(job, started, progress, cancel, folders.dest)
         return result
     finally:
-        if job.partial_dir is not None and result is not None and result.ok:
-            _remove_private(job.partial_dir)  # kept for the next attempt unless this one succeeded
-        if job.temp_dir is not None and job.part is None and result is not None and result.ok:
-            _remove_leftovers(job.temp_dir)  # the EPN is whole: what earlier attempts left goes
-        if job.temp_dir is not None:
-            _remove_private(job.temp_dir)
-            with contextlib.suppress(OSError):  # the shared parent, once no transfer uses it
-                os.rmdir(os.path.dirname(job.temp_dir))
+        try:
+            folders.tidy(result)
+        finally:
+            folders.close()
 
 
 def _transfer(
-    job: Job, started: datetime, progress: Callable[[int], None] | None, cancel: Any
+    job: Job,
+    started: datetime,
+    progress: Callable[[int], None] | None,
+    cancel: Any,
+    folder: int | None,
 ) -> TransferResult:
+    cwd = _pinned(job.dest_dir, folder)
     run = run_rsync(
         job.argv,
         job.stdin,
-        cwd=job.dest_dir,
+        cwd=cwd,
         stall_timeout=job.stall_timeout,
         cancel=cancel,
         on_progress=progress,
@@ -534,11 +549,18 @@ def _transfer(
             "verify",
             f"the source listed no files but the inventory has {job.regular_files}: is it mounted?",
         )
-    kind, reason = _verify(job, cancel)
+    kind, reason = _verify(job, cancel, cwd)
     return result(kind, reason)
 
 
-def _verify(job: Job, cancel: Any) -> tuple[FailureClass, str | None]:
+def _pinned(path: bytes, folder: int | None) -> bytes:
+    """rsync's working folder: the open descriptor of the checked folder (``/proc/self/fd/N``
+    in the child, which inherits it), so that a component swapped for a symlink after the check
+    is not followed; the path itself when there is no descriptor (a dry run)."""
+    return path if folder is None else f"/proc/self/fd/{folder}".encode()
+
+
+def _verify(job: Job, cancel: Any, cwd: bytes) -> tuple[FailureClass, str | None]:
     """After rsync exit 0: the copy against the inventory, then against the source now.
 
     docs/failures.md: a copy that matches the source but not the inventory, or
@@ -552,12 +574,12 @@ def _verify(job: Job, cancel: Any) -> tuple[FailureClass, str | None]:
             return "verify", f"verify: {files_differ(differences)} from the inventory ({problems})"
         return "ok", None
     what = "checksum check" if job.check_checksum else "check against the source"
-    check = _check(job.check_argv, job, cancel)
+    check = _check(job.check_argv, job, cancel, cwd)
     if check.content_only and check.lines == check.content_only and job.repair_argv is not None:
         repaired = run_rsync(
             job.repair_argv,
             job.stdin,
-            cwd=job.dest_dir,
+            cwd=cwd,
             stall_timeout=job.stall_timeout,
             cancel=cancel,
         )
@@ -567,7 +589,7 @@ def _verify(job: Job, cancel: Any) -> tuple[FailureClass, str | None]:
             kind = classify_exit(repaired.exit_code, repaired.stderr)
             return kind, "repair by checksum: " + describe_exit(repaired.exit_code)
         differences, problems = verify_local(job)
-        check = _check(job.check_argv, job, cancel)
+        check = _check(job.check_argv, job, cancel, cwd)
     if check.cancelled:
         return "cancelled", "interrupted"
     if check.exit_code != 0:
@@ -588,8 +610,8 @@ def _verify(job: Job, cancel: Any) -> tuple[FailureClass, str | None]:
     return "ok", None
 
 
-def _check(argv: tuple[str, ...], job: Job, cancel: Any) -> _Run:
+def _check(argv: tuple[str, ...], job: Job, cancel: Any, cwd: bytes) -> _Run:
     # No stall watchdog: a checksum pass prints nothing while it reads a large file.
     return run_rsync(
-        argv, job.stdin, cwd=job.dest_dir, stall_timeout=None, cancel=cancel, count_itemized=True
+        argv, job.stdin, cwd=cwd, stall_timeout=None, cancel=cancel, count_itemized=True
     )
