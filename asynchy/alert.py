@@ -15,7 +15,6 @@ of the same name in the ``alert_templates`` folder replaces the shipped one.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import smtplib
 import socket
@@ -34,6 +33,7 @@ from asynchy.config import SECRET_ENV, Settings
 from asynchy.db import Database
 from asynchy.destinations import copies_unmapped, epn_number, left_unmapped
 from asynchy.errors import AlertError, ConfigError, PortalError
+from asynchy.keys import is_loopback
 from asynchy.models import alerts_table, visits_table
 from asynchy.names import encode_name
 from asynchy.portal import Person, Portal, Visit, person_from
@@ -60,20 +60,11 @@ class Smtp:
             raise ConfigError(
                 "smtp_user is set but no password: set ASYNCHY_SMTP_PASSWORD or smtp_password_file"
             )
-        if self.user and not self.starttls and not _is_loopback(self.host):
+        if self.user and not self.starttls and not is_loopback(self.host):
             raise ConfigError(
                 f"smtp_user is set but smtp_starttls is off: the password would cross the network to "
                 f"{self.host} in clear; set smtp_starttls: true"
             )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -498,8 +489,13 @@ def options_from_settings(
         path = Path(settings.smtp_password_file).expanduser()
         try:
             password = path.read_text(encoding="utf-8").strip()
+            others = path.stat().st_mode & 0o044
         except OSError as exc:
             raise ConfigError(f"smtp_password_file {path} cannot be read: {exc.strerror}") from None
+        if others:
+            log.warning(
+                "smtp_password_file %s can be read by other users: chmod 600 %s", path, path
+            )
     return AlertOptions(
         to=tuple(settings.alert_to or ()),
         sender=settings.alert_from or f"asynchy@{socket.getfqdn()}",

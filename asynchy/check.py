@@ -90,13 +90,20 @@ def _config(settings: Settings) -> Check:
 
 
 def _rsync(settings: Settings) -> Check:
-    from asynchy.rsync import rsync_version
+    from asynchy.rsync import SAFE_VERSION, rsync_version
 
     try:
         version, _line = rsync_version(settings.rsync)
     except AsynchyError as exc:
         return _failed("rsync", exc)
     shown = ".".join(map(str, version))
+    if version < SAFE_VERSION:
+        return Check(
+            "rsync",
+            "warn",
+            f"{settings.rsync}: version {shown}, below 3.5.0: a symlink race in the receiver's "
+            "working folder (CVE-2026-53796) is fixed only there; upgrade rsync",
+        )
     return Check("rsync", "ok", f"{settings.rsync}: version {shown}")
 
 

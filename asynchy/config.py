@@ -81,6 +81,8 @@ class SshTarget:
     keypath: Path | None
     known_hosts: Path
     timeout: float
+    agent: str | None = None  # the ssh-agent socket the connection may use; None: no agent
+    ssh_config: Path | None = None  # read by rsync's ssh; None: no ssh config file at all
 
     @property
     def known_hosts_name(self) -> str:
@@ -98,6 +100,8 @@ class Settings:
     user: str | None
     keypath: str | None
     known_hosts: str
+    ssh_agent: str
+    ssh_config: str | None
     db: str
     src_prefix: str | None
     dest: str | None
@@ -166,7 +170,7 @@ class Settings:
             )
         return value
 
-    def ssh_target(self) -> SshTarget:
+    def ssh_target(self, environ: Mapping[str, str] | None = None) -> SshTarget:
         if self.merc_missing:
             raise ConfigError(
                 f"config file {self.config_path} lacks {', '.join(self.merc_missing)}: a MeRC asynchy "
@@ -186,6 +190,8 @@ class Settings:
                 f"key file {keypath} (keypath, from {self.where('keypath')}) is a public key: "
                 f"give the private one{hint}"
             )
+        environ = os.environ if environ is None else environ
+        wants_agent = self.ssh_agent == "yes" or (self.ssh_agent == "auto" and keypath is None)
         return SshTarget(
             host=host.strip(),
             port=self.port,
@@ -193,6 +199,8 @@ class Settings:
             keypath=keypath,
             known_hosts=Path(self.known_hosts).expanduser(),
             timeout=self.timeout,
+            agent=(environ.get("SSH_AUTH_SOCK") or None) if wants_agent else None,
+            ssh_config=Path(self.ssh_config).expanduser() if self.ssh_config else None,
         )
 
 
@@ -370,17 +378,34 @@ def _read_config_file(
         if raw is None:
             continue
         values[name] = _parse(KEYS[name], raw, f"config file {path}: key '{name}'")
-    if _holds_passwords(values.get("portal")) and _readable_by_others(path):
-        notes.append(
-            (
-                logging.WARNING,
-                f"config file {path} holds portal passwords and can be read by other users: "
-                f"chmod 600 {path}, or use password_file / password_env",
+    if _readable_by_others(path):
+        if _holds_passwords(values.get("portal")):
+            notes.append(
+                (
+                    logging.WARNING,
+                    f"config file {path} holds portal passwords and can be read by other users: "
+                    f"chmod 600 {path}, or use password_file / password_env",
+                )
             )
-        )
+        if _url_password(values.get("db")):
+            notes.append(
+                (
+                    logging.WARNING,
+                    f"config file {path} holds a database password and can be read by other "
+                    f"users: chmod 600 {path}, or set ASYNCHY_DB or use ~/.pgpass",
+                )
+            )
     if given == {"host", "port"}:  # MeRC asynchy's config without its user, keypath and db
         values["merc_missing"] = tuple(k for k in MERC_KEYS if k not in given)
     return values, notes
+
+
+def _url_password(db: Any) -> bool:
+    """A database URL with a password in it (postgresql://user:secret@host/db)."""
+    if not isinstance(db, str) or "://" not in db:
+        return False
+    userinfo = db.split("://", 1)[1].rpartition("@")[0]
+    return ":" in userinfo and bool(userinfo.partition(":")[2])
 
 
 def _holds_passwords(portal: Any) -> bool:

@@ -435,8 +435,9 @@ def backup_sqlite(db: Database, rev: str) -> Path:
 
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d%H%M%S")
     target = db.path.with_name(f"{db.path.name}.bak-{rev}-{stamp}")
+    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
     src = sqlite3.connect(db.path)
-    dst = sqlite3.connect(target)
+    dst = sqlite3.connect(target)  # into the private file made above: mode 0600, as the database
     try:
         src.backup(dst)
     finally:

@@ -8,10 +8,12 @@ ValueError with the end of a sentence ("must be ...").
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 ENV_PREFIX = "ASYNCHY_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -178,6 +180,16 @@ def _as_addresses(value: Any) -> tuple[str, ...]:
     return out
 
 
+def is_loopback(host: str) -> bool:
+    """This machine's own address: nothing sent there crosses a network."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _as_portal(value: Any) -> dict[str, Any]:
     """The facility portal: ``{base_url, equipment: [{id, username, password, client_name,
     client_password}], visit_days, timeout}``; passwords may instead be ``*_file`` or ``*_env``."""
@@ -190,14 +202,23 @@ def _as_portal(value: Any) -> dict[str, Any]:
             raise ValueError("must be a mapping (YAML) with base_url and equipment") from None
     if not isinstance(value, dict):
         raise ValueError("must be a mapping with base_url and equipment")
-    unknown = set(value) - {"base_url", "equipment", "visit_days", "timeout"}
+    known = {"base_url", "equipment", "visit_days", "timeout", "token_in"}
+    unknown = set(value) - known
     if unknown:
         raise ValueError(
-            f"has unknown entries {sorted(unknown)} (known: base_url, equipment, visit_days, timeout)"
+            f"has unknown entries {sorted(unknown)} (known: {', '.join(sorted(known))})"
         )
+    token_in = str(value.get("token_in", "query")).strip().lower()
+    if token_in not in ("query", "header"):
+        raise ValueError("token_in must be query or header")
     base = value.get("base_url")
     if not isinstance(base, str) or not base.startswith(("http://", "https://")):
         raise ValueError("needs base_url, e.g. https://portal.example.org")
+    if base.startswith("http://") and not is_loopback(urlsplit(base).hostname or ""):
+        raise ValueError(
+            "base_url must be https:// (plain http:// only to this machine: localhost, "
+            "127.0.0.1, ::1): the portal's passwords and token would cross the network in clear"
+        )
     equipment = value.get("equipment")
     if not isinstance(equipment, list) or not equipment:
         raise ValueError("needs a list of equipment entries {id, username, password, ...}")
@@ -221,6 +242,7 @@ def _as_portal(value: Any) -> dict[str, Any]:
         "equipment": items,
         "visit_days": _as_days(value.get("visit_days", 30)),
         "timeout": _as_seconds(value.get("timeout", 30)),
+        "token_in": token_in,
     }
 
 
@@ -267,6 +289,16 @@ def _as_patterns(value: Any) -> tuple[str, ...]:
         if any(ord(c) < 32 for c in pattern):
             raise ValueError(f"pattern {pattern!r} holds a control character")
     return out
+
+
+def _as_agent(value: Any) -> str:
+    """auto, yes or no (a YAML boolean reads as yes or no)."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    text = _as_line(value).lower()
+    if text not in ("auto", "yes", "no"):
+        raise ValueError("must be auto, yes or no")
+    return text
 
 
 def _as_regex(value: Any) -> str:
@@ -371,6 +403,25 @@ KEYS: dict[str, KeySpec] = {
             default_doc="`~/.ssh/known_hosts`",
             doc="the only file used to check the server's host key",
             init=True,
+        ),
+        KeySpec(
+            "ssh_agent",
+            _as_agent,
+            "auto",
+            "use ssh-agent's keys: auto (only when keypath is unset), yes or no",
+            option_doc="-",
+            default_doc="`auto`",
+            doc="whether the facility connection may use ssh-agent's keys: `auto` only when `keypath` is unset (the agent is then the only way in), `yes`, `no`. The agent is never forwarded to the server ([security.md](security.md#ssh))",
+        ),
+        KeySpec(
+            "ssh_config",
+            _as_str,
+            None,
+            "an ssh config file for rsync's ssh (default: none is read)",
+            "path",
+            option_doc="-",
+            default_doc="*(none: no ssh config file is read)*",
+            doc="an ssh_config(5) file that rsync's ssh reads (e.g. for a `ProxyJump`); without it ssh reads none, not even `~/.ssh/config`. asynchy's own options come first and win ([security.md](security.md#ssh))",
         ),
         KeySpec(
             "db",

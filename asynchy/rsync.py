@@ -13,6 +13,7 @@ docs/sync.md.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import subprocess
@@ -24,7 +25,10 @@ from typing import Literal
 from asynchy.config import SshTarget
 from asynchy.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 MIN_VERSION = (3, 4, 1)
+SAFE_VERSION = (3, 5, 0)  # fixes CVE-2026-53796 (receiver chdir symlink race) and 32 more
 # asynchy's own folder in each destination folder: rsync's temp files (<hash>/) and, with --partial,
 # kept partial files (<hash>.partial/).  EPN names starting with names.RESERVED_PREFIX are refused by
 # the walk, so no EPN folder can ever be this folder.
@@ -82,6 +86,14 @@ def rsync_version(binary: str) -> tuple[tuple[int, int, int], str]:
     version = parse_version(first)
     if version is None:
         raise ConfigError(f"{binary} --version did not print an rsync version: {first!r}")
+    if version < SAFE_VERSION and version >= MIN_VERSION:
+        log.warning(
+            "%s is rsync %s: below 3.5.0 a receiver's working folder can be raced by a symlink "
+            "(CVE-2026-53796), and asynchy runs rsync inside the destination; upgrade rsync to "
+            ">= 3.5.0 (docs/security.md)",
+            binary,
+            ".".join(map(str, version)),
+        )
     if version < MIN_VERSION:
         raise ConfigError(
             f"{binary} is rsync {'.'.join(map(str, version))}; asynchy needs >= 3.4.1 "
@@ -131,8 +143,27 @@ def ssh_command(target: SshTarget, opts: RsyncOptions) -> str:
         "ServerAliveCountMax=3",
         "-o",
         f"ConnectionAttempts={opts.retry + 1}",
+        # Nothing of this host goes to the facility's server, whatever an ssh config says (the
+        # first value ssh gets wins, and options come before any config file):
+        "-a",
+        "-x",
+        "-o",
+        "ForwardAgent=no",
+        "-o",
+        "ForwardX11=no",
         "-o",
         "ClearAllForwardings=yes",
+        "-o",
+        "PermitLocalCommand=no",
+        "-o",
+        "Tunnel=no",
+        "-o",
+        "IdentityAgent="
+        + (_rsh_quote(target.agent, "SSH_AUTH_SOCK") if target.agent is not None else "none"),
+        "-F",
+        _rsh_quote(str(target.ssh_config), "ssh_config")
+        if target.ssh_config is not None
+        else "/dev/null",
     ]
     if opts.control_dir is not None:
         # One ssh connection per pool worker, reused by its transfers and their checks; it closes itself
@@ -284,7 +315,8 @@ def parse_bwlimit(value: str) -> str:
 
 
 # ------------------------------------------------------------------ what rsync and ssh may see
-_ENV_KEEP = ("PATH", "HOME", "LANG", "SSH_AUTH_SOCK", "TMPDIR", "USER", "LOGNAME", "TZ")
+# SSH_AUTH_SOCK is not passed: ssh gets the agent it may use as -o IdentityAgent (or none).
+_ENV_KEEP = ("PATH", "HOME", "LANG", "TMPDIR", "USER", "LOGNAME", "TZ")
 _ENV_SECRET = ("PASSWORD", "TOKEN", "SECRET", "PASSPHRASE", "CREDENTIAL")
 
 

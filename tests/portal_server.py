@@ -91,7 +91,14 @@ class PortalServer:
             def do_GET(self) -> None:
                 url = urllib.parse.urlsplit(self.path)
                 query = urllib.parse.parse_qs(url.query)
-                server.requests.append({"method": "GET", "path": url.path, "query": query})
+                server.requests.append(
+                    {
+                        "method": "GET",
+                        "path": url.path,
+                        "query": query,
+                        "auth": self.headers.get("Authorization", ""),
+                    }
+                )
                 parts = url.path.strip("/").split("/")
                 if (
                     parts[:3] != ["api", "v1", "equipment"]
@@ -107,6 +114,9 @@ class PortalServer:
                 if server.mode == "bad-json":
                     return self._answer(200, b"<html>maintenance</html>", "text/html")
                 token = query.get("access_token", [""])[0]
+                bearer = self.headers.get("Authorization", "")
+                if bearer.startswith("Bearer "):  # an OAuth2 resource server takes either
+                    token = bearer.removeprefix("Bearer ")
                 if not token.startswith("token-"):
                     return self._answer(401, b'{"error": "no token"}')
                 if server.mode == "401-once" and token == "token-1":  # the first token has expired

@@ -294,7 +294,7 @@ def test_sql_reads_what_looks_like_a_write(cli: Any, known_any: str) -> None:
     LIKE '%' works on PostgreSQL: psycopg read '%' as a placeholder)."""
     for query, expected in (
         ("SELECT 'a;b; DELETE FROM epns' AS x", "a;b; DELETE FROM epns"),
-        ("SELECT 1 AS \"x;y\" -- ; DROP TABLE epns", "1"),
+        ('SELECT 1 AS "x;y" -- ; DROP TABLE epns', "1"),
         ("/* DELETE; */ SELECT count(*) AS n FROM epns WHERE epn LIKE '1200%';", "10"),
     ):
         result = cli("--db", known_any, "sql", query, "--csv")

@@ -104,6 +104,30 @@ def test_bwlimit_values_rsync_refuses(value: str) -> None:
         parse_bwlimit(value)
 
 
+def test_ssh_pins_what_reaches_the_server_whatever_an_ssh_config_says() -> None:
+    """issue 19, 5: no agent forwarding, no X11, no LocalCommand, no forwardings, no ssh config
+    file unless ssh_config names one, and the agent only when the settings allow it."""
+    from dataclasses import replace
+
+    words = ssh_command(TARGET, RsyncOptions()).split()
+    for pinned in (
+        "-a",
+        "-x",
+        "ForwardAgent=no",
+        "ForwardX11=no",
+        "ClearAllForwardings=yes",
+        "PermitLocalCommand=no",
+        "Tunnel=no",
+        "IdentityAgent=none",
+    ):
+        assert pinned in words, pinned
+    assert words[words.index("-F") + 1] == "/dev/null"
+    agent = ssh_command(replace(TARGET, agent="/run/agent.sock"), RsyncOptions()).split()
+    assert "IdentityAgent=/run/agent.sock" in agent
+    own = ssh_command(replace(TARGET, ssh_config=Path("/etc/asynchy/ssh_config")), RsyncOptions())
+    assert own.split()[own.split().index("-F") + 1] == "/etc/asynchy/ssh_config"
+
+
 def test_child_environment_is_an_allow_list() -> None:
     env = child_env(
         {
@@ -122,7 +146,6 @@ def test_child_environment_is_an_allow_list() -> None:
         "PATH": "/usr/bin",
         "HOME": "/root",
         "LC_TIME": "en_AU",
-        "SSH_AUTH_SOCK": "/run/agent",
         "LC_ALL": "C",
         "LANG": "C",
     }

@@ -107,3 +107,151 @@ def test_a_copy_that_would_land_in_another_epn_s_folder_is_refused(
     second = sync(cli, site)
     assert second.exit_code == 0, second.stdout
     assert (env["dest"] / "projD" / "12400a" / "good.txt").read_bytes() == b"the real data"
+
+
+# ------------------------------------------------------------------ ssh options (5)
+class EmptyAgent:
+    """An ssh-agent on a Unix socket that holds no key and counts who asked it."""
+
+    def __init__(self, path: Path) -> None:
+        import socket
+        import threading
+
+        self.path, self.asked = path, 0
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(8)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import struct
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.asked += 1
+            with conn:
+                while (head := conn.recv(4)) and len(head) == 4:
+                    conn.recv(struct.unpack(">I", head)[0])
+                    conn.sendall(struct.pack(">IBI", 5, 12, 0))  # IDENTITIES_ANSWER, no keys
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_nothing_of_this_host_reaches_the_server_whatever_its_ssh_config_says(
+    cli: Any,
+    env: dict[str, Any],
+    write_config: Any,
+    sshd: Sshd,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A `Host *` block with ForwardAgent and LocalCommand in the service account's
+    ~/.ssh/config applied to the facility connection, and SSH_AUTH_SOCK reached ssh: the agent
+    was offered to an untrusted server.  Now no ssh config is read unless ssh_config names one,
+    forwarding is pinned off, and the agent is used only when the settings allow it."""
+    marker = tmp_path / "local-command-ran"
+    ssh_dir = Path(os.environ["HOME"]) / ".ssh"
+    ssh_dir.mkdir(exist_ok=True)
+    (ssh_dir / "config").write_text(
+        f"Host *\n  ForwardAgent yes\n  PermitLocalCommand yes\n  LocalCommand touch {marker}\n"
+    )
+    agent = EmptyAgent(tmp_path / "agent.sock")
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(agent.path))
+    try:
+        write_file(env["src"] / "41000a" / "f.cbf", b"data")
+        walk(cli, env)
+        result = sync(cli, env)
+        assert result.exit_code == 0, result.stdout + result.stderr
+        assert not marker.exists()  # ~/.ssh/config was not read
+        assert agent.asked == 0  # keypath is set: neither paramiko nor ssh asked the agent
+        opted = _conf(env, write_config, sshd, ssh_agent="yes")
+        write_file(env["src"] / "41001a" / "f.cbf", b"more")
+        assert cli("--config", str(opted["conf"]), "walk").exit_code == 0
+        assert sync(cli, opted).exit_code == 0
+        assert agent.asked >= 1  # with ssh_agent: yes it is asked (so the check above can fail)
+    finally:
+        agent.close()
+
+
+# ------------------------------------------------------------------ the small ones (6)
+def test_the_portal_needs_https_beyond_this_machine_and_can_take_the_token_in_a_header(
+    cli: Any, write_config: Any, tmp_path: Path
+) -> None:
+    from portal_server import PortalServer
+
+    far = {
+        "base_url": "http://portal.example.org",
+        "equipment": [
+            {
+                "id": 1,
+                "username": "u",
+                "password_env": "P",
+                "client_name": "c",
+                "client_password_env": "Q",
+            }
+        ],
+    }
+    conf = write_config({"portal": far, "db": str(tmp_path / "x.db")})
+    result = cli("--config", str(conf), "config")
+    assert result.exit_code == 2
+    assert "base_url must be https://" in result.stderr
+    server = PortalServer("ok").start()
+    try:
+        from datetime import UTC, datetime, timedelta
+
+        from asynchy.portal import Portal
+
+        now = datetime.now(UTC)
+        visits, errors = Portal(server.config(token_in="header")).visits(
+            now - timedelta(days=30), now
+        )
+        assert errors == [] and visits
+        got = [r for r in server.requests if r["method"] == "GET"]
+        assert got and all(r["auth"].startswith("Bearer token-") for r in got)
+        assert all("access_token" not in r["query"] for r in got)  # not in the URL
+    finally:
+        server.stop()
+
+
+def test_the_schema_upgrade_backup_is_as_private_as_the_database(tmp_path: Path) -> None:
+    import stat
+
+    from asynchy.db import Database, backup_sqlite, open_database
+
+    path = tmp_path / "files.db"
+    db = open_database(str(path))
+    try:
+        assert isinstance(db, Database)
+        backup = backup_sqlite(db, "0007")
+    finally:
+        db.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+
+
+def test_secrets_in_files_others_can_read_get_a_warning(
+    cli: Any, write_config: Any, tmp_path: Path
+) -> None:
+    conf = write_config({"db": "postgresql://asynchy:db-secret@127.0.0.1:1/x"})
+    os.chmod(conf, 0o644)
+    result = cli("--config", str(conf), "-v", "config")
+    assert f"config file {conf} holds a database password and can be read by other users" in (
+        result.stderr
+    )
+    assert "db-secret" not in result.stderr + result.stdout
+    os.chmod(conf, 0o600)
+    assert "can be read by other users" not in cli("--config", str(conf), "-v", "config").stderr
+    secret = tmp_path / "smtp-password"
+    secret.write_text("smtp-secret\n")
+    os.chmod(secret, 0o644)
+    mail = write_config(
+        {"alert_to": ["ops@example.org"], "smtp_password_file": str(secret), "db": "x.db"},
+        name="mail.yaml",
+    )
+    checked = cli("--config", str(mail), "check", "--json")
+    assert f"smtp_password_file {secret} can be read by other users: chmod 600" in checked.stderr
+    assert "smtp-secret" not in checked.stderr + checked.stdout
