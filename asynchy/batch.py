@@ -43,6 +43,7 @@ from asynchy.failures import (
 )
 from asynchy.filters import Filters
 from asynchy.jobs import PART_MARK, FailureClass, Job, TransferResult
+from asynchy.logs import Block
 from asynchy.names import decode_name
 from asynchy.preflight import ProbeResult, error_for, probe
 from asynchy.render import iso_utc, plural
@@ -617,7 +618,7 @@ class Batch:
                 "rsync stderr for EPN %s (attempt %d):\n%s",
                 epn,
                 result.attempt,
-                result.stderr_log.rstrip(),
+                Block(result.stderr_log.rstrip()),
             )
         if self.opts.dry_run:
             if result.ok:

@@ -15,6 +15,48 @@ from pathlib import Path
 from asynchy.errors import ConfigError
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+CONTINUED = "\n    "  # how a record's second and later lines start: never like a new record
+
+
+class Block(str):
+    """A log argument that is several lines of its own (rsync's stderr): its newlines are kept,
+    each continuation line indented; any other argument is one line."""
+
+
+def _one_line(value: object) -> object:
+    """A log argument as one line: control characters (a newline, ESC, BEL, CR) escaped, as the
+    tables show names (render.shown); numbers stay numbers for %d."""
+    if isinstance(value, (int, float)) or value is None:
+        return value
+    text = str(value)
+    if isinstance(value, Block):
+        return "\n".join(_escaped(line) for line in text.split("\n"))
+    return _escaped(text)
+
+
+def _escaped(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() or ch == "\t" else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
+class SafeFormatter(logging.Formatter):
+    """A name from the server is data, not layout (docs/security.md): every argument of a log
+    call is one line with its control characters escaped, and every line after a record's first
+    is indented, so that nothing a server sends can forge a record or reach the terminal raw."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        safe = logging.makeLogRecord(record.__dict__)  # other handlers format the record too
+        if isinstance(record.args, dict):
+            safe.args = {k: _one_line(v) for k, v in record.args.items()}
+        elif record.args:
+            safe.args = tuple(_one_line(a) for a in record.args)
+        elif "\n" not in str(record.msg):
+            safe.msg = _escaped(str(record.msg))
+        return super().format(safe).replace("\n", CONTINUED)
 
 
 class _AtLeast(logging.Filter):
@@ -38,7 +80,7 @@ def _file_handler(path: Path, key: str, level: int) -> logging.Handler:
     except OSError as exc:
         raise ConfigError(f"{key} {path} cannot be opened: {exc.strerror}; fix {key}") from None
     fh.setLevel(level)
-    fh.setFormatter(logging.Formatter(FORMAT))
+    fh.setFormatter(SafeFormatter(FORMAT))
     fh._asynchy = True  # type: ignore[attr-defined]
     return fh
 
@@ -64,7 +106,7 @@ def setup(
     console = logging.StreamHandler()  # bars redirect it through tqdm.write (progress.py)
     console.setLevel(console_level)
     console.addFilter(_AtLeast(console_level))
-    console.setFormatter(logging.Formatter("asynchy: %(levelname)s: %(message)s"))
+    console.setFormatter(SafeFormatter("asynchy: %(levelname)s: %(message)s"))
     console._asynchy = True  # type: ignore[attr-defined]
     root.addHandler(console)
     level = console_level

@@ -267,17 +267,31 @@ def _csv_cell(v: Any) -> Any:
     return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
-def as_csv(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _formula_safe(cell: Any) -> Any:
+    """OWASP's advice for CSV opened in a spreadsheet: a text cell that starts like a formula
+    gets a leading quote (``--csv-safe``); numbers stay numbers."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
+        return "'" + cell
+    return cell
+
+
+def as_csv(columns: list[str], rows: list[tuple[Any, ...]], *, safe: bool = False) -> str:
+    """CSV with every value exact (names keep their bytes, control characters too; the stored
+    escapes of docs/schema.md decode them); ``safe``: formula-like text cells quoted."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_csv_cell(v) for v in row])
+        cells = [_csv_cell(v) for v in row]
+        writer.writerow([_formula_safe(c) for c in cells] if safe else cells)
     return out.getvalue()
 
 
 # ------------------------------------------------------------------ the one output convention
-FORMATS = ("table", "json", "csv", "nl")
+FORMATS = ("table", "json", "csv", "nl")  # and "csv-safe": csv with formula-like cells quoted
 
 
 def stdout_is_terminal() -> bool:
@@ -305,8 +319,8 @@ def rows_out(
         return "\n".join(
             json.dumps(machine(dict(zip(columns, r, strict=True))), default=str) for r in rows
         )
-    if fmt == "csv":
-        return as_csv(columns, rows).rstrip("\n")
+    if fmt in ("csv", "csv-safe"):
+        return as_csv(columns, rows, safe=fmt == "csv-safe").rstrip("\n")
     shown_rows = human_rows if human_rows is not None else rows
     if not shown_rows:
         return empty
@@ -365,8 +379,9 @@ def data_out(data: Any, fmt: str, human: Any) -> str:
         return as_json_data(data)
     if fmt == "nl":
         return as_json_line(data)
-    if fmt == "csv":
-        return as_csv(["key", "value"], [(k, v) for k, v in _flat(data)]).rstrip("\n")
+    if fmt in ("csv", "csv-safe"):
+        flat = [(k, v) for k, v in _flat(data)]
+        return as_csv(["key", "value"], flat, safe=fmt == "csv-safe").rstrip("\n")
     return str(human())
 
 

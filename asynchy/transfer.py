@@ -404,6 +404,19 @@ class _Folders:
         own = job.temp_dir or job.partial_dir
         if own is None:
             return
+        for attempt in range(5):  # another transfer removes the shared folder once it is empty
+            try:
+                self._own_folders(root, own)
+                return
+            except FileNotFoundError:
+                if self.own is not None:
+                    os.close(self.own)
+                    self.own = None
+                if attempt == 4:
+                    raise
+
+    def _own_folders(self, root: bytes, own: bytes) -> None:
+        job = self.job
         tmp = os.path.dirname(own)  # <base>/.asynchy-tmp
         base = destfs.open_below(root, os.path.dirname(tmp), create=True)
         try:

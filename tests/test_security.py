@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import FIXED_MTIME, rows, write_file
 from sshd import Sshd
+from test_alert import mail as mail
 from test_sync import env as env
 from test_sync import sync, tree_digest, walk
 
@@ -255,3 +257,171 @@ def test_secrets_in_files_others_can_read_get_a_warning(
     checked = cli("--config", str(mail), "check", "--json")
     assert f"smtp_password_file {secret} can be read by other users: chmod 600" in checked.stderr
     assert "smtp-secret" not in checked.stderr + checked.stdout
+
+
+# ------------------------------------------------------------------ hostile names, everywhere
+HOSTILE_EPNS: list[bytes] = [
+    b"55555a<img src=x onerror=alert(8)>",
+    b"<svg onload=alert(1)>",
+    b"12348a\r\nBcc: evil@example.org\r\n",
+    b"12349a\x1b[2J\x1b[31mred\x07",
+    b"-rf --delete",
+    b"$(touch PWNED-epn)",
+    b"5" * 5 + b"b" * 250,  # 255 bytes
+    b"12350\xff\xfe",
+    b"   ",
+]
+HOSTILE_FILE = b"frame\n\x1b[31m$(touch PWNED-file).cbf"
+RAW_CONTROLS = ("\x1b", "\x07", "\r")
+
+
+class _Tags(HTMLParser):
+    """Every start tag of a page, with its attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def _scripted(html: str) -> list[str]:
+    """Elements that would run something: a script, or any on* attribute."""
+    parser = _Tags()
+    parser.feed(html)
+    return [
+        tag
+        for tag, attrs in parser.tags
+        if tag == "script" or any(name.startswith("on") for name in attrs)
+    ]
+
+
+def test_hostile_names_are_exact_in_the_copy_and_escaped_for_people(
+    cli: Any,
+    env: dict[str, Any],
+    write_config: Any,
+    sshd: Sshd,
+    mail: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every name kind the security review tried, through walk, sync, epns, show, status, report,
+    alert (the shipped templates and HPC ASSyncy's names), CSV and the log: nothing runs, every
+    name is exact in the copy and the database, and no human-facing line carries a raw control
+    character or live markup."""
+    import portal_server
+    from portal_server import PortalServer
+    from test_alert import SMTP_PASSWORD, SMTP_USER
+
+    from asynchy.names import decode_name
+
+    src = bytes(env["src"])
+    for epn in HOSTILE_EPNS:
+        write_file(Path(os.fsdecode(src + b"/" + epn + b"/" + HOSTILE_FILE)), b"x" * 7)
+    log = tmp_path / "asynchy.log"
+    sync_conf = write_config(
+        sshd.settings(
+            src_prefix=str(env["src"]), db=str(env["db"]), dest=str(env["dest"]), log_file=str(log)
+        ),
+        name="hostile.yaml",
+    )
+    run = lambda *args, **kw: cli("--config", str(sync_conf), *args, **kw)  # noqa: E731
+    assert run("walk").exit_code == 0
+    synced = run("sync")
+    assert synced.exit_code == 0, synced.stdout + synced.stderr
+    for epn in HOSTILE_EPNS:  # exact in the copy
+        copy = Path(os.fsdecode(bytes(env["dest"]) + b"/" + epn))
+        assert tree_digest(copy) == tree_digest(Path(os.fsdecode(src + b"/" + epn)))
+    stored = [r[0] for r in rows(env["db"], "SELECT epn FROM epns")]
+    assert sorted(decode_name(s) for s in stored) == sorted(HOSTILE_EPNS)  # exact in the database
+    human = [
+        run("epns"),
+        run("status"),
+        *(run("show", "--", s) for s in stored),
+        run("verify"),
+        run("sql", "SELECT epn, dest_path FROM epns"),
+        run("reset", "--dry-run", "--", stored[0]),
+    ]
+    for result in human:
+        assert result.exit_code in (0, 3), result.stdout + result.stderr
+        for raw in RAW_CONTROLS:
+            assert raw not in result.stdout + result.stderr, (raw, result.stdout)
+    typo = run("show", "--", stored[3] + "x")  # "did you mean" names a hostile EPN
+    assert typo.exit_code == 2 and typo.stderr.count("\n") == 1
+    assert not any(raw in typo.stderr for raw in RAW_CONTROLS)
+    import csv as csv_module
+    import io
+
+    out = run("epns", "--csv").stdout_bytes.decode()  # exact bytes (click's .stdout folds \r\n)
+    parsed = list(csv_module.reader(io.StringIO(out, newline="")))
+    assert sorted(r[0] for r in parsed[1:] if r) == sorted(stored)
+    safe = run("epns", "--csv-safe").stdout
+    assert "\n'-rf --delete," in safe and "\n-rf --delete," not in safe
+    page = tmp_path / "report.html"
+    assert run("report", "--html", str(page)).exit_code == 0
+    assert _scripted(page.read_text()) == []
+    # the log: every record starts with its time; nothing raw; no forged line
+    text = log.read_text(encoding="utf-8", errors="surrogateescape")
+    for line in text.splitlines():
+        assert line.startswith(("2", "    ")), line
+        assert not line.lstrip().startswith("Bcc:"), line
+    assert not any(raw in text for raw in RAW_CONTROLS)
+    # alerts: the portal's fields and the server's names, shipped templates and HPC's names
+    hostile_visit = {
+        "epn": HOSTILE_EPNS[0].decode(),
+        "start_time": "2026-11-20T09:00:00Z",
+        "end_time": "2026-11-21T09:00:00Z",
+        "principal_scientist": {
+            "first_names": "<script>alert(7)</script>",
+            "last_name": "<img src=x onerror=alert(6)>",
+            "email": "x@y.example",
+        },
+        "data_scientists": [],
+    }
+    monkeypatch.setitem(portal_server.VISITS, "1", [hostile_visit])
+    hpc = tmp_path / "hpc-templates"
+    hpc.mkdir()
+    (hpc / "epnalert-text.j2").write_text("{{ epn_details }}\n{{ unknown_epns }}\n")
+    (hpc / "epnalert-html.j2").write_text(
+        "<html><body><pre>{{ epn_details }}\n{{ unknown_epns }}</pre></body></html>\n"
+    )
+    portal = PortalServer("ok").start()
+    try:
+        for n, templates in enumerate(
+            [
+                {},
+                {
+                    "alert_templates": str(hpc),
+                    "alert_template_text": "epnalert-text.j2",
+                    "alert_template_html": "epnalert-html.j2",
+                },
+            ]
+        ):
+            conf = write_config(
+                sshd.settings(
+                    src_prefix=str(env["src"]),
+                    db=str(tmp_path / f"alert{n}.db"),
+                    destinations={"99999": "nobody"},
+                    alert_to=["ops@site.example"],
+                    smtp_host="127.0.0.1",
+                    smtp_port=mail.port,
+                    smtp_starttls=True,
+                    smtp_user=SMTP_USER,
+                    portal=portal.config(),
+                    **templates,
+                ),
+                name=f"alert{n}.yaml",
+            )
+            sent = cli("--config", str(conf), "alert", env={"ASYNCHY_SMTP_PASSWORD": SMTP_PASSWORD})
+            assert sent.exit_code == 0, sent.stdout + sent.stderr
+            assert not any(raw in sent.stdout + sent.stderr for raw in RAW_CONTROLS)
+            _from, _to, msg = mail.received[-1]
+            assert msg["Bcc"] is None and msg["To"] == "ops@site.example"
+            html = msg.get_body(("html",)).get_content()
+            assert _scripted(html) == [], html
+            assert "&lt;img src=x onerror=alert(8)&gt;" in html or "&lt;img" in html
+    finally:
+        portal.stop()
+    pwned = [p for p in (Path.cwd(), env["tmp"], env["src"], Path("/")) if list(p.glob("PWNED*"))]
+    assert pwned == []  # nothing ran

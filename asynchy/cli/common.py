@@ -183,6 +183,12 @@ def output_options(*, listing: bool = False) -> Decorator[Any]:
         ),
         click.option("--json", "as_json", is_flag=True, help="Short for --format json."),
         click.option("--csv", "as_csv", is_flag=True, help="Short for --format csv."),
+        click.option(
+            "--csv-safe",
+            is_flag=True,
+            help="CSV for a spreadsheet: a text cell that starts with = + - @ gets a leading ' "
+            "(implies --format csv).",
+        ),
     ]
     if listing:
         declared += [
@@ -211,6 +217,10 @@ def take_output(kw: dict[str, Any]) -> Output:
     if len(set(chosen)) > 1:
         raise click.UsageError(f"choose one output format, not {' and '.join(sorted(set(chosen)))}")
     fmt = chosen[0] if chosen else "table"
+    if kw.pop("csv_safe", False):
+        if fmt not in ("table", "csv"):
+            raise click.UsageError(f"--csv-safe is a CSV option, not one for --format {fmt}")
+        fmt = "csv-safe"
     limit, all_rows = kw.pop("rows_limit", None), kw.pop("all_rows", False)
     if all_rows:
         limit = None

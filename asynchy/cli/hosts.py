@@ -67,7 +67,7 @@ def release_cmd(ctx: click.Context, /, stale: bool, worker_id: str | None) -> No
     freed, dead = claims.release_stale(db, worker_id=worker_id)
     click.echo(
         f"released {render.plural(len(freed), 'claim')}"
-        + (f": {', '.join(freed)}" if freed and len(freed) <= 10 else "")
+        + (f": {', '.join(render.shown(e) for e in freed)}" if freed and len(freed) <= 10 else "")
     )
     if dead:
         click.echo(f"marked {render.plural(len(dead), 'worker')} dead: {', '.join(dead)}")

@@ -18,6 +18,14 @@ from asynchy.cli.common import CONTEXT_SETTINGS, GlobalOptions, key_option, opti
 from asynchy.errors import AsynchyError, ExitCode, Interrupted
 
 
+def shown(text: str) -> str:
+    """A message as one line, control characters escaped (asynchy.render.shown, imported only
+    when there is something to say)."""
+    from asynchy.render import shown as one_line
+
+    return one_line(text)
+
+
 def _exit_with(message: str, code: int) -> click.ClickException:
     """click's one-line ``Error: message`` with our exit code (``exit_code`` is a class attribute in
     click's types, so the code is set on a subclass, not on the instance)."""
@@ -41,12 +49,13 @@ class AsynchyGroup(click.Group):
         except Interrupted as exc:  # a normal stop (Ctrl+C, systemctl stop): said, not an error
             if str(exc):
                 logging.getLogger("asynchy").info("%s", exc)
-                click.echo(f"asynchy: {exc}", err=True)
+                click.echo(f"asynchy: {shown(str(exc))}", err=True)
             raise click.exceptions.Exit(int(exc.exit_code)) from None
         except AsynchyError as exc:
             if not str(exc):
                 raise click.exceptions.Exit(int(exc.exit_code)) from None
-            raise _exit_with(str(exc), int(exc.exit_code)) from None
+            # one line, whatever a server-chosen name in it holds (a newline, ESC, BEL)
+            raise _exit_with(shown(str(exc)), int(exc.exit_code)) from None
         except KeyboardInterrupt:  # a stop, not an error
             click.echo("asynchy: interrupted", err=True)
             raise click.exceptions.Exit(int(ExitCode.INTERRUPTED)) from None
@@ -65,7 +74,7 @@ class AsynchyGroup(click.Group):
             from asynchy.db import as_database_error
 
             err = as_database_error(exc)
-            raise _exit_with(str(err), int(err.exit_code)) from None
+            raise _exit_with(shown(str(err)), int(err.exit_code)) from None
 
 
 GLOBAL_OPTIONS = [
@@ -117,6 +126,9 @@ def cli(
         asynchy --db shard1.db walk --shard 1/3
     """
     ctx.obj = GlobalOptions(config_path=config_path, values=values, verbose=verbose, quiet=quiet)
+    # Output is never stripped of escape sequences: a table shows them escaped already, and
+    # CSV keeps every byte of a name (click would alter names when stdout is a pipe).
+    ctx.color = True
 
 
 for module in (init, walk, sync, alert, report, manage, merge, hosts, schema):
