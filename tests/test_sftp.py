@@ -257,8 +257,11 @@ def test_agent_is_used_when_no_key_file_is_set(
             ["ssh-add", "-q", str(sshd.client_key)], env=env, check=True, capture_output=True
         )
         monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
-        top, _ = SftpTree(sftp_target(sshd, keypath=None), str(served)).list_epns()
+        target = sftp_target(sshd, keypath=None, agent=str(sock))  # as ssh_agent: auto gives it
+        top, _ = SftpTree(target, str(served)).list_epns()
         assert top == []
+        with pytest.raises(AuthenticationError):  # without it the agent is never asked
+            SftpTree(sftp_target(sshd, keypath=None), str(served)).list_epns()
     finally:
         agent.terminate()
         agent.wait()
