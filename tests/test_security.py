@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -425,3 +426,29 @@ def test_hostile_names_are_exact_in_the_copy_and_escaped_for_people(
         portal.stop()
     pwned = [p for p in (Path.cwd(), env["tmp"], env["src"], Path("/")) if list(p.glob("PWNED*"))]
     assert pwned == []  # nothing ran
+
+
+def test_rsync_below_3_5_0_is_used_with_a_warning_naming_the_cve(
+    cli: Any, env: dict[str, Any], tmp_path: Path
+) -> None:
+    """3.4.1-3.4.x were accepted with an INFO line; the receiver's chdir symlink race
+    (CVE-2026-53796) is fixed only in 3.5.0, and asynchy runs rsync inside the destination."""
+    real = shutil.which("rsync")
+    assert real is not None
+    old = tmp_path / "rsync-3.4.4"
+    old.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = "--version" ]; then echo "rsync  version 3.4.4  protocol version 32"; exit 0; fi\n'
+        f'exec {real} "$@"\n'
+    )
+    old.chmod(0o755)
+    write_file(env["src"] / "42000a" / "f.cbf", b"data")
+    walk(cli, env)
+    result = cli("--config", str(env["conf"]), "--rsync", str(old), "sync")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "CVE-2026-53796" in result.stderr and "upgrade rsync to >= 3.5.0" in result.stderr
+    checked = json.loads(
+        cli("--config", str(env["conf"]), "--rsync", str(old), "check", "--json").stdout
+    )
+    state = {c["check"]: c for c in checked["checks"]}["rsync"]
+    assert state["state"] == "warn" and "CVE-2026-53796" in state["detail"]
