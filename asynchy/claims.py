@@ -44,7 +44,7 @@ from sqlalchemy import (
 
 from asynchy.db import Database
 from asynchy.destinations import is_mapped
-from asynchy.failures import DATA_CLASSES, LEGACY_RETRYABLE, charged
+from asynchy.failures import DATA_CLASSES, LEGACY_RETRYABLE
 from asynchy.jobs import TransferResult
 from asynchy.models import (
     QUEUE_STATUSES,
@@ -582,21 +582,6 @@ def expected_files(db: Database, epn: str) -> tuple[tuple[bytes, int, int, str],
     return tuple((decode_name(p), int(s), int(m.timestamp()), k) for p, s, m, k in rows)
 
 
-def _outcome(result: TransferResult, keep_claim: bool) -> str:
-    """What one attempt does to its EPN row (docs/failures.md): complete, cancelled, retry (the claim
-    is kept for another attempt in this run), released (link, setup: uncharged), changed or failed."""
-    kind = result.classification
-    if kind == "ok":
-        return "complete"
-    if kind == "cancelled":
-        return "cancelled"
-    if keep_claim:
-        return "retry"
-    if kind == "changed":
-        return "changed"
-    return "failed" if charged(kind) else "released"
-
-
 def _later(sqlite: bool, name: str) -> ColumnElement[Any]:
     """Now plus a bound number of seconds, by the database's clock."""
     if sqlite:
@@ -678,20 +663,22 @@ def record(
     worker: WorkerId,
     claimed: Claim,
     result: TransferResult,
+    outcome: str,
     *,
+    charged: bool,
     max_attempts: int,
-    keep_claim: bool,
     dest_path: str,
     lease: float,
     wait: float = 0.0,
 ) -> str:
-    """Write one attempt; returns complete, failed, retry, quarantined, changed, released, cancelled or
-    superseded.  ``wait``: a data failure's back-off (seconds until ``not_before``).
+    """Write one attempt as ``outcome`` (``failures.Decision.recorded``: complete, cancelled,
+    released, retry - the claim kept -, changed or failed; ``charged``: a data failure); returns
+    the outcome as recorded: the same, quarantined, or superseded.  ``wait``: a data failure's
+    back-off (seconds until ``not_before``).
 
     The EPN row changes only if this worker still holds the claim (owner and fencing token match);
     the attempt is recorded in ``transfers`` either way.
     """
-    outcome = _outcome(result, keep_claim)
     params: dict[str, Any] = {
         "r_epn": claimed.epn,
         "r_token": claimed.token,
@@ -705,7 +692,7 @@ def record(
         **_lease_params(db, lease),
         **_later_params(db, "r_wait", wait),
     }
-    statement = _record_statement(db.dialect, outcome, charged(result.classification))
+    statement = _record_statement(db.dialect, outcome, charged)
     with db.write() as conn:
         row = conn.execute(statement, params).first()
         if row is None:

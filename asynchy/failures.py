@@ -16,6 +16,8 @@ import posixpath
 import random
 import re
 from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
 
 from asynchy.jobs import FailureClass
 
@@ -25,58 +27,171 @@ LEGACY_RETRYABLE = ("retryable",)
 LEGACY_PERMANENT = ("permanent",)
 
 
+InRun = Literal["cancel", "halt", "after_probe", "relist", "after_backoff"]
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     charged: bool  # counts toward --max-attempts and sets a back-off (not_before)
-    this_run: str  # what the batch does now
+    in_run: InRun  # what the batch does with the EPN now (decide reads it)
+    this_run: str  # the same, in docs/failures.md's words
     next_run: str  # what a later run does
+    part_rank: int  # of a split EPN's failed parts, the lowest rank speaks for the attempt
+    repair: bool = False  # the copy is redone by checksum: at once in the attempt, and next time
 
 
 POLICY: dict[str, Policy] = {
     "link": Policy(
         False,
+        "after_probe",
         "claim given back at once; no new EPNs start; the server is probed with spaced, "
         "jittered back-off (--retry + 1 probes). It answers: the run goes on and the EPN may be "
         "tried again (at most --retry + 1 attempts per run). It does not: every claim is given "
         "back and the run ends with exit 1",
         "takes the EPN as if nothing happened",
+        part_rank=2,
     ),
     "setup": Policy(
         False,
+        "halt",
         "claim given back; no new EPNs start; the run ends with exit 2 (a changed host key: 1) "
         "and one line naming the fix. Preflight finds most of these before anything is claimed",
         "takes the EPN as if nothing happened, once the setup is fixed",
+        part_rank=1,
     ),
     "partial": Policy(
         True,
+        "after_backoff",
         "retried after 1, 2, 4 ... s while --retry allows, keeping the claim; then given back "
         "as failed with not_before set",
         "waits until not_before (10 min, doubling, at most 6 h, jittered); quarantined after "
         "--max-attempts data failures in a row",
+        part_rank=4,
     ),
     "verify": Policy(
         True,
+        "after_backoff",
         "as partial",
         "as partial",
+        part_rank=4,
     ),
     "checksum": Policy(
         True,
+        "after_backoff",
         "the copy is redone at once with rsync --checksum and checked again; if it still "
         "differs, as partial",
         "as partial, and the next copy uses rsync --checksum (a repair)",
+        part_rank=4,
+        repair=True,
     ),
     "changed": Policy(
         False,
+        "relist",
         "sync lists the EPN again (a one-EPN walk --refresh), then copies it again while "
         "--retry allows; else it is left 'changed'",
         "copies it again (the inventory is already fresh)",
+        part_rank=3,
     ),
     "cancelled": Policy(
         False,
+        "cancel",
         "not an attempt: the claim is given back with the EPN's status as it was",
         "takes the EPN as if nothing happened",
+        part_rank=0,
     ),
 }
+
+
+# ------------------------------------------------------------------ what happens after a result
+class Action(Enum):
+    """What the batch does after one attempt's result (``decide``)."""
+
+    COMPLETE = "complete"  # record it complete
+    CANCEL = "cancel"  # not an attempt: the claim goes back with the EPN's status as it was
+    GIVE_BACK_AND_PROBE = "give back, probe the server, may take it again"  # link, tries left
+    GIVE_BACK = "give back, probe the server, not again in this run"  # link, no tries left
+    GIVE_BACK_AND_HALT = "give back, start nothing new"  # setup
+    RELIST_AND_RETRY = "list it again, copy it again now"  # changed, tries left
+    RELIST = "list it again, leave it changed for the next run"  # changed, no tries left
+    RETRY_AFTER_BACKOFF = "charge it, try again in this run after a back-off"  # data, tries left
+    FAIL = "charge it, leave it failed with a back-off"  # data, no tries left
+    QUARANTINE = "charge it, quarantine it"  # data, --max-attempts reached
+
+
+# What each action writes to the EPN's row (claims.record): the outcome of the attempt.
+RECORDED: dict[Action, str] = {
+    Action.COMPLETE: "complete",
+    Action.CANCEL: "cancelled",
+    Action.GIVE_BACK_AND_PROBE: "released",
+    Action.GIVE_BACK: "released",
+    Action.GIVE_BACK_AND_HALT: "released",
+    Action.RELIST_AND_RETRY: "retry",  # the claim is kept
+    Action.RELIST: "changed",
+    Action.RETRY_AFTER_BACKOFF: "retry",  # the claim is kept
+    Action.FAIL: "failed",
+    Action.QUARANTINE: "failed",  # the database makes it quarantined (failures reach the limit)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Situation:
+    """What decide needs to know besides the class."""
+
+    tries: int  # attempts of this EPN in this run, this one included
+    retry: int  # --retry N: at most N + 1 attempts of one EPN in one run
+    failures: int = 0  # data failures charged to it so far (on record, and in this run)
+    max_attempts: int = 5  # data failures in a row that quarantine it
+    stopping: bool = False  # a stop was asked for (Ctrl+C, SIGTERM, the time limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    charged: bool
+    repair: bool = False  # the next copy compares by checksum
+
+    @property
+    def recorded(self) -> str:
+        return RECORDED[self.action]
+
+    @property
+    def keeps_claim(self) -> bool:
+        return self.recorded == "retry"
+
+
+def decide(classification: FailureClass, situation: Situation) -> Decision:
+    """The one place that turns an attempt's class into what happens next (docs/failures.md):
+    ``POLICY`` row by row; tested as a table of every class in every situation."""
+    if classification == "ok":
+        return Decision(Action.COMPLETE, charged=False)
+    policy = POLICY[classification]
+    again = situation.tries < situation.retry + 1 and not situation.stopping
+    if policy.in_run == "cancel":
+        action = Action.CANCEL
+    elif policy.in_run == "halt":
+        action = Action.GIVE_BACK_AND_HALT
+    elif policy.in_run == "after_probe":
+        action = Action.GIVE_BACK_AND_PROBE if again else Action.GIVE_BACK
+    elif policy.in_run == "relist":
+        action = Action.RELIST_AND_RETRY if again else Action.RELIST
+    elif situation.failures + 1 >= situation.max_attempts:
+        action = Action.QUARANTINE
+    else:
+        action = Action.RETRY_AFTER_BACKOFF if again else Action.FAIL
+    return Decision(action, charged=policy.charged, repair=policy.repair)
+
+
+def lost(stopping: bool) -> FailureClass:
+    """The class of an attempt whose worker process died (kill -9, the OOM killer): the link's, or
+    a stop's when one was asked for (Ctrl+C also reaches --parallel workers as they start)."""
+    return "cancelled" if stopping else "link"
+
+
+def speaks_for(a: FailureClass, b: FailureClass) -> bool:
+    """Of two failed parts of a split EPN, does ``a`` speak for the attempt rather than ``b``?
+    A stop, then the setup, then the link, then a source that changed (none charged: the EPN is
+    listed again and copied again), then a data failure (``Policy.part_rank``)."""
+    return POLICY[a].part_rank < POLICY[b].part_rank
 
 
 def charged(classification: str) -> bool:

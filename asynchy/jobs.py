@@ -1,4 +1,5 @@
-"""The values that pass between the queue (claims), the runner (transfer) and the batch (sync).
+"""The values that pass between the queue (claims), the runner (transfer) and the batch (sync),
+and how one attempt's Job is built from the run's options (``build_job``).
 
 A worker gets a frozen ``Job`` and returns a ``TransferResult``; both cross
 process boundaries (pickled) and carry no connection, session or lock.  No
@@ -7,9 +8,16 @@ I/O here; every module of the sync path may import this one.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal
+from dataclasses import replace as _replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from asynchy.config import SshTarget
+    from asynchy.rsync import RsyncOptions
+    from asynchy.sync_types import SyncOptions
 
 # The classes stored in ``epns.last_error_class`` and ``transfers.classification``.
 FailureClass = Literal[
@@ -79,3 +87,94 @@ class TransferResult:
     @property
     def ok(self) -> bool:
         return self.classification == "ok"
+
+
+# ------------------------------------------------------------------ building one attempt's Job
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What one attempt of an EPN is: its claim's token and the attempt's number (both 0-based
+    on nothing in a dry run), whether the copy compares by checksum (a repair), and for a split
+    EPN's part its index and files."""
+
+    epn: str
+    token: int
+    number: int
+    repair: bool = False
+    part: tuple[int, list[bytes]] | None = None
+
+
+def build_job(
+    opts: SyncOptions,
+    ropts: RsyncOptions,
+    target: SshTarget | None,
+    attempt: Attempt,
+    expected: tuple[tuple[bytes, int, int, str], ...] = (),
+) -> Job:
+    """The frozen Job of one attempt: what a pool worker needs, nothing more.  ``expected`` is the
+    inventory's files of the EPN; what the include/exclude rules leave out is not expected.
+
+    A part of a split EPN has its own temporary folders, exactly its files on stdin, and no
+    checks (the whole EPN's final pass verifies)."""
+    from asynchy.destinations import dest_base, dest_folder, dest_root
+    from asynchy.filters import Filters
+    from asynchy.names import decode_name
+    from asynchy.rsync import files_from, partial_dir_for, rsync_argv, temp_dir_for
+
+    epn, raw = attempt.epn, decode_name(attempt.epn)
+    base = dest_base(epn, opts.dest, opts.destinations, opts.layout)
+    temp = None if opts.dry_run else temp_dir_for(base, raw)
+    partial = partial_dir_for(base, raw) if opts.partial and not opts.dry_run else None
+    if attempt.part is not None:  # its own folders: <hash>.pN, <hash>.partial.pN
+        index = attempt.part[0]
+        temp = temp.with_name(f"{temp.name}.p{index}") if temp is not None else None
+        partial = partial.with_name(f"{partial.name}.p{index}") if partial is not None else None
+
+    def argv(**kw: Any) -> tuple[str, ...]:
+        return tuple(rsync_argv(target=target, prefix=opts.src_prefix, **kw))
+
+    copy = argv(opts=_replace(ropts, repair=attempt.repair), temp_dir=temp, partial_dir=partial)
+    common: dict[str, Any] = {
+        "epn": epn,
+        "epn_raw": raw,
+        "attempt": attempt.number,
+        "token": attempt.token,
+        "argv": copy,
+        "dest_dir": dest_folder(epn, opts.dest, opts.destinations, opts.layout),
+        "temp_dir": os.fsencode(temp) if temp is not None else None,
+        "partial_dir": os.fsencode(partial) if partial is not None else None,
+        "control_dir": ropts.control_dir,
+        "stall_timeout": opts.stall_timeout,
+        "prefix": opts.src_prefix,
+        "dest_root": os.fsencode(dest_root(epn, opts.dest, opts.destinations, opts.layout)),
+    }
+    if attempt.part is not None:
+        files = attempt.part[1]
+        stdin = b"".join(raw + b"/./" + name + b"\0" for name in files)
+        return Job(**common, stdin=stdin, expected=(), regular_files=0, part=attempt.part[0])
+    check_argv = repair_argv = None
+    by_checksum = opts.verify == "checksum" or attempt.repair
+    if not opts.dry_run:
+        check_argv = argv(opts=ropts, check="checksum" if by_checksum else "quick")
+        if by_checksum and not attempt.repair:
+            repair_argv = argv(
+                opts=_replace(ropts, repair=True), temp_dir=temp, partial_dir=partial
+            )
+    rules = Filters(opts.include, opts.exclude)
+    if rules:  # what rsync is told to leave out is not expected in the copy
+        expected = tuple(x for x in expected if not rules.excludes(x[0]))
+    return Job(
+        **common,
+        stdin=files_from(raw),
+        expected=expected,
+        regular_files=sum(1 for x in expected if x[3] == "file"),
+        check_argv=check_argv,
+        check_checksum=by_checksum,
+        repair_argv=repair_argv,
+        dry_run=opts.dry_run,
+    )
+
+
+def made_up(job: Job, kind: FailureClass, reason: str) -> TransferResult:
+    """The result of an attempt that never ran to its end (its worker died, a stop)."""
+    now = datetime.now(UTC)
+    return TransferResult(job.epn, job.attempt, job.token, now, now, job.argv, None, kind, reason)
