@@ -52,6 +52,7 @@ from asynchy.sync_types import (
     SyncSummary,
 )
 from asynchy.verdicts import Next, Verdicts
+from asynchy.workers import WorkerId
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class Batch:
     target: SshTarget | None
     opts: SyncOptions
     ropts: RsyncOptions
-    worker: claims.WorkerId | None  # None in a dry run
+    worker: WorkerId | None  # None in a dry run
     pool: Pool
     events: queue.Queue[Event]
     stop: Stop

@@ -18,62 +18,47 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import secrets
-import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import (
     BigInteger,
-    ColumnElement,
     Integer,
-    Interval,
     and_,
     bindparam,
     case,
     func,
     insert,
-    literal,
-    or_,
     select,
     update,
 )
 
+from asynchy import dbclock
 from asynchy.db import Database
 from asynchy.destinations import is_mapped
-from asynchy.failures import DATA_CLASSES, LEGACY_RETRYABLE
+from asynchy.eligibility import Conditions, claimable, flags, reason_of
+from asynchy.failures import Decision
 from asynchy.jobs import TransferResult
 from asynchy.models import (
-    QUEUE_STATUSES,
     UTCDateTime,
     epns_table,
     files_table,
     transfers_table,
-    workers_table,
 )
 from asynchy.names import decode_name
-from asynchy.processes import pid_alive
-from asynchy.render import local_time, plural
+from asynchy.render import local_time
+from asynchy.workers import WorkerId, given_back
 
 log = logging.getLogger(__name__)
 
 # A failed EPN with one of these classes is taken again (after its back-off); see docs/failures.md.
-RETRYABLE_CLASSES = (*DATA_CLASSES, *LEGACY_RETRYABLE)
 UNMAPPED = (
     "no destinations entry: not copied (copy_unmapped or --include-unmapped copies it to dest/EPN)"
 )
 Order = Literal["ASC", "DESC"]
 e = epns_table.c
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerId:
-    worker_id: str
-    host: str
-    pid: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,268 +92,9 @@ class Claim:
         return not self.walked or self.stale
 
 
-def db_now(db: Database) -> ColumnElement[Any]:
-    """The database's clock, comparable with stored UTC times."""
-    if db.is_sqlite:
-        return func.datetime("now")
-    return func.now()
-
-
-def _now_plus(db: Database, seconds: float) -> ColumnElement[Any]:
-    if db.is_sqlite:
-        return func.datetime("now", f"+{int(seconds)} seconds")
-    return func.now() + literal(timedelta(seconds=seconds), Interval())
-
-
-def _eligible(now: ColumnElement[Any], max_attempts: Any) -> ColumnElement[bool]:
-    return and_(
-        # walked completely, or never walked by asynchy (imported from MeRC asynchy or as-walker):
-        # sync lists such an EPN itself before copying it
-        or_(e.walk_complete.is_(True), e.walked_at.is_(None)),
-        e.status.in_(QUEUE_STATUSES),  # lets the database use ix_epns_queue (a partial index)
-        or_(
-            # changed: a walk saw it change, or a copy saw the source move on (then sync lists it
-            # again before copying, when no walk has looked since: Claim.stale)
-            e.status.in_(("pending", "changed")),
-            and_(
-                e.status == "failed",
-                func.coalesce(e.last_error_class, "retryable").in_(RETRYABLE_CLASSES),
-                e.failures < max_attempts,
-                or_(e.not_before.is_(None), e.not_before <= now),
-            ),
-            and_(e.status == "running", or_(e.lease_until.is_(None), e.lease_until < now)),
-        ),
-    )
-
-
-def settled(cutoff: Any) -> ColumnElement[bool]:
-    """EPNs whose newest file is older than ``cutoff`` (an empty EPN: first seen before it).
-
-    ``asynchy watch --settle``: an experiment still being written is not copied half-way."""
-    return or_(
-        and_(e.modified.is_not(None), e.modified <= cutoff),
-        and_(e.modified.is_(None), e.first_seen_at <= cutoff),
-    )
-
-
-def eligible(db: Database, max_attempts: int) -> ColumnElement[bool]:
-    """EPNs sync may take: pending, changed, failed for a data reason once its back-off has passed, or
-    claimed with an expired lease."""
-    return _eligible(db_now(db), max_attempts)
-
-
-def _lease_end(sqlite: bool) -> ColumnElement[Any]:
-    """Now plus the lease (bound as ``lease_modifier`` on SQLite, ``lease_interval`` on PostgreSQL)."""
-    if sqlite:
-        return func.datetime("now", bindparam("lease_modifier"))
-    return func.now() + bindparam("lease_interval", type_=Interval())
-
-
-def _lease_params(db: Database, lease: float) -> dict[str, Any]:
-    if db.is_sqlite:
-        return {"lease_modifier": f"+{int(lease)} seconds"}
-    return {"lease_interval": timedelta(seconds=lease)}
-
-
 def _ordering(order: Order) -> list[Any]:
     by_time = e.modified.asc() if order == "ASC" else e.modified.desc()
     return [by_time.nulls_last(), e.epn.asc()]
-
-
-def register_worker(db: Database, command: str, lease: float | None = None) -> WorkerId:
-    worker = WorkerId(secrets.token_hex(8), socket.gethostname(), os.getpid())
-    with db.write() as conn:
-        conn.execute(
-            insert(workers_table).values(
-                worker_id=worker.worker_id,
-                host=worker.host,
-                pid=worker.pid,
-                command=command,
-                started_at=db_now(db),
-                heartbeat_at=db_now(db),
-                status="running",
-                lease_seconds=int(lease) if lease is not None else None,
-            )
-        )
-    return worker
-
-
-def finish_worker(db: Database, worker: WorkerId, status: str) -> None:
-    with db.write() as conn:
-        conn.execute(
-            update(workers_table)
-            .where(workers_table.c.worker_id == worker.worker_id)
-            .values(finished_at=db_now(db), heartbeat_at=db_now(db), status=status)
-        )
-
-
-def heartbeat(db: Database, worker: WorkerId, lease: float) -> int:
-    """Renew the leases of this worker's claims; returns how many it still holds."""
-    with db.write() as conn:
-        conn.execute(
-            update(workers_table)
-            .where(workers_table.c.worker_id == worker.worker_id)
-            .values(heartbeat_at=db_now(db))
-        )
-        result = conn.execute(
-            update(epns_table)
-            .where(e.claim_owner == worker.worker_id, e.status == "running")
-            .values(lease_until=_now_plus(db, lease))
-        )
-    return int(result.rowcount)
-
-
-def reclaim_dead_local(db: Database) -> int:
-    """Free the claims of workers on this host whose process is gone (kill -9): no need to wait for the lease."""
-    host = socket.gethostname()
-    w = workers_table.c
-    with db.write() as conn:
-        rows = conn.execute(
-            select(w.worker_id, w.pid).where(w.host == host, w.status == "running")
-        ).all()
-        dead = [wid for wid, pid in rows if pid != os.getpid() and not pid_alive(pid)]
-        if not dead:
-            return 0
-        conn.execute(
-            update(workers_table)
-            .where(w.worker_id.in_(dead))
-            .values(status="dead", finished_at=db_now(db))
-        )
-        result = conn.execute(
-            update(epns_table)
-            .where(e.claim_owner.in_(dead), e.status == "running")
-            .values(
-                status=func.coalesce(e.claimed_from, "pending"),
-                claim_owner=None,
-                lease_until=None,
-                claimed_from=None,
-            )
-        )
-    freed = int(result.rowcount)
-    if freed:
-        log.warning(
-            "took back %s claimed by dead asynchy processes on this host", plural(freed, "EPN")
-        )
-    return freed
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerRow:
-    worker_id: str
-    host: str
-    pid: int
-    command: str
-    status: str
-    started_at: Any
-    heartbeat_seconds_ago: float | None
-    lease_seconds: int | None
-    stale: bool
-    claims: list[tuple[str, float | None]]  # (EPN, seconds until the lease ends; negative: expired)
-
-
-def workers(db: Database, *, all_workers: bool = False) -> list[WorkerRow]:
-    """Running workers (and, with all_workers, finished ones) with their claims and lease ages."""
-    w = workers_table.c
-    if db.is_sqlite:
-        age = func.strftime("%s", "now") - func.strftime("%s", w.heartbeat_at)
-        left = func.strftime("%s", e.lease_until) - func.strftime("%s", "now")
-    else:
-        age = func.extract("epoch", func.now() - w.heartbeat_at)
-        left = func.extract("epoch", e.lease_until - func.now())
-    query = select(
-        w.worker_id,
-        w.host,
-        w.pid,
-        w.command,
-        w.status,
-        w.started_at,
-        age.label("age"),
-        w.lease_seconds,
-    ).order_by(w.started_at)
-    if not all_workers:
-        query = query.where(w.status == "running")
-    with db.read() as conn:
-        rows = conn.execute(query).all()
-        held = conn.execute(
-            select(e.claim_owner, e.epn, left.label("left"))
-            .where(e.status == "running")
-            .order_by(e.epn)
-        ).all()
-    by_owner: dict[str, list[tuple[str, float | None]]] = {}
-    for owner, epn, remaining in held:
-        by_owner.setdefault(owner, []).append(
-            (epn, float(remaining) if remaining is not None else None)
-        )
-    out = []
-    for r in rows:
-        ago = float(r.age) if r.age is not None else None
-        stale = (
-            r.status == "running"
-            and ago is not None
-            and r.lease_seconds is not None
-            and ago > r.lease_seconds
-        )
-        out.append(
-            WorkerRow(
-                r.worker_id,
-                r.host,
-                r.pid,
-                r.command,
-                r.status,
-                r.started_at,
-                ago,
-                r.lease_seconds,
-                stale,
-                by_owner.get(r.worker_id, []),
-            )
-        )
-    return out
-
-
-def release_stale(db: Database, *, worker_id: str | None = None) -> tuple[list[str], list[str]]:
-    """Free claims whose lease has expired (or every claim of one worker); returns (EPNs freed, workers marked dead).
-
-    Safe even if the owner is alive after all: its later result is rejected by the fencing token.
-    """
-    w = workers_table.c
-    with db.write() as conn:
-        if worker_id is not None:
-            condition = and_(e.status == "running", e.claim_owner == worker_id)
-        else:
-            condition = and_(
-                e.status == "running", or_(e.lease_until.is_(None), e.lease_until < db_now(db))
-            )
-        freed = [r[0] for r in conn.execute(select(e.epn).where(condition).order_by(e.epn))]
-        if freed:
-            conn.execute(
-                update(epns_table)
-                .where(e.epn.in_(freed), condition)
-                .values(
-                    status=func.coalesce(e.claimed_from, "pending"),
-                    claim_owner=None,
-                    lease_until=None,
-                    claimed_from=None,
-                )
-            )
-        if worker_id is not None:
-            dead_condition = w.worker_id == worker_id
-        elif db.is_sqlite:
-            dead_condition = (
-                func.strftime("%s", "now") - func.strftime("%s", w.heartbeat_at) > w.lease_seconds
-            )
-        else:
-            dead_condition = func.extract("epoch", func.now() - w.heartbeat_at) > w.lease_seconds
-        dead = [
-            r[0]
-            for r in conn.execute(select(w.worker_id).where(w.status == "running", dead_condition))
-        ]
-        if dead:
-            conn.execute(
-                update(workers_table)
-                .where(w.worker_id.in_(dead))
-                .values(status="dead", finished_at=db_now(db))
-            )
-    return freed, dead
 
 
 def plan(
@@ -383,70 +109,57 @@ def plan(
     exclude: Iterable[str] = (),
     settled_before: datetime | None = None,
 ) -> tuple[list[Planned], dict[str, str]]:
-    """The EPNs a sync would take now, in order (nothing is claimed); and why others were left out."""
-    skipped: dict[str, str] = {}
-    query = (
-        select(e.epn, e.size, e.file_count, e.status)
-        .where(eligible(db, max_attempts))
-        .order_by(*_ordering(order))
-    )
-    if settled_before is not None:
-        query = query.where(settled(literal(settled_before, UTCDateTime())))
-    wanted = set(epns) if epns is not None else None
-    if wanted is not None:
-        query = query.where(e.epn.in_(sorted(wanted)))
+    """The EPNs a sync would take now, in order (nothing is claimed); and, for EPNs asked for by
+    name, why one is not taken (asynchy.eligibility: the claim's own reasons)."""
+    c = Conditions(dbclock.now(db), max_attempts, settled_before)
     excluded = set(exclude)
     out: list[Planned] = []
-    with db.read() as conn:
-        for epn, size, count, status in conn.execute(query):
-            if epn in excluded:
-                continue
-            if mapped_only and not is_mapped(epn, destinations):
-                if wanted is not None:  # asked for by name: say why (otherwise: counted, not_taken)
-                    skipped[epn] = UNMAPPED
-                continue
-            if len(out) < limit:
+    skipped: dict[str, str] = {}
+    if epns is None:  # the queue: only what may be taken, in order
+        query = select(e.epn, e.size, e.file_count, e.status).where(claimable(c))
+        with db.read() as conn:
+            for epn, size, count, status in conn.execute(query.order_by(*_ordering(order))):
+                if epn in excluded or (mapped_only and not is_mapped(epn, destinations)):
+                    continue
                 out.append(Planned(epn, int(size), int(count), status))
-        if wanted is not None:
-            found = {p.epn for p in out} | set(skipped)
-            missing = sorted(wanted - found - excluded)
-            if missing:
-                rows = conn.execute(
-                    select(e.epn, e.status, e.walk_complete, e.failures, e.not_before).where(
-                        e.epn.in_(missing)
-                    )
-                ).all()
-                known = {r.epn: r for r in rows}
-                for epn in missing:
-                    row = known.get(epn)
-                    if row is None:
-                        skipped[epn] = "not in the inventory (walk it first)"
-                    elif not row.walk_complete:
-                        skipped[epn] = (
-                            "its last walk was incomplete (see walk_errors); walk it again"
-                        )
-                    elif row.status == "complete":
-                        skipped[epn] = "already complete"
-                    elif row.status == "running":
-                        skipped[epn] = "claimed by another asynchy sync"
-                    elif (
-                        row.status == "failed"
-                        and row.not_before is not None
-                        and (row.failures < max_attempts)
-                    ):
-                        skipped[epn] = (
-                            f"failed {row.failures} times; backing off until "
-                            f"{local_time(row.not_before)} (asynchy reset {epn} to try now)"
-                        )
-                    elif settled_before is not None and row.status in QUEUE_STATUSES:
-                        skipped[epn] = (
-                            "still being written (its newest file is younger than --settle)"
-                        )
-                    else:
-                        skipped[epn] = (
-                            f"status {row.status} (asynchy reset puts it back in the queue)"
-                        )
+                if len(out) >= limit:
+                    break
+        return out, skipped
+    wanted = set(epns) - excluded
+    query = select(
+        e.epn, e.size, e.file_count, e.status, e.failures, e.not_before, *flags(c)
+    ).where(e.epn.in_(sorted(wanted)))
+    with db.read() as conn:
+        rows = {r.epn: r for r in conn.execute(query.order_by(*_ordering(order)))}
+    for epn, row in rows.items():
+        why = reason_of(row, mapped_only=mapped_only, destinations=destinations)
+        if why is None and len(out) < limit:
+            out.append(Planned(epn, int(row.size), int(row.file_count), row.status))
+        elif why is not None:
+            skipped[epn] = _why(why, row)
+    for epn in sorted(wanted - set(rows)):
+        skipped[epn] = "not in the inventory (walk it first)"
     return out, skipped
+
+
+def _why(reason: str, row: Any) -> str:
+    """A reason (asynchy.eligibility) in the words of a sync asked for that EPN by name."""
+    if reason == "complete":
+        return "already complete"
+    if reason == "claimed by another worker":
+        return "claimed by another asynchy sync"
+    if reason == "walk incomplete":
+        return "its last walk was incomplete (see walk_errors); walk it again"
+    if reason == "backing off":
+        return (
+            f"failed {row.failures} times; backing off until {local_time(row.not_before)} "
+            f"(asynchy reset {row.epn} to try now)"
+        )
+    if reason == "settling":
+        return "still being written (its newest file is younger than --settle)"
+    if reason == "unmapped":
+        return UNMAPPED
+    return f"status {row.status} (asynchy reset puts it back in the queue)"
 
 
 @functools.lru_cache(maxsize=16)
@@ -455,17 +168,16 @@ def _claim_statement(
 ) -> Any:
     """The claim, built once per shape (building SQL expressions costs more than running them)."""
     sqlite = dialect == "sqlite"
-    now = func.datetime("now") if sqlite else func.now()
+    now = dbclock.now(dialect)
+    cutoff = bindparam("settled_before", type_=UTCDateTime()) if settle else None
     inner = (
         select(e.epn)
-        .where(_eligible(now, bindparam("max_attempts")))
+        .where(claimable(Conditions(now, bindparam("max_attempts"), cutoff)))
         .order_by(*_ordering(order))
         .limit(bindparam("n", type_=Integer()))
     )
     if with_candidates:
         inner = inner.where(e.epn.in_(bindparam("candidates", expanding=True)))
-    if settle:
-        inner = inner.where(settled(bindparam("settled_before", type_=UTCDateTime())))
     if exclude:  # EPNs this run already gave up on
         inner = inner.where(e.epn.not_in(bindparam("exclude", expanding=True)))
     if not sqlite:
@@ -478,7 +190,7 @@ def _claim_statement(
             claim_owner=bindparam("worker_id"),
             claim_token=e.claim_token + 1,
             claimed_at=now,
-            lease_until=_lease_end(sqlite),
+            lease_until=dbclock.later(dialect, "lease"),
             claimed_from=case((e.status == "running", e.claimed_from), else_=e.status),
         )
         .returning(
@@ -513,7 +225,7 @@ def claim(
     if n <= 0 or (candidates is not None and not candidates):
         return []
     params: dict[str, Any] = {"worker_id": worker.worker_id, "n": n, "max_attempts": max_attempts}
-    params.update(_lease_params(db, lease))
+    params.update(dbclock.later_params(db, "lease", lease))
     if candidates is not None:
         params["candidates"] = list(candidates)
     if settled_before is not None:
@@ -582,24 +294,10 @@ def expected_files(db: Database, epn: str) -> tuple[tuple[bytes, int, int, str],
     return tuple((decode_name(p), int(s), int(m.timestamp()), k) for p, s, m, k in rows)
 
 
-def _later(sqlite: bool, name: str) -> ColumnElement[Any]:
-    """Now plus a bound number of seconds, by the database's clock."""
-    if sqlite:
-        return func.datetime("now", bindparam(f"{name}_modifier"))
-    return func.now() + bindparam(f"{name}_interval", type_=Interval())
-
-
-def _later_params(db: Database, name: str, seconds: float) -> dict[str, Any]:
-    if db.is_sqlite:
-        return {f"{name}_modifier": f"+{int(seconds)} seconds"}
-    return {f"{name}_interval": timedelta(seconds=int(seconds))}
-
-
 @functools.lru_cache(maxsize=32)
 def _record_statement(dialect: str, outcome: str, is_charged: bool) -> Any:
     """The fenced update of one attempt's EPN row, built once per shape (values are bound)."""
-    sqlite = dialect == "sqlite"
-    now = func.datetime("now") if sqlite else func.now()
+    now = dbclock.now(dialect)
     fenced = and_(
         e.epn == bindparam("r_epn"),
         e.claim_token == bindparam("r_token"),
@@ -632,7 +330,7 @@ def _record_statement(dialect: str, outcome: str, is_charged: bool) -> Any:
             last_error_class="changed",
         )
         if outcome == "retry":
-            values.update(lease_until=_lease_end(sqlite))
+            values.update(lease_until=dbclock.later(dialect, "lease"))
     else:  # a data failure: charged
         quarantine = e.failures + 1 >= bindparam("r_max_attempts", type_=Integer())
         values.update(
@@ -643,14 +341,14 @@ def _record_statement(dialect: str, outcome: str, is_charged: bool) -> Any:
             status=case(
                 (quarantine, "quarantined"), else_="running" if outcome == "retry" else "failed"
             ),
-            not_before=_later(sqlite, "r_wait"),
+            not_before=dbclock.later(dialect, "r_wait"),
         )
         if (
             outcome == "retry"
         ):  # keep the claim for another attempt in this run, unless now quarantined
             values.update(
                 claim_owner=case((quarantine, None), else_=e.claim_owner),
-                lease_until=case((quarantine, None), else_=_lease_end(sqlite)),
+                lease_until=case((quarantine, None), else_=dbclock.later(dialect, "lease")),
                 claimed_from=case((quarantine, None), else_=e.claimed_from),
             )
     if outcome != "retry":
@@ -663,18 +361,17 @@ def record(
     worker: WorkerId,
     claimed: Claim,
     result: TransferResult,
-    outcome: str,
+    decision: Decision,
     *,
-    charged: bool,
     max_attempts: int,
     dest_path: str,
     lease: float,
     wait: float = 0.0,
 ) -> str:
-    """Write one attempt as ``outcome`` (``failures.Decision.recorded``: complete, cancelled,
-    released, retry - the claim kept -, changed or failed; ``charged``: a data failure); returns
-    the outcome as recorded: the same, quarantined, or superseded.  ``wait``: a data failure's
-    back-off (seconds until ``not_before``).
+    """Write one attempt as ``decision`` says (failures.decide: complete, cancelled, released,
+    retry - the claim kept -, changed or failed, charged or not); returns the outcome as
+    recorded: that, quarantined, or superseded.  ``wait``: a data failure's back-off (seconds
+    until ``not_before``).
 
     The EPN row changes only if this worker still holds the claim (owner and fencing token match);
     the attempt is recorded in ``transfers`` either way.
@@ -689,10 +386,11 @@ def record(
         "r_reason": result.reason,
         "r_class": result.classification,
         "r_max_attempts": max_attempts,
-        **_lease_params(db, lease),
-        **_later_params(db, "r_wait", wait),
+        **dbclock.later_params(db, "lease", lease),
+        **dbclock.later_params(db, "r_wait", wait),
     }
-    statement = _record_statement(db.dialect, outcome, charged)
+    outcome = decision.recorded
+    statement = _record_statement(db.dialect, outcome, decision.charged)
     with db.write() as conn:
         row = conn.execute(statement, params).first()
         if row is None:
@@ -740,12 +438,7 @@ def release(db: Database, worker: WorkerId, claimed: Claim) -> None:
                 e.claim_token == claimed.token,
                 e.claim_owner == worker.worker_id,
             )
-            .values(
-                status=func.coalesce(e.claimed_from, "pending"),
-                claim_owner=None,
-                lease_until=None,
-                claimed_from=None,
-            )
+            .values(**given_back())
         )
 
 
@@ -755,11 +448,6 @@ def release_all(db: Database, worker: WorkerId) -> int:
         result = conn.execute(
             update(epns_table)
             .where(e.claim_owner == worker.worker_id, e.status == "running")
-            .values(
-                status=func.coalesce(e.claimed_from, "pending"),
-                claim_owner=None,
-                lease_until=None,
-                claimed_from=None,
-            )
+            .values(**given_back())
         )
     return int(result.rowcount)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from asynchy import claims
+from asynchy import claims, workers
 from asynchy.batch import Batch
 from asynchy.config import SshTarget
 from asynchy.db import Database
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 
 class _Heartbeat(threading.Thread):
-    def __init__(self, db: Database, worker: claims.WorkerId, lease: float) -> None:
+    def __init__(self, db: Database, worker: workers.WorkerId, lease: float) -> None:
         super().__init__(name="asynchy-heartbeat", daemon=True)
         self.db, self.worker, self.lease = db, worker, lease
         self.stopped = threading.Event()
@@ -53,7 +53,7 @@ class _Heartbeat(threading.Thread):
         interval = max(0.5, self.lease / 3)
         while not self.stopped.wait(interval):
             try:
-                claims.heartbeat(self.db, self.worker, self.lease)
+                workers.heartbeat(self.db, self.worker, self.lease)
             except Exception as exc:  # a database hiccup must not kill the transfers
                 log.warning("heartbeat failed (leases not renewed): %s", exc)
 
@@ -83,11 +83,11 @@ def sync(
         from asynchy.merge import record_ignore_file
 
         record_ignore_file(db, opts.ignore_file)
-    worker: claims.WorkerId | None = None
+    worker: workers.WorkerId | None = None
     heart: _Heartbeat | None = None
     if not opts.dry_run:
-        claims.reclaim_dead_local(db)
-        worker = claims.register_worker(db, "sync", opts.lease)
+        workers.reclaim_dead_local(db)
+        worker = workers.register_worker(db, "sync", opts.lease)
         summary.worker_id = worker.worker_id
         heart = _Heartbeat(db, worker, opts.lease)
         heart.start()
@@ -210,7 +210,7 @@ def _wind_down(
     pool: WorkerPool,
     control_dir: str | None,
     heart: _Heartbeat | None,
-    worker: claims.WorkerId | None,
+    worker: workers.WorkerId | None,
     status: str,
 ) -> None:
     """Stop the pool, close the shared connections, give back what is still claimed, sign off.
@@ -229,7 +229,7 @@ def _wind_down(
         left = claims.release_all(db, worker)
         if left:
             log.warning("gave back %s this run still held", plural(left, "claim"))
-        claims.finish_worker(db, worker, status)
+        workers.finish_worker(db, worker, status)
     except Exception as exc:  # the run's own error, if any, is the one that matters
         log.warning(
             "could not sign off in the database (the next sync takes the claims back): %s", exc

@@ -26,6 +26,7 @@ from asynchy.jobs import TransferResult
 from asynchy.parts import Running
 from asynchy.render import plural
 from asynchy.sync_types import SyncOptions, SyncProgress, SyncSummary
+from asynchy.workers import WorkerId
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Verdicts:
     def __init__(
         self,
         db: Database,
-        worker: claims.WorkerId | None,
+        worker: WorkerId | None,
         opts: SyncOptions,
         summary: SyncSummary,
         progress: SyncProgress | None,
@@ -138,8 +139,7 @@ class Verdicts:
             self.worker,
             item.claim,
             result,
-            decision.recorded,
-            charged=decision.charged,
+            decision,
             max_attempts=self.opts.max_attempts,
             dest_path=item.dest_path,
             lease=self.opts.lease,

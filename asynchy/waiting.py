@@ -1,19 +1,33 @@
 """Why EPNs that are not complete were not taken by a run, counted per reason, each with the
-command that changes it (docs/sync.md, "Explaining a run")."""
+command that changes it (docs/sync.md, "Explaining a run").  The reasons are the claim's own
+(asynchy.eligibility), so what a run says and what it took cannot disagree."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select
 
-from asynchy.claims import RETRYABLE_CLASSES, db_now, e
+from asynchy import dbclock
 from asynchy.db import Database
-from asynchy.destinations import is_mapped
+from asynchy.eligibility import BY_NAME, REASONS, Conditions, e, flags, reason_of
 from asynchy.render import local_time
+
+# The order of the summary's "not taken" lines: what needs a person first.
+SHOWN = [
+    "quarantined",
+    "failed for good",
+    "skipped",
+    "backing off",
+    "settling",
+    "unmapped",
+    "walk incomplete",
+    "claimed by another worker",
+    "complete",
+]
+assert set(SHOWN) == {r.name for r in REASONS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,79 +45,29 @@ def not_taken(
     destinations: Mapping[str, str] | None = None,
     mapped_only: bool = False,
 ) -> list[Waiting]:
-    """Why EPNs that are not complete were not taken now, counted per reason, each with what changes it.
-
-    An empty (or short) sync run says this instead of nothing (docs/sync.md, "Explaining a run")."""
-    now = db_now(db)
+    """Why EPNs that are not complete were not taken now, counted per reason, each with what
+    changes it.  An empty (or short) sync run says this instead of nothing."""
+    c = Conditions(dbclock.now(db), max_attempts, settled_before)
     reasons: dict[str, int] = {}
     soonest: datetime | None = None
     with db.read() as conn:
         rows = conn.execute(
-            select(
-                e.epn,
-                e.status,
-                e.walk_complete,
-                e.walked_at,
-                e.changed_at,
-                e.last_error_class,
-                e.failures,
-                e.not_before,
-                e.lease_until,
-                e.modified,
-                e.first_seen_at,
-                (e.not_before > now).label("waiting"),
-                (e.lease_until > now).label("leased"),
-            ).where(e.status != "complete")
+            select(e.epn, e.not_before, *flags(c)).where(e.status != "complete")
         ).all()
-    for r in rows:
-        reason = _why_not(r, max_attempts, settled_before, destinations, mapped_only)
+    for row in rows:
+        reason = reason_of(row, mapped_only=mapped_only, destinations=destinations)
         if reason is None:
             continue
         reasons[reason] = reasons.get(reason, 0) + 1
-        if reason == "backing off" and r.not_before is not None:
-            soonest = r.not_before if soonest is None else min(soonest, r.not_before)
-    hints = {
-        "quarantined": "asynchy reset --status quarantined",
-        "failed for good": "fix the cause, then asynchy reset --status failed",
-        "skipped": "asynchy reset EPN",
-        "backing off": (
-            f"the first one is due at {local_time(soonest)}; asynchy reset EPN tries it now"
-            if soonest is not None
-            else "asynchy reset EPN tries it now"
-        ),
-        "settling": "still being written: copied once older than --settle",
-        "unmapped": "add destinations, or copy_unmapped / --include-unmapped",
-        "walk incomplete": "asynchy walk (it lists them again)",
-        "claimed by another worker": "asynchy workers",
-    }
-    order = list(hints)
-    return [Waiting(k, reasons[k], hints[k]) for k in sorted(reasons, key=order.index)]
+        if reason == "backing off" and row.not_before is not None:
+            soonest = row.not_before if soonest is None else min(soonest, row.not_before)
+    return [
+        Waiting(name, reasons[name], _hint(name, soonest))
+        for name in sorted(reasons, key=SHOWN.index)
+    ]
 
 
-def _why_not(
-    r: Any,
-    max_attempts: int,
-    settled_before: datetime | None,
-    destinations: Mapping[str, str] | None,
-    mapped_only: bool,
-) -> str | None:
-    if r.status in ("quarantined", "skipped"):
-        return str(r.status)
-    if r.status == "running":
-        return "claimed by another worker" if r.leased else None
-    if not r.walk_complete and r.walked_at is not None:
-        return "walk incomplete"
-    if r.status == "failed":
-        if (
-            r.last_error_class or "retryable"
-        ) not in RETRYABLE_CLASSES or r.failures >= max_attempts:
-            return "failed for good"
-        if r.waiting:
-            return "backing off"
-    if mapped_only and not is_mapped(r.epn, destinations):
-        return "unmapped"
-    if settled_before is not None:
-        newest = r.modified if r.modified is not None else r.first_seen_at
-        if newest is not None and newest > settled_before:
-            return "settling"
-    return None
+def _hint(reason: str, soonest: datetime | None) -> str:
+    if reason == "backing off" and soonest is not None:
+        return f"the first one is due at {local_time(soonest)}; {BY_NAME[reason].hint}"
+    return BY_NAME[reason].hint

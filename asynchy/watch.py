@@ -35,10 +35,11 @@ from typing import Any
 
 from sqlalchemy import func, select, text
 
-from asynchy import claims, inventory
+from asynchy import dbclock, inventory
 from asynchy.alert import AlertOptions, AlertSummary, alert, check_templates, epns_on_server
 from asynchy.config import SshTarget
 from asynchy.db import Database
+from asynchy.eligibility import Conditions, claimable, settled
 from asynchy.errors import (
     AsynchyError,
     Busy,
@@ -204,7 +205,10 @@ def unsettled(db: Database, cutoff: datetime, max_attempts: int) -> int:
             conn.execute(
                 select(func.count())
                 .select_from(epns_table)
-                .where(claims.eligible(db, max_attempts), ~claims.settled(cutoff))
+                .where(
+                    claimable(Conditions(dbclock.now(db), max_attempts)),
+                    ~settled(cutoff),
+                )
             ).scalar_one()
         )
 

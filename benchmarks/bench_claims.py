@@ -92,12 +92,15 @@ def queue_worker(
 ) -> None:
     from datetime import UTC, datetime
 
-    from asynchy import claims
+    from asynchy import claims, workers
     from asynchy.db import open_database
-    from asynchy.transfer import TransferResult
+    from asynchy.failures import Action, Decision
+    from asynchy.jobs import TransferResult
+
+    COMPLETE = Decision(Action.COMPLETE, charged=False)
 
     db = open_database(url)
-    me = claims.register_worker(db, "bench", lease=300)
+    me = workers.register_worker(db, "bench", lease=300)
     start.wait()
     done = 0
     while True:
@@ -107,9 +110,7 @@ def queue_worker(
         c = got[0]
         now = datetime.now(UTC)
         result = TransferResult(c.epn, 1, c.token, now, now, ("bench",), 0, "ok", None, 100, 1)
-        claims.record(
-            db, me, c, result, max_attempts=5, keep_claim=False, dest_path="/dev/null", lease=300
-        )
+        claims.record(db, me, c, result, COMPLETE, max_attempts=5, dest_path="/dev/null", lease=300)
         done += 1
     out.put(done)
     db.close()

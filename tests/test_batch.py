@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from helpers import FIXED_MTIME, rows, write_file
 
-from asynchy import claims, inventory
+from asynchy import inventory, workers
 from asynchy.batch import Batch
 from asynchy.db import Database, open_database
 from asynchy.jobs import PART_MARK, FailureClass, Job, TransferResult
@@ -117,7 +117,7 @@ def run_batch(
     stop = FakeStop()
     pool = FakePool(events, script, stop=stop, stop_after=stop_after)
     opts = SyncOptions(dest=site["dest"], src_prefix=str(site["src"]), **options)
-    worker = claims.register_worker(db, "sync", opts.lease)
+    worker = workers.register_worker(db, "sync", opts.lease)
 
     def relist(epn: str) -> None:
         inventory.walk(db, LocalTree(site["src"]), inventory.WalkOptions(epns=(epn,), refresh=True))

@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import text, update
 from trees import build_epns
 
-from asynchy import claims
+from asynchy import claims, workers
 from asynchy.db import Database, open_database
+from asynchy.failures import Decision, Situation, decide
 from asynchy.inventory import WalkOptions, walk
 from asynchy.jobs import TransferResult
 from asynchy.models import epns_table
@@ -31,6 +32,11 @@ def _fill(db: Database, root: Path, n: int) -> list[str]:
     build_epns(root, n, 1)
     walk(db, LocalTree(root), WalkOptions())
     return sorted(f"{20000 + i}{'abcd'[i % 4]}" for i in range(n))
+
+
+def _decision(result: TransferResult) -> Decision:
+    """What the batch decides for a first attempt with no retry left (failures.decide)."""
+    return decide(result.classification, Situation(tries=1, retry=0, max_attempts=2))
 
 
 def _result(c: claims.Claim, classification: str = "ok") -> TransferResult:
@@ -57,7 +63,7 @@ def test_claims_are_exclusive_even_under_contention(db: Database, tmp_path: Path
     lock = threading.Lock()
 
     def worker() -> None:
-        me = claims.register_worker(db, "test")
+        me = workers.register_worker(db, "test")
         while True:
             taken = claims.claim(db, me, epns, 3, order="ASC", max_attempts=5, lease=60)
             if not taken:
@@ -78,8 +84,8 @@ def test_fencing_rejects_the_result_of_a_worker_that_lost_its_claim(
     db: Database, tmp_path: Path
 ) -> None:
     (epn,) = _fill(db, tmp_path / "src", 1)
-    slow = claims.register_worker(db, "test")
-    fast = claims.register_worker(db, "test")
+    slow = workers.register_worker(db, "test")
+    fast = workers.register_worker(db, "test")
     (first,) = claims.claim(db, slow, [epn], 1, order="ASC", max_attempts=5, lease=60)
     assert (
         claims.claim(db, fast, [epn], 1, order="ASC", max_attempts=5, lease=60) == []
@@ -93,8 +99,8 @@ def test_fencing_rejects_the_result_of_a_worker_that_lost_its_claim(
             fast,
             second,
             _result(second),
+            _decision(_result(second)),
             max_attempts=5,
-            keep_claim=False,
             dest_path="/d",
             lease=60,
         )
@@ -107,8 +113,8 @@ def test_fencing_rejects_the_result_of_a_worker_that_lost_its_claim(
             slow,
             first,
             _result(first, "partial"),
+            _decision(_result(first, "partial")),
             max_attempts=5,
-            keep_claim=False,
             dest_path="/d",
             lease=60,
         )
@@ -129,11 +135,11 @@ def test_fencing_rejects_the_result_of_a_worker_that_lost_its_claim(
 
 def test_heartbeat_keeps_a_claim_alive(db: Database, tmp_path: Path) -> None:
     (epn,) = _fill(db, tmp_path / "src", 1)
-    owner = claims.register_worker(db, "test")
-    other = claims.register_worker(db, "test")
+    owner = workers.register_worker(db, "test")
+    other = workers.register_worker(db, "test")
     claims.claim(db, owner, [epn], 1, order="ASC", max_attempts=5, lease=60)
     _expire(db, epn)
-    assert claims.heartbeat(db, owner, 60) == 1  # renewed before anyone noticed
+    assert workers.heartbeat(db, owner, 60) == 1  # renewed before anyone noticed
     assert claims.claim(db, other, [epn], 1, order="ASC", max_attempts=5, lease=60) == []
 
 
@@ -146,7 +152,7 @@ def test_order_limit_and_quarantine(db: Database, tmp_path: Path) -> None:
                 .where(epns_table.c.epn == epn)
                 .values(modified=datetime(2024, 1, day, tzinfo=UTC))
             )
-    me = claims.register_worker(db, "test")
+    me = workers.register_worker(db, "test")
     planned, _ = claims.plan(db, order="DESC", limit=2, max_attempts=2)
     assert [p.epn for p in planned] == [epns[0], epns[2]]
     planned, _ = claims.plan(db, order="ASC", limit=2, max_attempts=2)
@@ -158,8 +164,8 @@ def test_order_limit_and_quarantine(db: Database, tmp_path: Path) -> None:
             me,
             c,
             _result(c, "partial"),
+            _decision(_result(c, "partial")),
             max_attempts=2,
-            keep_claim=False,
             dest_path="/d",
             lease=60,
         )
@@ -172,8 +178,8 @@ def test_order_limit_and_quarantine(db: Database, tmp_path: Path) -> None:
             me,
             c,
             _result(c, "partial"),
+            _decision(_result(c, "partial")),
             max_attempts=2,
-            keep_claim=False,
             dest_path="/d",
             lease=60,
         )

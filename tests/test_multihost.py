@@ -180,7 +180,7 @@ def test_killed_worker_is_finished_by_another_host_after_its_lease(cluster: dict
 def test_workers_and_release_stale(
     cli: Any, tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
-    from asynchy import claims
+    from asynchy import claims, workers
     from asynchy.db import open_database
 
     setting = str(tmp_path / "w.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
@@ -188,8 +188,8 @@ def test_workers_and_release_stale(
     build_epns(src, 3, 1)
     assert cli("--db", setting, "--host", "local", "walk", "--src-prefix", str(src)).exit_code == 0
     db = open_database(setting)
-    gone = claims.register_worker(db, "sync", lease=1)
-    alive = claims.register_worker(db, "sync", lease=600)
+    gone = workers.register_worker(db, "sync", lease=1)
+    alive = workers.register_worker(db, "sync", lease=600)
     claims.claim(db, gone, ["20000a", "20001b"], 2, order="ASC", max_attempts=5, lease=1)
     claims.claim(db, alive, ["20002c"], 1, order="ASC", max_attempts=5, lease=600)
     db.close()

@@ -26,10 +26,10 @@ def workers_cmd(ctx: click.Context, /, all_workers: bool, **output: Any) -> None
     Example:
         asynchy workers
     """
-    from asynchy import claims, render
+    from asynchy import render, workers
 
     _, db = open_existing(ctx)
-    rows = claims.workers(db, all_workers=all_workers)
+    rows = workers.workers(db, all_workers=all_workers)
     out = take_output(output)
     if out.fmt == "table":
         click.echo(render.workers(rows, width()))
@@ -59,12 +59,12 @@ def release_cmd(ctx: click.Context, /, stale: bool, worker_id: str | None) -> No
         asynchy release --stale
         asynchy release --worker 3f2a9c0d1e4b5a69
     """
-    from asynchy import claims, render
+    from asynchy import render, workers
 
     if stale == (worker_id is not None):
         raise UsageError("give --stale or --worker ID (one of them)")
     _, db = open_existing(ctx)
-    freed, dead = claims.release_stale(db, worker_id=worker_id)
+    freed, dead = workers.release_stale(db, worker_id=worker_id)
     click.echo(
         f"released {render.plural(len(freed), 'claim')}"
         + (f": {', '.join(render.shown(e) for e in freed)}" if freed and len(freed) <= 10 else "")
