@@ -33,7 +33,7 @@ from asynchy.config import SECRET_ENV, Settings
 from asynchy.db import Database
 from asynchy.destinations import copies_unmapped, epn_number, left_unmapped
 from asynchy.errors import AlertError, ConfigError, PortalError
-from asynchy.keys import is_loopback
+from asynchy.keyparse import is_loopback
 from asynchy.models import alerts_table, visits_table
 from asynchy.names import encode_name
 from asynchy.portal import Person, Portal, Visit, person_from

@@ -20,6 +20,7 @@ from typing import Any
 
 from asynchy.errors import ConfigError
 from asynchy.keys import ENV_PREFIX, KEYS, LOG_LEVELS, KeySpec, parse_duration
+from asynchy.legacy import MERC_KEYS, from_older_tools
 
 __all__ = [
     "ENV_PREFIX",
@@ -37,38 +38,6 @@ DEFAULT_CONFIG = "~/.as.yaml"
 
 # Secrets that must never sit in the config file or on a command line.
 SECRET_ENV = {"smtp_password": ENV_PREFIX + "SMTP_PASSWORD"}
-
-# HPC ASSyncy's config keys (mxsync / epnalert), read as asynchy keys.
-HPC_ASSYNCY_KEYS = {
-    "epn_cap_map": "destinations",
-    "key-file": "keypath",
-    "destination-root-path": "dest",
-    "max-tasks": "threads",
-    "log-level": "log_level",
-    "epnalert-email-to": "alert_to",
-    "epnalert-email-from": "alert_from",
-    "epnalert-template-folder": "alert_templates",
-    "epnalert-template-text": "alert_template_text",
-    "epnalert-template-html": "alert_template_html",
-    "ignore": "ignore_file",
-}
-# What an HPC ASSyncy site had without saying so (mxsync's rsync options, its layout, epnalert's rule);
-# an asynchy key in the same file wins.
-HPC_ASSYNCY_DEFAULTS: dict[str, Any] = {
-    "layout": "{project}/{epn}/data",
-    "include": (".info",),
-    "exclude": (".*",),
-    "chmod": "Dg+s,ug+w,o-wx,ug+X",
-    "alert_only_with_details": True,
-}
-HPC_ASSYNCY_IGNORED: dict[str, str] = {}
-# as-walker's config.yml (asfiles.py).
-ASWALKER_KEYS = {"hostname": "host", "key_path": "keypath"}
-ASWALKER_IGNORED = {
-    "epns_path": "asynchy walks every EPN folder under src_prefix; to walk only the institution's "
-    "EPNs, list them in a file (one a line) and pass `asynchy walk --epn-file FILE`",
-}
-MERC_KEYS = ("host", "port", "user", "keypath", "db")
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,102 +200,6 @@ def default_config_path(env: Mapping[str, str]) -> tuple[Path, bool]:
     return Path(DEFAULT_CONFIG).expanduser(), False
 
 
-def _from_hpc_assyncy(
-    data: dict[str, Any], path: Path
-) -> tuple[dict[str, Any], list[tuple[int, str]]]:
-    """HPC ASSyncy's keys as asynchy keys (docs/configuration.md lists them); notes say what was done."""
-    out = {str(k): v for k, v in data.items()}
-    notes: list[tuple[int, str]] = []
-    hpc = any(
-        k in out for k in (*HPC_ASSYNCY_KEYS, "sync-frequency-hours", "log-files", "beamline")
-    )
-
-    def take(old: str, new: str, value: Any) -> None:
-        if new in out and out[new] is not None:
-            raise ConfigError(
-                f"config file {path}: both '{old}' (HPC ASSyncy) and '{new}' are set: keep '{new}'"
-            )
-        out[new] = value
-        notes.append((logging.INFO, f"config file {path}: HPC ASSyncy key '{old}' read as '{new}'"))
-
-    for old, new in HPC_ASSYNCY_KEYS.items():
-        if old in out:
-            take(old, new, out.pop(old))
-    if "sync-frequency-hours" in out:
-        hours = out.pop("sync-frequency-hours")
-        try:
-            take("sync-frequency-hours", "every", float(hours) * 3600)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"config file {path}: key 'sync-frequency-hours' must be a number of hours, got {hours!r}"
-            ) from None
-    if "log-files" in out:
-        files = out.pop("log-files")
-        if isinstance(files, dict):
-            take("log-files.sync", "log_file", files.get("sync"))
-            alert_log = files.get("epnalert") or files.get("email")
-            if alert_log:
-                take("log-files.epnalert", "alert_log_file", alert_log)
-            if files.get("email") and files.get("email") != alert_log:
-                notes.append(
-                    (
-                        logging.WARNING,
-                        f"config file {path}: HPC ASSyncy key 'log-files.email' is not used: the "
-                        f"alert's e-mail lines go to log-files.epnalert ({alert_log})",
-                    )
-                )
-        else:
-            take("log-files", "log_file", files)
-    for smtp_key in ("epnalert-email-smtp", "epnalert-smtp"):
-        if smtp_key in out:
-            server = str(out.pop(smtp_key))
-            host, _, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
-            take(smtp_key, "smtp_host", host)
-            if port:
-                out.setdefault("smtp_port", port)
-    if "beamline" in out:
-        beamline = str(out.pop("beamline")).strip("/")
-        if out.get("src_prefix") is None:
-            take("beamline", "src_prefix", f"/data/{beamline}")
-    if "base-url" in out or "equipment" in out:
-        portal = {"base_url": out.pop("base-url", None), "equipment": out.pop("equipment", None)}
-        if "visit-day-range" in out:
-            portal["visit_days"] = out.pop("visit-day-range")
-        take("base-url/equipment", "portal", portal)
-    for old, why in HPC_ASSYNCY_IGNORED.items():
-        if old in out:
-            value = out.pop(old)
-            text = f"config file {path}: HPC ASSyncy key '{old}' is not used: "
-            notes.append((logging.WARNING, text + why.format(value=value)))
-    if hpc:
-        for key, value in HPC_ASSYNCY_DEFAULTS.items():
-            if out.get(key) is None:
-                out[key] = value
-                notes.append(
-                    (
-                        logging.INFO,
-                        f"config file {path}: HPC ASSyncy site: {key} {value!r} (as HPC ASSyncy did)",
-                    )
-                )
-    for old, new in ASWALKER_KEYS.items():
-        if old in out:
-            if out.get(new) is not None:
-                raise ConfigError(
-                    f"config file {path}: both '{old}' (as-walker) and '{new}' are set: keep '{new}'"
-                )
-            out[new] = out.pop(old)
-            notes.append(
-                (logging.INFO, f"config file {path}: as-walker key '{old}' read as '{new}'")
-            )
-    for old, why in ASWALKER_IGNORED.items():
-        if old in out:
-            out.pop(old)
-            notes.append(
-                (logging.WARNING, f"config file {path}: as-walker key '{old}' is not used: {why}")
-            )
-    return out, notes
-
-
 def _read_config_file(
     path: Path, *, must_exist: bool
 ) -> tuple[dict[str, Any], list[tuple[int, str]]]:
@@ -360,7 +233,7 @@ def _read_config_file(
             f"config file {path} must hold 'key: value' lines, not a {type(data).__name__}"
         )
     given = {str(k) for k in data}
-    data, notes = _from_hpc_assyncy(data, path)
+    data, notes = from_older_tools(data, path)
     values: dict[str, Any] = {}
     for key, raw in data.items():
         name = str(key)

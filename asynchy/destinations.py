@@ -20,8 +20,10 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from asynchy.errors import ConfigError
+from asynchy.keyparse import as_line
 from asynchy.names import decode_name
 
 _NUMBER = re.compile(r"\d+")
@@ -186,3 +188,68 @@ class Overlaps:
 
 def _components(path: bytes) -> tuple[bytes, ...]:
     return tuple(p for p in os.path.normpath(path).split(b"/") if p)
+
+
+# ------------------------------------------------------------------ the settings' rules
+def parse_destinations(value: Any) -> dict[str, str]:
+    """``{"12282": "ny79"}``: EPN number (the digits before the letters) -> folder under dest, or absolute.
+
+    In an environment variable or option: YAML (``{12282: ny79}``) or ``12282=ny79,12283=ab12``.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return {}
+        if "=" in text and not text.startswith("{"):
+            pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError("must be NUMBER=FOLDER pairs separated by commas")
+            value = {k.strip(): v.strip() for k, v in pairs}
+        else:
+            import yaml
+
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:
+                raise ValueError("must be a mapping of EPN numbers to folders") from None
+    if not isinstance(value, dict):
+        raise ValueError('must be a mapping of EPN numbers to folders, e.g. {"12282": ny79}')
+    out: dict[str, str] = {}
+    for key, folder in value.items():
+        number = str(key).strip()
+        if not number.isdigit():
+            raise ValueError(f"has key {key!r}, which is not an EPN number (digits only)")
+        if not isinstance(folder, str) or not folder.strip():
+            raise ValueError(f"maps {number} to {folder!r}, which is not a folder name")
+        parts = folder.strip().split("/")
+        if ".." in parts:
+            raise ValueError(f"maps {number} to {folder!r}: '..' is not allowed")
+        out[number] = folder.strip()
+    return out
+
+
+LAYOUT_FIELDS = ("project", "epn", "number")
+
+
+def parse_layout(value: Any) -> str:
+    """Where an EPN goes below dest: a template of {project}, {epn}, {number}, e.g. {project}/{epn}/data."""
+    import string
+
+    text = as_line(value).strip().strip("/")
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+    except ValueError:
+        raise ValueError("must be a template such as {project}/{epn} or {epn}") from None
+    unknown = [f for f in fields if f not in LAYOUT_FIELDS]
+    if unknown:
+        raise ValueError(
+            f"has an unknown field {{{unknown[0]}}} (known: {{project}}, {{epn}}, {{number}})"
+        )
+    if "epn" not in fields:
+        raise ValueError("must hold {epn}, so that every EPN has a folder of its own")
+    parts = text.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError("must be a relative path without '..', '.' or empty parts")
+    if "{epn}" not in parts:
+        raise ValueError("must have {epn} as a whole folder name, e.g. {project}/{epn}/data")
+    return text

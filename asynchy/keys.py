@@ -8,319 +8,36 @@ ValueError with the end of a sentence ("must be ...").
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+
+from asynchy.destinations import parse_destinations, parse_layout
+from asynchy.keyparse import (
+    LOG_LEVELS,
+    as_address,
+    as_addresses,
+    as_agent,
+    as_bool,
+    as_chmod,
+    as_count,
+    as_days,
+    as_interval,
+    as_level,
+    as_line,
+    as_patterns,
+    as_port,
+    as_regex,
+    as_seconds,
+    as_str,
+    is_loopback,
+    parse_duration,
+)
+from asynchy.portal import parse_portal
+
+__all__ = ["ENV_PREFIX", "KEYS", "LOG_LEVELS", "KeySpec", "is_loopback", "parse_duration"]
 
 ENV_PREFIX = "ASYNCHY_"
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-def _as_str(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ValueError("must be a string")
-    return str(value)
-
-
-def _as_port(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("must be an integer from 1 to 65535")
-    try:
-        port = int(str(value).strip()) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError):
-        raise ValueError("must be an integer from 1 to 65535") from None
-    if isinstance(value, float) and not value.is_integer():
-        raise ValueError("must be an integer from 1 to 65535")
-    if not 1 <= port <= 65535:
-        raise ValueError("must be an integer from 1 to 65535")
-    return port
-
-
-def _as_seconds(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("must be a number of seconds greater than 0")
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise ValueError("must be a number of seconds greater than 0") from None
-    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
-        raise ValueError("must be a number of seconds greater than 0")
-    return seconds
-
-
-def _as_destinations(value: Any) -> dict[str, str]:
-    """``{"12282": "ny79"}``: EPN number (the digits before the letters) -> folder under dest, or absolute.
-
-    In an environment variable or option: YAML (``{12282: ny79}``) or ``12282=ny79,12283=ab12``.
-    """
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return {}
-        if "=" in text and not text.startswith("{"):
-            pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
-            if any(len(p) != 2 for p in pairs):
-                raise ValueError("must be NUMBER=FOLDER pairs separated by commas")
-            value = {k.strip(): v.strip() for k, v in pairs}
-        else:
-            import yaml
-
-            try:
-                value = yaml.safe_load(text)
-            except yaml.YAMLError:
-                raise ValueError("must be a mapping of EPN numbers to folders") from None
-    if not isinstance(value, dict):
-        raise ValueError('must be a mapping of EPN numbers to folders, e.g. {"12282": ny79}')
-    out: dict[str, str] = {}
-    for key, folder in value.items():
-        number = str(key).strip()
-        if not number.isdigit():
-            raise ValueError(f"has key {key!r}, which is not an EPN number (digits only)")
-        if not isinstance(folder, str) or not folder.strip():
-            raise ValueError(f"maps {number} to {folder!r}, which is not a folder name")
-        parts = folder.strip().split("/")
-        if ".." in parts:
-            raise ValueError(f"maps {number} to {folder!r}: '..' is not allowed")
-        out[number] = folder.strip()
-    return out
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", re.IGNORECASE)
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(value: Any) -> float:
-    """``90``, ``90s``, ``30m``, ``1h``, ``1h30m``, ``2d`` -> seconds (>= 0)."""
-    if isinstance(value, bool):
-        raise ValueError("must be a duration such as 90s, 30m, 1h or 2d")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        text = str(value).strip().replace(" ", "")
-        pos, seconds = 0, 0.0
-        for m in _DURATION_PART.finditer(text):
-            if m.start() != pos:
-                break
-            seconds += float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
-            pos = m.end()
-        if not text or pos != len(text):
-            raise ValueError("must be a duration such as 90s, 30m, 1h or 2d")
-    if seconds != seconds or seconds < 0 or seconds == float("inf"):
-        raise ValueError("must be a duration such as 90s, 30m, 1h or 2d")
-    return seconds
-
-
-def _as_interval(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds < 1:
-        raise ValueError("must be at least 1 second, e.g. 30m or 1h")
-    return seconds
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("must be true or false")
-
-
-def _as_count(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("must be a whole number from 1 to 64")
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise ValueError("must be a whole number from 1 to 64") from None
-    if not 1 <= number <= 64:
-        raise ValueError("must be a whole number from 1 to 64")
-    return number
-
-
-def _as_days(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("must be a number of days (0 or more)")
-    try:
-        days = float(value)
-    except (TypeError, ValueError):
-        raise ValueError("must be a number of days (0 or more)") from None
-    if days != days or days < 0 or days == float("inf"):
-        raise ValueError("must be a number of days (0 or more)")
-    return days
-
-
-def _as_line(value: Any) -> str:
-    text = _as_str(value)
-    if "\n" in text or "\r" in text:
-        raise ValueError("must be one line")
-    return text.strip()
-
-
-def _as_address(value: Any) -> str:
-    from email.utils import parseaddr
-
-    text = _as_line(value)
-    _, address = parseaddr(text)
-    if "@" not in address or " " in address:
-        raise ValueError("must be an e-mail address such as asynchy@example.org")
-    return text
-
-
-def _as_addresses(value: Any) -> tuple[str, ...]:
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    out = tuple(_as_address(item) for item in items if str(item).strip())
-    if not out:
-        raise ValueError("must name at least one e-mail address")
-    return out
-
-
-def is_loopback(host: str) -> bool:
-    """This machine's own address: nothing sent there crosses a network."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _as_portal(value: Any) -> dict[str, Any]:
-    """The facility portal: ``{base_url, equipment: [{id, username, password, client_name,
-    client_password}], visit_days, timeout}``; passwords may instead be ``*_file`` or ``*_env``."""
-    if isinstance(value, str):
-        import yaml
-
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ValueError("must be a mapping (YAML) with base_url and equipment") from None
-    if not isinstance(value, dict):
-        raise ValueError("must be a mapping with base_url and equipment")
-    known = {"base_url", "equipment", "visit_days", "timeout", "token_in"}
-    unknown = set(value) - known
-    if unknown:
-        raise ValueError(
-            f"has unknown entries {sorted(unknown)} (known: {', '.join(sorted(known))})"
-        )
-    token_in = str(value.get("token_in", "query")).strip().lower()
-    if token_in not in ("query", "header"):
-        raise ValueError("token_in must be query or header")
-    base = value.get("base_url")
-    if not isinstance(base, str) or not base.startswith(("http://", "https://")):
-        raise ValueError("needs base_url, e.g. https://portal.example.org")
-    if base.startswith("http://") and not is_loopback(urlsplit(base).hostname or ""):
-        raise ValueError(
-            "base_url must be https:// (plain http:// only to this machine: localhost, "
-            "127.0.0.1, ::1): the portal's passwords and token would cross the network in clear"
-        )
-    equipment = value.get("equipment")
-    if not isinstance(equipment, list) or not equipment:
-        raise ValueError("needs a list of equipment entries {id, username, password, ...}")
-    items = []
-    for n, item in enumerate(equipment, 1):
-        if not isinstance(item, dict):
-            raise ValueError(f"equipment entry {n} must be a mapping")
-        entry = {str(k): v for k, v in item.items()}
-        for key in ("id", "username", "client_name"):
-            if entry.get(key) in (None, ""):
-                raise ValueError(f"equipment entry {n} needs {key}")
-        for secret in ("password", "client_password"):
-            given = [k for k in (secret, secret + "_file", secret + "_env") if entry.get(k)]
-            if len(given) != 1:
-                raise ValueError(
-                    f"equipment entry {n} needs exactly one of {secret}, {secret}_file, {secret}_env"
-                )
-        items.append(entry)
-    return {
-        "base_url": base.rstrip("/"),
-        "equipment": items,
-        "visit_days": _as_days(value.get("visit_days", 30)),
-        "timeout": _as_seconds(value.get("timeout", 30)),
-        "token_in": token_in,
-    }
-
-
-def _as_level(value: Any) -> str:
-    text = _as_str(value).strip().upper()
-    text = text.removeprefix("LOGGING.")  # HPC ASSyncy wrote logging.DEBUG, logging.INFO, ...
-    if text not in LOG_LEVELS:
-        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
-    return text
-
-
-LAYOUT_FIELDS = ("project", "epn", "number")
-
-
-def _as_layout(value: Any) -> str:
-    """Where an EPN goes below dest: a template of {project}, {epn}, {number}, e.g. {project}/{epn}/data."""
-    import string
-
-    text = _as_line(value).strip().strip("/")
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
-    except ValueError:
-        raise ValueError("must be a template such as {project}/{epn} or {epn}") from None
-    unknown = [f for f in fields if f not in LAYOUT_FIELDS]
-    if unknown:
-        raise ValueError(
-            f"has an unknown field {{{unknown[0]}}} (known: {{project}}, {{epn}}, {{number}})"
-        )
-    if "epn" not in fields:
-        raise ValueError("must hold {epn}, so that every EPN has a folder of its own")
-    parts = text.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise ValueError("must be a relative path without '..', '.' or empty parts")
-    if "{epn}" not in parts:
-        raise ValueError("must have {epn} as a whole folder name, e.g. {project}/{epn}/data")
-    return text
-
-
-def _as_patterns(value: Any) -> tuple[str, ...]:
-    """rsync filter patterns: a list, or one pattern per line."""
-    items = value if isinstance(value, (list, tuple)) else str(value).splitlines()
-    out = tuple(str(i).strip() for i in items if str(i).strip())
-    for pattern in out:
-        if any(ord(c) < 32 for c in pattern):
-            raise ValueError(f"pattern {pattern!r} holds a control character")
-    return out
-
-
-def _as_agent(value: Any) -> str:
-    """auto, yes or no (a YAML boolean reads as yes or no)."""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    text = _as_line(value).lower()
-    if text not in ("auto", "yes", "no"):
-        raise ValueError("must be auto, yes or no")
-    return text
-
-
-def _as_regex(value: Any) -> str:
-    """A regular expression (Python's re), or ``off``."""
-    text = _as_line(value)
-    if text.lower() == "off":
-        return "off"
-    try:
-        re.compile(text)
-    except re.error as exc:
-        raise ValueError(f"must be a regular expression or off ({exc})") from None
-    return text
-
-
-def _as_chmod(value: Any) -> str:
-    import re
-
-    text = _as_line(value)
-    item = r"[DF]?[ugoa]*[-+=][rwxXst]*|[DF]?[0-7]{3,4}"
-    if not re.fullmatch(rf"(?:{item})(?:,(?:{item}))*", text):
-        raise ValueError("must be rsync --chmod rules such as Dg+s,ug+w,o-wx,ug+X")
-    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,7 +70,7 @@ KEYS: dict[str, KeySpec] = {
     for spec in (
         KeySpec(
             "host",
-            _as_str,
+            as_str,
             None,
             "SFTP/ssh host of the facility; empty or 'local' for a local folder",
             option_doc="`--host`",
@@ -363,7 +80,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "port",
-            _as_port,
+            as_port,
             22,
             "ssh port",
             "integer",
@@ -374,7 +91,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "user",
-            _as_str,
+            as_str,
             None,
             "ssh user name (default: your login name)",
             option_doc="`--user`",
@@ -384,7 +101,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "keypath",
-            _as_str,
+            as_str,
             None,
             "private key file for ssh (default: ssh-agent only)",
             "path",
@@ -395,7 +112,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "known_hosts",
-            _as_str,
+            as_str,
             "~/.ssh/known_hosts",
             "known_hosts file that holds the server's host key",
             "path",
@@ -406,7 +123,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "ssh_agent",
-            _as_agent,
+            as_agent,
             "auto",
             "use ssh-agent's keys: auto (only when keypath is unset), yes or no",
             option_doc="-",
@@ -415,7 +132,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "ssh_config",
-            _as_str,
+            as_str,
             None,
             "an ssh config file for rsync's ssh (default: none is read)",
             "path",
@@ -425,7 +142,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "db",
-            _as_str,
+            as_str,
             "files.db",
             "inventory database: a SQLite file path or a SQLAlchemy URL",
             option_doc="`--db`",
@@ -435,7 +152,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "src_prefix",
-            _as_str,
+            as_str,
             None,
             "folder on the source whose sub-folders are EPNs, e.g. /data/mx",
             option_doc="`walk`/`sync --src-prefix` (alias `--src_prefix`)",
@@ -445,7 +162,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "dest",
-            _as_str,
+            as_str,
             None,
             "local folder the EPNs are copied into",
             "path",
@@ -456,7 +173,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "log_file",
-            _as_str,
+            as_str,
             None,
             "also write the log to this file (rotated)",
             "path",
@@ -466,7 +183,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "log_level",
-            _as_level,
+            as_level,
             "INFO",
             "level of the log file: DEBUG, INFO, WARNING or ERROR",
             option_doc="`--log-level`",
@@ -475,7 +192,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "timeout",
-            _as_seconds,
+            as_seconds,
             30.0,
             "seconds before a silent connection or request counts as dead",
             "seconds",
@@ -485,7 +202,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "db_timeout",
-            _as_seconds,
+            as_seconds,
             60.0,
             "seconds a command waits for a database another process holds locked",
             "seconds",
@@ -495,7 +212,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "epn_pattern",
-            _as_regex,
+            as_regex,
             r"^\d{5,6}[a-z]?$",
             "what an EPN folder name looks like (a regular expression, or off)",
             "regex",
@@ -505,7 +222,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "strict_names",
-            _as_bool,
+            as_bool,
             False,
             "walk: do not record folders whose names do not match epn_pattern",
             "boolean",
@@ -515,7 +232,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "destinations",
-            _as_destinations,
+            parse_destinations,
             None,
             "EPN number -> folder under dest (the HPC ASSyncy epn_cap_map)",
             "mapping",
@@ -525,7 +242,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "rsync",
-            _as_str,
+            as_str,
             "rsync",
             "the rsync program (>= 3.4.1)",
             "path",
@@ -535,7 +252,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "layout",
-            _as_layout,
+            parse_layout,
             None,
             "where an EPN goes below dest: {project}/{epn} (default with destinations), {epn} "
             "(default without), {project}/{epn}/data (default for an HPC ASSyncy config)",
@@ -546,7 +263,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "copy_unmapped",
-            _as_bool,
+            as_bool,
             False,
             "with destinations: also copy EPNs whose number has no entry (to dest/{epn}, plus the layout's parts that need no project)",
             "boolean",
@@ -556,7 +273,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "exclude",
-            _as_patterns,
+            as_patterns,
             None,
             "rsync exclude patterns (checked in order, after include)",
             "list",
@@ -566,7 +283,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "include",
-            _as_patterns,
+            as_patterns,
             None,
             "rsync include patterns, checked before exclude",
             "list",
@@ -576,7 +293,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "exclude_from",
-            _as_str,
+            as_str,
             None,
             "file of rsync exclude patterns, one a line (as rsync --exclude-from)",
             "path",
@@ -586,7 +303,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "include_from",
-            _as_str,
+            as_str,
             None,
             "file of rsync include patterns, one a line (as rsync --include-from)",
             "path",
@@ -596,7 +313,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "chmod",
-            _as_chmod,
+            as_chmod,
             None,
             "rsync --chmod rules (with --perms), e.g. Dg+s,ug+w",
             "rules",
@@ -606,7 +323,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "ignore_file",
-            _as_str,
+            as_str,
             None,
             "an HPC ASSyncy ignore.yml: its previouslySynched EPNs count as already copied",
             "path",
@@ -616,7 +333,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "comment",
-            _as_str,
+            as_str,
             None,
             "free text, ignored (HPC ASSyncy's comment)",
             option_doc="-",
@@ -625,7 +342,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "metrics_file",
-            _as_str,
+            as_str,
             None,
             "Prometheus text-format metrics, rewritten after every sync run and watch cycle",
             "path",
@@ -635,7 +352,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "threads",
-            _as_count,
+            as_count,
             2,
             "EPNs copied at once by sync and watch",
             "integer",
@@ -645,7 +362,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "bwlimit",
-            _as_str,
+            as_str,
             None,
             "the host's total rate for sync and watch, shared by the running rsyncs",
             "rate",
@@ -659,7 +376,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "history_days",
-            _as_days,
+            as_days,
             90.0,
             "a watch deletes walks older than this that no EPN refers to (0: keep all)",
             "number",
@@ -669,7 +386,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "every",
-            _as_interval,
+            as_interval,
             3600.0,
             "time between two watch cycles",
             "duration",
@@ -689,7 +406,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "alert_to",
-            _as_addresses,
+            as_addresses,
             None,
             "who gets the alert e-mails",
             "addresses",
@@ -699,7 +416,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "alert_from",
-            _as_address,
+            as_address,
             None,
             "sender of the alert e-mails",
             "address",
@@ -709,7 +426,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "alert_subject",
-            _as_line,
+            as_line,
             "Unknown ownership of EPNs",
             "subject of the alert e-mails",
             option_doc="-",
@@ -718,7 +435,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "alert_templates",
-            _as_str,
+            as_str,
             None,
             "folder with alert.txt.j2 / alert.html.j2 replacing the shipped ones",
             "path",
@@ -728,7 +445,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "alert_template_text",
-            _as_str,
+            as_str,
             None,
             "file name of the text template in alert_templates (default alert.txt.j2)",
             option_doc="-",
@@ -737,7 +454,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "alert_template_html",
-            _as_str,
+            as_str,
             None,
             "file name of the HTML template in alert_templates (default alert.html.j2)",
             option_doc="-",
@@ -746,7 +463,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "alert_only_with_details",
-            _as_bool,
+            as_bool,
             False,
             "send an alert only when some unknown EPN has portal visit details (HPC ASSyncy's rule)",
             "boolean",
@@ -756,7 +473,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "alert_log_file",
-            _as_str,
+            as_str,
             None,
             "also write the alert's log lines here",
             "path",
@@ -766,7 +483,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "realert_days",
-            _as_days,
+            as_days,
             None,
             "alert about an EPN again after this many days (default: never)",
             "number",
@@ -776,7 +493,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "smtp_host",
-            _as_line,
+            as_line,
             "localhost",
             "SMTP server for alerts",
             option_doc="-",
@@ -785,7 +502,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "smtp_port",
-            _as_port,
+            as_port,
             25,
             "SMTP port",
             "integer",
@@ -795,7 +512,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "smtp_starttls",
-            _as_bool,
+            as_bool,
             False,
             "use STARTTLS (certificate checked)",
             "boolean",
@@ -805,7 +522,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "smtp_user",
-            _as_line,
+            as_line,
             None,
             "SMTP login (password: ASYNCHY_SMTP_PASSWORD or file)",
             option_doc="-",
@@ -814,7 +531,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "smtp_password_file",
-            _as_str,
+            as_str,
             None,
             "file holding the SMTP password (or set ASYNCHY_SMTP_PASSWORD)",
             "path",
@@ -824,7 +541,7 @@ KEYS: dict[str, KeySpec] = {
         ),
         KeySpec(
             "portal",
-            _as_portal,
+            parse_portal,
             None,
             "the facility portal, for visit details",
             "mapping",

@@ -23,7 +23,8 @@ from asynchy.models import epns_table
 from asynchy.names import decode_name
 from asynchy.render import plural
 from asynchy.rsync import RsyncOptions, files_from, rsync_argv, rsync_version
-from asynchy.transfer import files_differ, run_rsync, verify_local
+from asynchy.rsyncrun import run_rsync
+from asynchy.transfer import files_differ, verify_local
 
 log = logging.getLogger(__name__)
 e = epns_table.c

@@ -23,8 +23,9 @@ from typing import Any
 from asynchy.jobs import Job, TransferResult
 from asynchy.processes import pid_alive
 from asynchy.render import plural
+from asynchy.rsyncrun import close_master, end_strays
 from asynchy.sync_types import Event, Finished, Progressed
-from asynchy.transfer import close_master, end_strays, run_job
+from asynchy.transfer import run_job
 
 log = logging.getLogger(__name__)
 

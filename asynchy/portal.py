@@ -17,16 +17,19 @@ import base64
 import json
 import logging
 import os
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from asynchy.errors import ConfigError, PortalError, PortalRefused
+from asynchy.keyparse import as_days, as_seconds, is_loopback
+
+if TYPE_CHECKING:
+    import urllib.request
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +111,13 @@ class Portal:
     # ---------------------------------------------------------------- HTTP
     def _call(self, request: urllib.request.Request, what: str) -> Any:
         """One request; the decoded JSON answer, or PortalError.  Never shows the URL's query."""
+        from urllib.error import HTTPError, URLError
+        from urllib.request import urlopen  # imported when the portal is asked, not with settings
+
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310 - http(s) only, checked in config
+            with urlopen(request, timeout=self.timeout) as answer:  # noqa: S310 - http(s) only, checked in config
                 body = answer.read()
-        except urllib.error.HTTPError as exc:
+        except HTTPError as exc:
             exc.close()
             raise _HttpStatus(
                 exc.code, f"{what}: the portal answered HTTP {exc.code} {exc.reason}"
@@ -120,7 +126,7 @@ class Portal:
             raise PortalError(
                 f"{what}: no answer from {self.base_url} within {self.timeout:g} s"
             ) from None
-        except urllib.error.URLError as exc:
+        except URLError as exc:
             reason = exc.reason
             if isinstance(reason, TimeoutError):
                 raise PortalError(
@@ -150,7 +156,9 @@ class Portal:
                 "grant_type": "password",
             }
         ).encode()
-        request = urllib.request.Request(  # noqa: S310
+        from urllib.request import Request  # imported when the portal is asked
+
+        request = Request(  # noqa: S310
             f"{self.base_url}/api/v1/oauth/token",
             data=form,
             method="POST",
@@ -188,7 +196,9 @@ class Portal:
             else:
                 fields["access_token"] = token
             query = urllib.parse.urlencode(fields)
-            request = urllib.request.Request(  # noqa: S310
+            from urllib.request import Request
+
+            request = Request(  # noqa: S310
                 f"{self.base_url}/api/v1/equipment/{urllib.parse.quote(key, safe='')}/visits?{query}",
                 headers=headers,
             )
@@ -243,3 +253,60 @@ class _HttpStatus(PortalError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+# ------------------------------------------------------------------ the setting
+def parse_portal(value: Any) -> dict[str, Any]:
+    """The facility portal: ``{base_url, equipment: [{id, username, password, client_name,
+    client_password}], visit_days, timeout}``; passwords may instead be ``*_file`` or ``*_env``."""
+    if isinstance(value, str):
+        import yaml
+
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError("must be a mapping (YAML) with base_url and equipment") from None
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping with base_url and equipment")
+    known = {"base_url", "equipment", "visit_days", "timeout", "token_in"}
+    unknown = set(value) - known
+    if unknown:
+        raise ValueError(
+            f"has unknown entries {sorted(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    token_in = str(value.get("token_in", "query")).strip().lower()
+    if token_in not in ("query", "header"):
+        raise ValueError("token_in must be query or header")
+    base = value.get("base_url")
+    if not isinstance(base, str) or not base.startswith(("http://", "https://")):
+        raise ValueError("needs base_url, e.g. https://portal.example.org")
+    if base.startswith("http://") and not is_loopback(urlsplit(base).hostname or ""):
+        raise ValueError(
+            "base_url must be https:// (plain http:// only to this machine: localhost, "
+            "127.0.0.1, ::1): the portal's passwords and token would cross the network in clear"
+        )
+    equipment = value.get("equipment")
+    if not isinstance(equipment, list) or not equipment:
+        raise ValueError("needs a list of equipment entries {id, username, password, ...}")
+    items = []
+    for n, item in enumerate(equipment, 1):
+        if not isinstance(item, dict):
+            raise ValueError(f"equipment entry {n} must be a mapping")
+        entry = {str(k): v for k, v in item.items()}
+        for key in ("id", "username", "client_name"):
+            if entry.get(key) in (None, ""):
+                raise ValueError(f"equipment entry {n} needs {key}")
+        for secret in ("password", "client_password"):
+            given = [k for k in (secret, secret + "_file", secret + "_env") if entry.get(k)]
+            if len(given) != 1:
+                raise ValueError(
+                    f"equipment entry {n} needs exactly one of {secret}, {secret}_file, {secret}_env"
+                )
+        items.append(entry)
+    return {
+        "base_url": base.rstrip("/"),
+        "equipment": items,
+        "visit_days": as_days(value.get("visit_days", 30)),
+        "timeout": as_seconds(value.get("timeout", 30)),
+        "token_in": token_in,
+    }

@@ -23,7 +23,7 @@ from test_sync import rsyncs_into, spawn_sync, statuses, sync, tree_digest, wait
 
 from asynchy.failures import classify_exit
 from asynchy.rsync import RsyncOptions, files_from, rsync_argv
-from asynchy.transfer import run_rsync
+from asynchy.rsyncrun import run_rsync
 
 MiB = 2**20
 
