@@ -647,7 +647,7 @@ def _name_warning(db: Database, opts: WalkOptions, summary: WalkSummary) -> None
             inside[name] = sorted({p.split("/", 1)[0] for p in paths if "/" in p})
     total = summary.epns_total + (len(summary.unexpected) if summary.left_out else 0)
     summary.name_hint = likely_fix(opts.src_prefix, summary.unexpected, total, regex, inside)
-    from asynchy.render import names_warning
+    from asynchy.texts import names_warning
 
     log.warning("%s", names_warning(summary.as_dict()["unexpected_names"], opts.epn_pattern or ""))
 

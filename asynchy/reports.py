@@ -35,7 +35,7 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 
 
 class StatusReport(TypedDict):
-    """What ``asynchy status`` shows (docs/reporting.md lists the keys); render.status draws it."""
+    """What ``asynchy status`` shows (docs/reporting.md lists the keys); texts.status draws it."""
 
     database: str
     generated_at: datetime

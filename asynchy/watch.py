@@ -35,7 +35,7 @@ from typing import Any
 
 from sqlalchemy import func, select, text
 
-from asynchy import dbclock, inventory
+from asynchy import dbclock, inventory, texts
 from asynchy.alert import AlertOptions, AlertSummary, alert, check_templates, epns_on_server
 from asynchy.config import SshTarget
 from asynchy.db import Database
@@ -52,7 +52,6 @@ from asynchy.errors import (
 from asynchy.models import epns_table
 from asynchy.portal import Portal
 from asynchy.remote.base import Tree
-from asynchy.render import human_bytes, plural
 from asynchy.signals import StopSignals
 from asynchy.sync import SyncOptions, SyncSummary, sync
 
@@ -259,7 +258,7 @@ def watch(
                 wait = max(0.0, opts.every - cycle.elapsed)
                 cycle.next_at = datetime.now(UTC) + timedelta(seconds=wait)
             try:  # a stop from here on, even while the cycle line is written, ends after the cycle
-                log.info("%s", cycle_line(cycle))
+                log.info("%s", texts.cycle_line(cycle))
                 if on_cycle is not None:
                     on_cycle(cycle)
                 if cycle.interrupted:
@@ -358,8 +357,30 @@ def _cycle(
     *,
     first: bool,
 ) -> None:
+    """One cycle: walk, alert, one sync batch of settled EPNs (docs/operations.md)."""
+    if not _walk_step(db, open_tree, opts, cycle, first=first):
+        return  # the source cannot be listed: copying now would only burn attempts
+    if opts.alert is not None:
+        _alert_step(db, open_tree, opts, portal, cycle, first=first)
+    synced = _sync_step(db, open_tree, target, opts, cycle, first=first)
+    if synced is None:
+        return
+    cutoff = datetime.now(UTC) - timedelta(seconds=opts.sync.settle or 0)
+    cycle.waiting = unsettled(db, cutoff, opts.sync.max_attempts)
+    if synced.interrupted:
+        raise KeyboardInterrupt
+
+
+def _walk_step(
+    db: Database,
+    open_tree: Callable[[], Tree],
+    opts: WatchOptions,
+    cycle: CycleSummary,
+    *,
+    first: bool,
+) -> bool:
+    """Walk the new EPNs and those that may still grow; False when the source cannot be listed."""
     now = datetime.now(UTC)
-    # 1. walk: new EPNs, and those that may still grow
     try:
         with db.read() as conn:
             before = int(conn.execute(select(func.count()).select_from(epns_table)).scalar_one())
@@ -376,14 +397,6 @@ def _cycle(
         )
         with db.read() as conn:
             after = int(conn.execute(select(func.count()).select_from(epns_table)).scalar_one())
-        cycle.walked, cycle.new, cycle.changed = (
-            walked.epns_walked,
-            after - before,
-            walked.epns_changed,
-        )
-        cycle.walk_errors = walked.error_count
-        cycle.walk_id = walked.walk_id
-        cycle.quiet_walk = not (cycle.new or cycle.changed or cycle.walk_errors)
     except Interrupted:
         raise KeyboardInterrupt from None
     except AsynchyError as exc:
@@ -392,22 +405,48 @@ def _cycle(
         cycle.problems.append(f"walk: {exc}")
         cycle.classes.add(_problem_class(exc))
         log.error("walk failed: %s; no alert or sync this cycle", exc)  # noqa: TRY400 - one line
-        return  # the source cannot be listed: copying now would only burn attempts
-    # 2. alert about EPNs nobody owns
-    if opts.alert is not None:
-        try:
-            result = _alert(db, open_tree, opts, portal)
-            cycle.alerted = len(result.alerted) if result.sent else 0
-            cycle.problems.extend(f"portal: {p}" for p in result.portal_errors)
-            if result.portal_errors:
-                cycle.classes.add("portal")
-        except AsynchyError as exc:
-            if _fatal(exc, first):
-                raise
-            cycle.problems.append(f"alert: {exc}")
-            cycle.classes.add("alert")
-            log.error("alert failed: %s", exc)  # noqa: TRY400 - expected: one line
-    # 3. one sync batch of settled EPNs
+        return False
+    cycle.walked, cycle.new, cycle.changed = walked.epns_walked, after - before, walked.epns_changed
+    cycle.walk_errors = walked.error_count
+    cycle.walk_id = walked.walk_id
+    cycle.quiet_walk = not (cycle.new or cycle.changed or cycle.walk_errors)
+    return True
+
+
+def _alert_step(
+    db: Database,
+    open_tree: Callable[[], Tree],
+    opts: WatchOptions,
+    portal: Portal | None,
+    cycle: CycleSummary,
+    *,
+    first: bool,
+) -> None:
+    """E-mail the EPNs nobody owns; a failed alert is one problem of the cycle."""
+    try:
+        result = _alert(db, open_tree, opts, portal)
+        cycle.alerted = len(result.alerted) if result.sent else 0
+        cycle.problems.extend(f"portal: {p}" for p in result.portal_errors)
+        if result.portal_errors:
+            cycle.classes.add("portal")
+    except AsynchyError as exc:
+        if _fatal(exc, first):
+            raise
+        cycle.problems.append(f"alert: {exc}")
+        cycle.classes.add("alert")
+        log.error("alert failed: %s", exc)  # noqa: TRY400 - expected: one line
+
+
+def _sync_step(
+    db: Database,
+    open_tree: Callable[[], Tree],
+    target: SshTarget | None,
+    opts: WatchOptions,
+    cycle: CycleSummary,
+    *,
+    first: bool,
+) -> SyncSummary | None:
+    """One sync batch of settled EPNs; None when it could not run (a problem of the cycle)."""
     try:
         # the watch writes the metrics file itself, once a cycle, with the cycle's outcome
         synced: SyncSummary = sync(
@@ -433,11 +472,8 @@ def _cycle(
         cycle.problems.append(f"sync: {exc}")
         cycle.classes.add(_problem_class(exc))
         log.error("sync failed: %s", exc)  # noqa: TRY400 - expected: one line
-        return
-    cutoff = datetime.now(UTC) - timedelta(seconds=opts.sync.settle or 0)
-    cycle.waiting = unsettled(db, cutoff, opts.sync.max_attempts)
-    if synced.interrupted:
-        raise KeyboardInterrupt
+        return None
+    return synced
 
 
 def _alert(
@@ -456,26 +492,3 @@ def _span(value: float) -> str:
     if seconds and seconds % 60 == 0:
         return f"{seconds // 60}m"
     return f"{seconds}s"
-
-
-def cycle_line(c: CycleSummary) -> str:
-    """The one line each cycle logs."""
-    parts = [
-        f"watch cycle {c.number}: walked {plural(c.walked, 'EPN')} ({c.new:,} new, "
-        f"{c.changed:,} changed"
-        + (f", {plural(c.walk_errors, 'error')})" if c.walk_errors else ")"),
-        f"alerted {c.alerted}",
-        f"copied {c.complete} ({human_bytes(c.bytes)}), {c.failed} failed",
-        f"{c.waiting} settling",
-        f"in {c.elapsed:.1f} s",
-    ]
-    if c.not_taken:
-        parts.append("not taken: " + ", ".join(f"{n} {why}" for why, n in c.not_taken.items()))
-    line = "; ".join(parts)
-    if c.problems:
-        line += "; problems: " + " | ".join(c.problems)
-    if c.interrupted:
-        line += "; interrupted"
-    elif c.next_at is not None:
-        line += f"; next at {c.next_at.astimezone().strftime('%H:%M:%S')}"
-    return line

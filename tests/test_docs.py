@@ -160,7 +160,7 @@ def render_status_sample(folder: Path) -> str:
 
     from reporting_fixture import build
 
-    from asynchy import render, reports
+    from asynchy import reports, texts
 
     clock = datetime.fromisoformat(SAMPLE_CLOCK_TEXT)
     saved = os.environ.get("TZ")
@@ -173,7 +173,7 @@ def render_status_sample(folder: Path) -> str:
             data = reports.status(db, now=clock)
         finally:
             db.close()
-        return render.status(data, 100).replace(str(path.resolve()), SAMPLE_DB)
+        return texts.status(data, 100).replace(str(path.resolve()), SAMPLE_DB)
     finally:
         if saved is None:
             os.environ.pop("TZ", None)

@@ -442,8 +442,9 @@ def test_no_summary_says_1_and_a_plural() -> None:
     """'1 errors', '1 EPNs walked': every summary format, rendered with counts of one."""
     from datetime import UTC, datetime
 
-    from asynchy import render
-    from asynchy.watch import CycleSummary, cycle_line
+    from asynchy import texts
+    from asynchy.texts import cycle_line
+    from asynchy.watch import CycleSummary
 
     now = datetime.now(UTC)
     walk = {
@@ -471,15 +472,15 @@ def test_no_summary_says_1_and_a_plural() -> None:
     cycle = CycleSummary(1, now, walked=1, new=1, changed=1, walk_errors=1, alerted=1,
                          complete=1, failed=1, bytes=1, waiting=1)  # fmt: skip
     texts = [
-        render.walk_summary(walk),
-        render.sync_summary(sync),
-        render.sync_summary(dry),
-        render.merge_summary(merge),
-        render.alert_summary(alert),
-        render.alert_summary({**alert, "alerted": []}),
-        render.changed({"dry_run": False, "epns": ["a"], "refused": []}, "reset", "to pending"),
-        render.verified({"checked": 1, "match": ["a"], "differ": [], "not_verified": []}),
-        render.names_warning({"count": 1, "names": ["mx"], "left_out": False, "hint": "h"}, "p"),
+        texts.walk_summary(walk),
+        texts.sync_summary(sync),
+        texts.sync_summary(dry),
+        texts.merge_summary(merge),
+        texts.alert_summary(alert),
+        texts.alert_summary({**alert, "alerted": []}),
+        texts.changed({"dry_run": False, "epns": ["a"], "refused": []}, "reset", "to pending"),
+        texts.verified({"checked": 1, "match": ["a"], "differ": [], "not_verified": []}),
+        texts.names_warning({"count": 1, "names": ["mx"], "left_out": False, "hint": "h"}, "p"),
         cycle_line(cycle),
     ]
     for text in texts:

@@ -67,7 +67,7 @@ def alert_cmd(
         asynchy alert --dry-run --html /tmp/alert.html
         asynchy alert --realert-days 7
     """
-    from asynchy import alert, render
+    from asynchy import alert, render, texts
     from asynchy.portal import Portal
     from asynchy.remote.factory import open_tree
 
@@ -97,9 +97,9 @@ def alert_cmd(
     if as_json:
         click.echo(render.as_json_data(summary.as_dict()))
     elif dry_run and summary.text is not None and summary.all_copied is None:
-        click.echo(render.alert_preview(summary, html_path))
+        click.echo(texts.alert_preview(summary, html_path))
     else:
-        click.echo(render.alert_summary(summary.as_dict()))
+        click.echo(texts.alert_summary(summary.as_dict()))
 
 
 @click.command("destinations")

@@ -26,15 +26,15 @@ def workers_cmd(ctx: click.Context, /, all_workers: bool, **output: Any) -> None
     Example:
         asynchy workers
     """
-    from asynchy import render, workers
+    from asynchy import render, texts, workers
 
     _, db = open_existing(ctx)
     rows = workers.workers(db, all_workers=all_workers)
     out = take_output(output)
     if out.fmt == "table":
-        click.echo(render.workers(rows, width()))
+        click.echo(texts.workers(rows, width()))
         return
-    dicts = [render.workers_dict(r) for r in rows]
+    dicts = [texts.workers_dict(r) for r in rows]
     columns = list(dicts[0]) if dicts else ["worker_id"]
     click.echo(render.rows_out(columns, [tuple(d.values()) for d in dicts], out.fmt))
 

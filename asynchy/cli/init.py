@@ -135,7 +135,7 @@ def config_cmd(ctx: click.Context, /, **output: Any) -> None:
         asynchy --db other.db config --json
         ASYNCHY_THREADS=4 asynchy config --format csv
     """
-    from asynchy import config, render
+    from asynchy import config, render, texts
 
     out = take_output(output)
     settings = get_settings(ctx)
@@ -144,7 +144,7 @@ def config_cmd(ctx: click.Context, /, **output: Any) -> None:
     if out.fmt != "table":
         click.echo(render.rows_out(columns, rows, out.fmt))
         return
-    human = [(k, render.setting_value(v), where) for k, v, where in rows]
+    human = [(k, texts.setting_value(v), where) for k, v, where in rows]
     click.echo(render.rows_out(columns, rows, "table", human_rows=human))
     if not settings.config_exists:
         click.echo(f"(no config file at {settings.config_path}: asynchy init writes one)")
@@ -177,9 +177,9 @@ def check_cmd(
 
 
 def _check(settings: Settings, *, as_json: bool) -> None:
-    from asynchy import check, render
+    from asynchy import check, render, texts
 
-    show = None if as_json else (lambda c: click.echo(render.check_line(c)))
+    show = None if as_json else (lambda c: click.echo(texts.check_line(c)))
     checks = check.run_checks(settings, os.environ, on_check=show)
     if as_json:
         data = {"checks": [c.as_dict() for c in checks], "exit_code": check.exit_code(checks)}

@@ -110,11 +110,11 @@ def skip_cmd(
 
 def _changed_out(data: dict[str, Any], fmt: str, verb: str, to: str) -> None:
     """reset's and skip's result: a line on stdout and the refusals on stderr, or one object."""
-    from asynchy import render
+    from asynchy import render, texts
 
-    click.echo(render.data_out(data, fmt, lambda: render.changed(data, verb, to)))
+    click.echo(render.data_out(data, fmt, lambda: texts.changed(data, verb, to)))
     if fmt == "table":
-        for line in render.refusals(data, "reset" if verb == "reset" else "skipped"):
+        for line in texts.refusals(data, "reset" if verb == "reset" else "skipped"):
             click.echo(line, err=True)
 
 
@@ -148,7 +148,7 @@ def verify_cmd(
         asynchy verify
         asynchy verify --epn 12282a --checksum --json
     """
-    from asynchy import ops, render
+    from asynchy import ops, render, texts
     from asynchy.filters import from_settings
 
     out = take_output(output)
@@ -170,7 +170,7 @@ def verify_cmd(
         rsync=settings.rsync,
     )
     data = result.as_dict()
-    click.echo(render.data_out(data, out.fmt, lambda: render.verified(data)))
+    click.echo(render.data_out(data, out.fmt, lambda: texts.verified(data)))
     if result.differ or (result.missing and epns):
         raise PartialFailure()
 

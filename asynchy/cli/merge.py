@@ -54,7 +54,7 @@ def merge_cmd(
         asynchy merge shard1.db shard2.db shard3.db --into files.db
         asynchy merge files0.db files1.db files2.db files3.db old-asynchy.db ignore.yml
     """
-    from asynchy import merge, render
+    from asynchy import merge, texts
     from asynchy.progress import MergeBar
 
     settings = get_settings(ctx)
@@ -66,7 +66,7 @@ def merge_cmd(
         progress=MergeBar(bars(ctx)),
     )
     data = summary.as_dict()
-    summary_out(data, render.merge_summary(data), take_output(output))
+    summary_out(data, texts.merge_summary(data), take_output(output))
 
 
 COMMANDS = [merge_cmd]

@@ -31,11 +31,11 @@ def status_cmd(ctx: click.Context, /, **output: Any) -> None:
         asynchy status
         asynchy status --json | jq .bytes.percent_done
     """
-    from asynchy import render, reports
+    from asynchy import render, reports, texts
 
     settings, db = open_existing(ctx)
     data = reports.status(db, settings.destinations, settings.copy_unmapped)
-    click.echo(render.data_out(data, take_output(output).fmt, lambda: render.status(data, width())))
+    click.echo(render.data_out(data, take_output(output).fmt, lambda: texts.status(data, width())))
 
 
 @click.command("epns")
@@ -80,7 +80,7 @@ def epns_cmd(
         asynchy epns --status failed --status quarantined
         asynchy epns --since 2024-01-01 --min-size 100G --format csv > big.csv
     """
-    from asynchy import render, reports
+    from asynchy import render, reports, texts
 
     out = take_output(output)
     flt = reports.EpnFilter(
@@ -97,10 +97,10 @@ def epns_cmd(
         items = items[: out.limit]  # an explicit --limit cuts the machine formats too
     click.echo(
         render.rows_out(
-            render.EPN_COLUMNS,
-            render.epn_rows(items, human=False),
+            texts.EPN_COLUMNS,
+            texts.epn_rows(items, human=False),
             out.fmt,
-            human_rows=render.epn_rows(items, human=True),
+            human_rows=texts.epn_rows(items, human=True),
             limit=out.limit,
             right={"size", "files", "attempts"},
             empty="no EPNs",
@@ -119,11 +119,11 @@ def show_cmd(ctx: click.Context, /, epn: str, **output: Any) -> None:
     Example:
         asynchy show 12282a
     """
-    from asynchy import render, reports
+    from asynchy import render, reports, texts
 
     _, db = open_existing(ctx)
     data = reports.show(db, epn)
-    click.echo(render.data_out(data, take_output(output).fmt, lambda: render.show(data, width())))
+    click.echo(render.data_out(data, take_output(output).fmt, lambda: texts.show(data, width())))
 
 
 @click.command("sql")

@@ -31,13 +31,13 @@ def demo_cmd(ctx: click.Context, /, folder: str) -> None:
         asynchy demo
         asynchy --config asynchy-demo/as.yaml walk --refresh
     """
-    from asynchy import demo, render
+    from asynchy import demo, texts
 
     get_settings(ctx)
     result = demo.run(Path(folder))
     click.echo(f"made-up facility: {result.folder / 'facility'}")
-    click.echo(render.walk_summary(result.walked.as_dict()))
-    click.echo(render.sync_summary(result.synced.as_dict()))
+    click.echo(texts.walk_summary(result.walked.as_dict()))
+    click.echo(texts.sync_summary(result.synced.as_dict()))
     states = ", ".join(f"{n} {status}" for status, n in sorted(result.statuses.items()))
     click.echo(f"inventory {result.folder / 'demo.db'}: {states}")
     click.echo(f"copies in {result.folder / 'vault'}; next, try:")

@@ -284,7 +284,7 @@ def sync_cmd(ctx: click.Context, /, **kw: Any) -> None:
         asynchy sync --dry-run --limit 5
         asynchy sync --limit 500 --stop-at 07:00 --partial
     """
-    from asynchy import render
+    from asynchy import texts
     from asynchy.progress import SyncBar
     from asynchy.sync import sync
 
@@ -316,7 +316,7 @@ def sync_cmd(ctx: click.Context, /, **kw: Any) -> None:
         open_tree=lambda: open_tree(settings, workers=4),
     )
     data = summary.as_dict()
-    summary_out(data, render.sync_summary(data), out)
+    summary_out(data, texts.sync_summary(data), out)
     if summary.stop_error is not None:
         raise summary.stop_error
     if summary.interrupted:
@@ -382,7 +382,7 @@ def watch_cmd(ctx: click.Context, /, **kw: Any) -> None:
         asynchy watch --every 1h --settle 2h --limit 20
         asynchy watch --once
     """
-    from asynchy import render, watch
+    from asynchy import render, texts, watch
     from asynchy.remote.factory import open_tree
 
     settings = _sync_settings(ctx, kw, every=kw["every"], settle=kw["settle"])
@@ -406,7 +406,7 @@ def watch_cmd(ctx: click.Context, /, **kw: Any) -> None:
         return open_tree(settings, workers=32, accept_new_host_key=kw["accept_new_host_key"])
 
     def show(cycle: watch.CycleSummary) -> None:
-        line = render.as_json_line(cycle.as_dict()) if kw["as_json"] else watch.cycle_line(cycle)
+        line = render.as_json_line(cycle.as_dict()) if kw["as_json"] else texts.cycle_line(cycle)
         click.echo(line)
 
     last = watch.watch(open_db(ctx, settings.db), tree, target, opts, on_cycle=show)

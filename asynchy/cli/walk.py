@@ -124,7 +124,7 @@ def walk_cmd(
     except BaseException:
         tree.close()
         raise
-    from asynchy import render
+    from asynchy import texts
     from asynchy.progress import WalkBar
     from asynchy.signals import StopSignals
 
@@ -140,7 +140,7 @@ def walk_cmd(
     with StopSignals():
         summary = inventory.walk(db, tree, opts, progress=WalkBar(bars(ctx)))
     data = summary.as_dict()
-    summary_out(data, render.walk_summary(data), out)
+    summary_out(data, texts.walk_summary(data), out)
     if summary.error_count:
         raise PartialFailure()
 
