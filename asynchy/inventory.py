@@ -11,40 +11,28 @@ Only this module writes walk results; it knows nothing of paramiko or click.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import socket
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
-    Connection,
-    MetaData,
-    Table,
-    Text,
-    and_,
-    exists,
-    func,
     insert,
-    or_,
     select,
     update,
 )
 
 from asynchy.db import Database
 from asynchy.errors import ConnectionLost, Interrupted, RemoteError, UsageError
+from asynchy.failures import backoff
 from asynchy.models import (
-    UTCDateTime,
     epns_table,
     files_table,
-    sqlite_time_text,
     walk_errors_table,
     walks_table,
 )
@@ -60,6 +48,7 @@ from asynchy.names import (
 from asynchy.processes import pid_alive
 from asynchy.remote.base import Entry, EpnDone, Files, Issue, Tree
 from asynchy.render import plural
+from asynchy.walkrows import Writer, error_rows, now
 
 log = logging.getLogger(__name__)
 
@@ -176,239 +165,6 @@ def _row_dict(e: ErrorRow) -> dict[str, Any]:
     return {"epn": e.epn, "path": e.path, "kind": e.kind, "message": e.message}
 
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-# A per-connection staging table for EPNs that are re-walked or too large for memory.
-_stage_meta = MetaData()
-stage_table = Table(
-    "asynchy_walk_stage",
-    _stage_meta,
-    Column("epn", Text, primary_key=True),
-    Column("path", Text, primary_key=True),
-    Column("size", BigInteger, nullable=False),
-    Column("modified", UTCDateTime, nullable=False),
-    Column("kind", Text, nullable=False),
-    prefixes=["TEMPORARY"],
-)
-
-
-class _Writer:
-    """Owns the one write connection of a walk and turns finished EPNs into rows."""
-
-    def __init__(self, db: Database, walk_id: int) -> None:
-        self.db = db
-        self.walk_id = walk_id
-        self.conn: Connection = db.engine.connect().execution_options(asynchy_begin="IMMEDIATE")
-        self._time_cache: dict[int, Any] = {}
-        with self.conn.begin():
-            stage_table.create(self.conn, checkfirst=True)
-
-    def close(self) -> None:
-        try:
-            with self.conn.begin():
-                stage_table.drop(self.conn, checkfirst=True)
-        finally:
-            self.conn.close()
-
-    def _time(self, epoch: int) -> Any:
-        value = self._time_cache.get(epoch)
-        if value is None:
-            if self.db.is_sqlite:
-                value = sqlite_time_text(epoch)
-            else:
-                value = datetime.fromtimestamp(epoch, UTC)
-            if len(self._time_cache) > 100_000:
-                self._time_cache.clear()
-            self._time_cache[epoch] = value
-        return value
-
-    def _rows(self, epn: str, entries: Iterable[Entry]) -> list[tuple[str, str, int, Any, str]]:
-        t = self._time
-        rows: list[tuple[str, str, int, Any, str]] = [
-            (epn, encode_name(e.path), e.size, t(e.mtime), e.kind) for e in entries
-        ]
-        rows.sort(key=lambda r: r[1])
-        return rows
-
-    def _bulk(self, table: Table, rows: list[tuple[str, str, int, Any, str]]) -> None:
-        if not rows:
-            return
-        if self.db.is_sqlite:
-            sql = (
-                f"INSERT INTO {table.name} (epn, path, size, modified, kind) VALUES (?, ?, ?, ?, ?)"  # noqa: S608
-            )
-            self.conn.exec_driver_sql(sql, rows)
-        else:
-            keys = ("epn", "path", "size", "modified", "kind")
-            self.conn.execute(insert(table), [dict(zip(keys, r, strict=True)) for r in rows])
-
-    def spill(self, epn: str, entries: list[Entry]) -> None:
-        """Move buffered rows of a large EPN to the staging table (not yet visible in files)."""
-        with self.conn.begin():
-            self._bulk(stage_table, self._rows(epn, entries))
-
-    def drop_staged(self, epn: str) -> None:
-        with self.conn.begin():
-            self.conn.execute(stage_table.delete().where(stage_table.c.epn == epn))
-
-    def _known(self, epn: str) -> Any:
-        """The EPN's row as recorded (walked_at, status), or None."""
-        query = select(epns_table.c.walked_at, epns_table.c.status).where(epns_table.c.epn == epn)
-        return self.conn.execute(query).first()
-
-    def finish(
-        self, epn: str, entries: list[Entry], spilled: bool, issues: list[Issue]
-    ) -> tuple[int, int, bool]:
-        """Record one EPN atomically; returns (files, bytes, changed)."""
-        complete = not issues
-        now = _now()
-        conn = self.conn
-        with conn.begin():
-            known = self._known(epn)
-            done = None
-            if known is None and not spilled:
-                done = self._finish_new(epn, entries, complete, issues, now)
-                if done is None:
-                    known = self._known(epn)
-            if done is None:
-                done = self._finish_merge(epn, entries, complete, issues, now, known)
-            files, nbytes, changed = done
-            if issues:
-                conn.execute(
-                    insert(walk_errors_table),
-                    [
-                        {
-                            "walk_id": self.walk_id,
-                            "epn": epn,
-                            "path": encode_name(i.path),
-                            "kind": i.kind,
-                            "message": i.message,
-                            "at": now,
-                        }
-                        for i in issues
-                    ],
-                )
-            conn.execute(
-                update(walks_table)
-                .where(walks_table.c.id == self.walk_id)
-                .values(
-                    epns_walked=walks_table.c.epns_walked + 1,
-                    epns_changed=walks_table.c.epns_changed + int(changed),
-                    files=walks_table.c.files + files,
-                    bytes=walks_table.c.bytes + nbytes,
-                    errors=walks_table.c.errors + len(issues),
-                )
-            )
-        return files, nbytes, changed
-
-    def _finish_new(
-        self, epn: str, entries: list[Entry], complete: bool, issues: list[Issue], now: datetime
-    ) -> tuple[int, int, bool] | None:
-        """Insert a new EPN and its files; None if another walker created the EPN meanwhile."""
-        nbytes = sum(e.size for e in entries)
-        newest = max((e.mtime for e in entries), default=None)
-        row = (
-            self._dialect()
-            .insert(epns_table)
-            .values(
-                epn=epn,
-                size=nbytes,
-                file_count=len(entries),
-                modified=datetime.fromtimestamp(newest, UTC) if newest is not None else None,
-                walked_at=now,
-                walk_id=self.walk_id,
-                walk_complete=complete,
-                walk_error_count=len(issues),
-                status="pending",
-                first_seen_at=now,
-            )
-        )
-        if self.conn.execute(row.on_conflict_do_nothing(index_elements=["epn"])).rowcount == 0:
-            return None  # PostgreSQL, several walkers: it exists now, so merge into it instead
-        self._bulk(files_table, self._rows(epn, entries))
-        return len(entries), nbytes, False
-
-    def _dialect(self) -> Any:
-        """The dialect module whose insert() has ON CONFLICT; imported only when needed (start-up time)."""
-        return importlib.import_module(f"sqlalchemy.dialects.{self.db.dialect}")
-
-    def _finish_merge(
-        self,
-        epn: str,
-        entries: list[Entry],
-        complete: bool,
-        issues: list[Issue],
-        now: datetime,
-        known: Any,
-    ) -> tuple[int, int, bool]:
-        conn = self.conn
-        f, s = files_table.c, stage_table.c
-        self._bulk(stage_table, self._rows(epn, entries))
-        if known is None:
-            row = (
-                self._dialect().insert(epns_table).values(epn=epn, walked_at=now, first_seen_at=now)
-            )
-            conn.execute(row.on_conflict_do_nothing(index_elements=["epn"]))
-        differs = or_(f.size != s.size, f.modified != s.modified, f.kind != s.kind)
-        match = and_(f.epn == s.epn, f.path == s.path)
-        added_or_changed = conn.execute(
-            select(func.count())
-            .select_from(stage_table.outerjoin(files_table, match))
-            .where(s.epn == epn, or_(f.path.is_(None), differs))
-        ).scalar_one()
-        gone = 0
-        staged_same = exists().where(s.epn == f.epn, s.path == f.path)
-        if complete:
-            gone = conn.execute(select(func.count()).where(f.epn == epn, ~staged_same)).scalar_one()
-        ins = (
-            self._dialect()
-            .insert(files_table)
-            .from_select(
-                ["epn", "path", "size", "modified", "kind"],
-                select(s.epn, s.path, s.size, s.modified, s.kind).where(s.epn == epn),
-            )
-        )
-        excluded = ins.excluded
-        conn.execute(
-            ins.on_conflict_do_update(
-                index_elements=[f.epn, f.path],
-                set_={"size": excluded.size, "modified": excluded.modified, "kind": excluded.kind},
-                where=or_(
-                    f.size != excluded.size,
-                    f.modified != excluded.modified,
-                    f.kind != excluded.kind,
-                ),
-            )
-        )
-        if complete and gone:
-            conn.execute(files_table.delete().where(f.epn == epn, ~staged_same))
-        conn.execute(stage_table.delete().where(s.epn == epn))
-        files, nbytes, newest = conn.execute(
-            select(func.count(), func.coalesce(func.sum(f.size), 0), func.max(f.modified)).where(
-                f.epn == epn
-            )
-        ).one()
-        was_walked = known is not None and known.walked_at is not None
-        changed = was_walked and (added_or_changed + gone) > 0
-        values: dict[str, Any] = {
-            "size": nbytes,
-            "file_count": files,
-            "modified": newest,
-            "walked_at": now,
-            "walk_id": self.walk_id,
-            "walk_complete": complete,
-            "walk_error_count": len(issues),
-        }
-        if changed:
-            values["changed_at"] = now
-            if known.status == "complete":
-                values["status"] = "changed"
-        conn.execute(update(epns_table).where(epns_table.c.epn == epn).values(**values))
-        return int(files), int(nbytes), changed
-
-
 def _start_walk(db: Database, source: str, opts: WalkOptions) -> int:
     host = socket.gethostname()
     with db.write() as conn:
@@ -436,7 +192,7 @@ def _start_walk(db: Database, source: str, opts: WalkOptions) -> int:
         result = conn.execute(
             insert(walks_table)
             .values(
-                started_at=_now(),
+                started_at=now(),
                 status="running",
                 source=source,
                 host=host,
@@ -455,7 +211,7 @@ def _end_walk(db: Database, summary: WalkSummary, message: str | None = None) ->
             .where(walks_table.c.id == summary.walk_id)
             .values(
                 status=summary.status,
-                finished_at=_now(),
+                finished_at=now(),
                 epns_total=summary.epns_total,
                 epns_skipped=summary.epns_skipped,
                 reconnects=summary.reconnects,
@@ -473,22 +229,8 @@ def _analyze(db: Database) -> None:
 def _record_top_issues(db: Database, walk_id: int, issues: list[Issue]) -> None:
     if not issues:
         return
-    now = _now()
     with db.write() as conn:
-        conn.execute(
-            insert(walk_errors_table),
-            [
-                {
-                    "walk_id": walk_id,
-                    "epn": None,
-                    "path": encode_name(i.path),
-                    "kind": i.kind,
-                    "message": i.message,
-                    "at": now,
-                }
-                for i in issues
-            ],
-        )
+        conn.execute(insert(walk_errors_table), error_rows(walk_id, None, issues, now()))
         conn.execute(
             update(walks_table)
             .where(walks_table.c.id == walk_id)
@@ -513,12 +255,12 @@ def walk(
             tree.close()
             raise
     summary = WalkSummary(walk_id=_start_walk(db, tree.source, opts), source=tree.source)
-    writer: _Writer | None = None
+    writer: Writer | None = None
     try:
         todo = _select_epns(db, tree, opts, summary)
         if progress is not None:
             progress.start(len(todo))
-        writer = _Writer(db, summary.walk_id)
+        writer = Writer(db, summary.walk_id)
         _run(tree, todo, opts, writer, summary, progress, sleep)
         _name_warning(db, opts, summary)
         summary.status = "partial" if summary.error_count else "complete"
@@ -656,7 +398,7 @@ def _run(
     tree: Tree,
     todo: Sequence[bytes],
     opts: WalkOptions,
-    writer: _Writer,
+    writer: Writer,
     summary: WalkSummary,
     progress: Progress | None,
     sleep: Callable[[float], None],
@@ -700,7 +442,7 @@ def _run(
                 raise RemoteError(
                     f"{exc}; gave up after {plural(opts.retries, 'reconnect')} without progress"
                 ) from None
-            delay = min(30.0, opts.backoff * 2 ** (failures - 1))
+            delay = backoff(failures - 1, opts.backoff, 30.0)
             log.warning(
                 "%s; reconnecting in %g s (%s to go)", exc, delay, plural(len(remaining), "EPN")
             )
@@ -709,7 +451,7 @@ def _run(
 
 
 def _finish(
-    writer: _Writer,
+    writer: Writer,
     ev: EpnDone,
     entries: list[Entry],
     spilled: bool,

@@ -200,45 +200,8 @@ def _merge_sqlite(
             candidates: dict[str, list[EpnCandidate]] = {}
             collect(candidates, target_candidates(conn))
             conn.rollback()  # ATTACH must happen outside a transaction
-            loaded: Loaded = []
-            direct = [i for i, s in enumerate(sources, 1) if s.kind == "asynchy"]
-            single = len(direct) <= MAX_ATTACHED
-            for start in range(0, len(direct), MAX_ATTACHED):
-                for i in direct[start : start + MAX_ATTACHED]:
-                    name = f"m_src{i}"
-                    con.execute(
-                        "ATTACH DATABASE ? AS " + name,
-                        (sqlite_uri(sources[i - 1].path, read_only=True),),
-                    )
-                    attached[i] = name
-                    source = sources[i - 1]
-                    collect(candidates, candidates_of(con, name, source, i, zone, None))
-                    loaded.append((i, {t: history_rows(con, name, source, t) for t in HISTORY}))
-                if (
-                    not single
-                ):  # more than 10 inputs: rows wait in m_rows (temporary) until the transaction
-                    for i, name in list(attached.items()):
-                        stream_attached(sql, name, i, sources[i - 1], progress)
-                        con.execute("DETACH DATABASE " + name)
-                        del attached[i]
-            for i, source in enumerate(sources, 1):
-                if source.kind == "legacy":
-                    legacy = open_ro(source.path)
-                    try:
-                        aggregates = None
-                        if "files" in source.tables:
-                            if progress is not None:
-                                progress.start(source.name, rows_in(legacy, "files"))
-                            aggregates = legacy_rows_into(sql, legacy, i, zone, progress)
-                        collect(
-                            candidates, candidates_of(legacy, "main", source, i, zone, aggregates)
-                        )
-                    finally:
-                        legacy.close()
-                        if progress is not None and "files" in source.tables:
-                            progress.done()
-                elif source.kind == "ignore-yml":
-                    collect(candidates, candidates_of(con, "main", source, i, zone, None))
+            loaded, single = _attach_inputs(con, sql, sources, candidates, attached, zone, progress)
+            _read_other_inputs(con, sql, sources, candidates, zone, progress)
             p, summary.conflicts = plan(candidates)
             _count(p, summary, candidates)
             plan_tables(sql, p)
@@ -265,6 +228,67 @@ def _merge_sqlite(
             for table in ("m_excl", "m_rank", "m_keep", "m_rows", "m_stage"):
                 with contextlib.suppress(sqlite3.Error):
                     con.execute("DROP TABLE IF EXISTS temp." + table)
+
+
+def _attach_inputs(
+    con: sqlite3.Connection,
+    sql: Sql,
+    sources: list[Source],
+    candidates: dict[str, list[EpnCandidate]],
+    attached: dict[int, str],
+    zone: tzinfo,
+    progress: MergeProgress | None,
+) -> tuple[Loaded, bool]:
+    """ATTACH the asynchy inputs, 10 at most at a time, and read their candidates and history;
+    with more than 10, their rows wait in m_rows (temporary) until the transaction.  Returns the
+    history and whether all of them are still attached (one batch)."""
+    loaded: Loaded = []
+    direct = [i for i, s in enumerate(sources, 1) if s.kind == "asynchy"]
+    single = len(direct) <= MAX_ATTACHED
+    for start in range(0, len(direct), MAX_ATTACHED):
+        for i in direct[start : start + MAX_ATTACHED]:
+            name = f"m_src{i}"
+            con.execute(
+                "ATTACH DATABASE ? AS " + name,
+                (sqlite_uri(sources[i - 1].path, read_only=True),),
+            )
+            attached[i] = name
+            source = sources[i - 1]
+            collect(candidates, candidates_of(con, name, source, i, zone, None))
+            loaded.append((i, {t: history_rows(con, name, source, t) for t in HISTORY}))
+        if not single:
+            for i, name in list(attached.items()):
+                stream_attached(sql, name, i, sources[i - 1], progress)
+                con.execute("DETACH DATABASE " + name)
+                del attached[i]
+    return loaded, single
+
+
+def _read_other_inputs(
+    con: sqlite3.Connection,
+    sql: Sql,
+    sources: list[Source],
+    candidates: dict[str, list[EpnCandidate]],
+    zone: tzinfo,
+    progress: MergeProgress | None,
+) -> None:
+    """The older tools' databases (their file rows into m_rows) and ignore.yml files."""
+    for i, source in enumerate(sources, 1):
+        if source.kind == "legacy":
+            legacy = open_ro(source.path)
+            try:
+                aggregates = None
+                if "files" in source.tables:
+                    if progress is not None:
+                        progress.start(source.name, rows_in(legacy, "files"))
+                    aggregates = legacy_rows_into(sql, legacy, i, zone, progress)
+                collect(candidates, candidates_of(legacy, "main", source, i, zone, aggregates))
+            finally:
+                legacy.close()
+                if progress is not None and "files" in source.tables:
+                    progress.done()
+        elif source.kind == "ignore-yml":
+            collect(candidates, candidates_of(con, "main", source, i, zone, None))
 
 
 def _merge_streamed(
