@@ -21,7 +21,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -40,7 +40,7 @@ from asynchy.db import Database
 from asynchy.destinations import is_mapped
 from asynchy.eligibility import Conditions, claimable, flags, reason_of
 from asynchy.failures import Decision
-from asynchy.jobs import TransferResult
+from asynchy.jobs import Order, TransferResult
 from asynchy.models import (
     UTCDateTime,
     epns_table,
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 UNMAPPED = (
     "no destinations entry: not copied (copy_unmapped or --include-unmapped copies it to dest/EPN)"
 )
-Order = Literal["ASC", "DESC"]
 e = epns_table.c
 
 

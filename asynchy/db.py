@@ -126,14 +126,22 @@ class Database:
         self.engine.dispose()
 
 
-def as_database_error(exc: BaseException, display: str | None = None) -> DatabaseError:
-    """A SQLAlchemy or sqlite3 error as one line that names the file and the likely fix."""
+def as_database_error(
+    exc: BaseException, display: str | None = None, doing: str | None = None
+) -> DatabaseError:
+    """A SQLAlchemy or sqlite3 error as one line that names the file and the likely fix: the
+    one wording of every database error (``doing``: what asynchy was doing, e.g. "open")."""
     if isinstance(exc, DatabaseError):
         return exc
     fault = database_fault(exc, display)
     if fault is not None:
         return fault
-    return DatabaseError(f"database {display or 'the database'}: {_first_line(exc)}")
+    name = display or "the database"
+    if type(exc) is sqlite3.DatabaseError:  # not one of its kinds: the file itself
+        return SchemaError(f"{name} is not a usable SQLite database: {_first_line(exc)}")
+    if doing is not None:
+        return DatabaseError(f"cannot {doing} database {name}: {_first_line(exc)}")
+    return DatabaseError(f"database {name}: {_first_line(exc)}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -251,6 +259,12 @@ def _check_sqlite_path(path: Path, shown: str) -> tuple[Engine, str, Path]:
     return _sqlite_engine(path), shown, path
 
 
+def _require_sqlite(path: Path, shown: str) -> None:
+    """SchemaError unless the file is a SQLite database (or empty: asynchy makes it one)."""
+    if not _sqlite_magic_ok(path):
+        raise SchemaError(f"{shown} is not a SQLite database; give another db path")
+
+
 def _sqlite_magic_ok(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:
@@ -294,9 +308,12 @@ def open_database(setting: str, *, migrate: bool = True, create: bool = True) ->
             )
     engine, shown, path = make_engine(setting)
     db = Database(engine=engine, display=shown, path=path)
-    if path is not None and not _sqlite_magic_ok(path):
-        engine.dispose()
-        raise SchemaError(f"{shown} is not a SQLite database; give another db path")
+    if path is not None:
+        try:
+            _require_sqlite(path, shown)
+        except BaseException:
+            engine.dispose()
+            raise
     try:
         with engine.connect() as conn:
             rev, _tables = read_revision(conn)
@@ -314,11 +331,6 @@ def open_database(setting: str, *, migrate: bool = True, create: bool = True) ->
         engine.dispose()
         raise
     return db
-
-
-def _short(exc: Exception) -> str:
-    orig = getattr(exc, "orig", None)
-    return str(orig if orig is not None else exc).splitlines()[0]
 
 
 Authorizer = Callable[[int, str | None, str | None, str | None, str | None], int]
@@ -345,8 +357,7 @@ def open_read_only(setting: str, *, authorizer: Authorizer | None = None) -> Dat
             raise ConfigError(
                 f"database {path} does not exist: fix db, or run `asynchy walk` first"
             )
-        if not _sqlite_magic_ok(path):
-            raise SchemaError(f"{path} is not a SQLite database; give another db path")
+        _require_sqlite(path, str(path))
         engine = _sqlite_file_engine(path, read_only=True)
 
         @event.listens_for(engine, "connect")
@@ -368,7 +379,7 @@ def open_read_only(setting: str, *, authorizer: Authorizer | None = None) -> Dat
             conn.rollback()
     except OperationalError as exc:
         engine.dispose()
-        raise DatabaseError(f"cannot open database {db.display}: {_short(exc)}") from None
+        raise as_database_error(exc, db.display, "open") from None
     if rev != SCHEMA_HEAD:
         engine.dispose()
         check_revision(db, rev)
@@ -536,9 +547,12 @@ def current(db: Database) -> str | None:
 def _open_raw(setting: str) -> Database:
     engine, shown, path = make_engine(setting)
     db = Database(engine=engine, display=shown, path=path)
-    if path is not None and not _sqlite_magic_ok(path):
-        engine.dispose()
-        raise SchemaError(f"{shown} is not a SQLite database; give another db path")
+    if path is not None:
+        try:
+            _require_sqlite(path, shown)
+        except BaseException:
+            engine.dispose()
+            raise
     return db
 
 
@@ -549,12 +563,9 @@ def upgrade_database(setting: str) -> tuple[Database, UpgradeResult]:
         result = upgrade(db)
         _ensure_wal(db)
         return db, result
-    except OperationalError as exc:
+    except (OperationalError, sqlite3.DatabaseError) as exc:
         db.close()
-        raise DatabaseError(f"cannot upgrade database {db.display}: {_short(exc)}") from None
-    except sqlite3.DatabaseError as exc:
-        db.close()
-        raise SchemaError(f"{db.display} is not a usable SQLite database: {exc}") from None
+        raise as_database_error(exc, db.display, "upgrade") from None
     except BaseException:
         db.close()
         raise
@@ -582,9 +593,7 @@ def schema_status(setting: str) -> SchemaStatus:
     db = _open_raw(setting)
     try:
         return SchemaStatus(db.display, current(db), SCHEMA_HEAD)
-    except OperationalError as exc:
-        raise DatabaseError(f"cannot open database {db.display}: {_short(exc)}") from None
-    except sqlite3.DatabaseError as exc:
-        raise SchemaError(f"{db.display} is not a usable SQLite database: {exc}") from None
+    except (OperationalError, sqlite3.DatabaseError) as exc:
+        raise as_database_error(exc, db.display, "open") from None
     finally:
         db.close()

@@ -25,6 +25,8 @@ FailureClass = Literal[
 ]
 
 
+Order = Literal["ASC", "DESC"]  # sync --order: the oldest or the newest EPNs first
+
 PART_MARK = "\x00"  # between an EPN and its part number in Job.key
 
 

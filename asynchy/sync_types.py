@@ -8,14 +8,15 @@ from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from asynchy import claims
-from asynchy.errors import AsynchyError
-from asynchy.jobs import Job, TransferResult
-from asynchy.preflight import ProbeResult
+from asynchy.jobs import Job, Order, TransferResult
 from asynchy.schedule import DEFAULT_SPLIT_MIN
-from asynchy.waiting import Waiting
+
+if TYPE_CHECKING:  # types only: the command line reads SyncOptions' defaults without the database
+    from asynchy.errors import AsynchyError
+    from asynchy.preflight import ProbeResult
+    from asynchy.waiting import Waiting
 
 Verify = Literal["size", "checksum"]
 
@@ -24,7 +25,7 @@ Verify = Literal["size", "checksum"]
 class SyncOptions:
     dest: Path
     src_prefix: str
-    order: claims.Order = "ASC"
+    order: Order = "ASC"
     limit: int = 50
     retry: int = 0
     threads: int = 2

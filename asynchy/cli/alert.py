@@ -30,7 +30,6 @@ from asynchy.errors import ConfigError
     "realert_days",
     type=click.FloatRange(min=0),
     metavar="DAYS",
-    help="Name an EPN again when its last alert is older than this [default: never].",
 )
 @SRC_PREFIX
 @accept_new_host_key_option

@@ -108,23 +108,30 @@ def bars(ctx: click.Context) -> bool:
 
 
 # ------------------------------------------------------------------ options declared once
-def key_option(name: str, *more: str, help: str | None = None, **kw: Any) -> Decorator[Any]:
-    """The option of config key ``name`` (``--src-prefix``, alias ``--src_prefix``), its help from
-    config.KEYS and ending in ``[config: name]``; the value reaches Settings under that name."""
+def sentence(text: str) -> str:
+    """A key's help as the start of a sentence (a program's name keeps its case: rsync, ssh)."""
+    first = text.split(" ", 1)[0]
+    if first in ("rsync", "ssh", "ssh-agent", "known_hosts") or not text:
+        return text
+    return text[:1].upper() + text[1:]
+
+
+def key_option(name: str, *more: str, **kw: Any) -> Decorator[Any]:
+    """The option of config key ``name`` (``--src-prefix``, alias ``--src_prefix``), its help
+    from config.KEYS (declared once there) and ending in ``[config: name]``; the value reaches
+    Settings under that name."""
     spec = KEYS[name]
     names = [spec.option]
     if "_" in name:
         names.append("--" + name)
     kw.setdefault("metavar", {"path": "PATH", "text": "TEXT"}.get(spec.kind))
-    text = help or spec.help + "."
+    text = sentence(spec.help) + (" (repeatable)." if kw.get("multiple") else ".")
     default = f"; default {spec.default}" if spec.default not in (None, False) else ""
     return click.option(*names, *more, name, help=f"{text} [config: {name}{default}]", **kw)
 
 
-SRC_PREFIX = key_option(
-    "src_prefix", metavar="PATH", help="Folder on the source whose sub-folders are EPNs."
-)
-DEST = key_option("dest", help="Local folder the EPNs are copied into.")
+SRC_PREFIX = key_option("src_prefix", metavar="PATH")
+DEST = key_option("dest")
 
 
 def accept_new_host_key_option(f: F) -> F:

@@ -125,7 +125,7 @@ def _changed_out(data: dict[str, Any], fmt: str, verb: str, to: str) -> None:
     is_flag=True,
     help="Also compare every file's content with the source (rsync -c, slow).",
 )
-@key_option("dest", help="Where the copies are.")
+@key_option("dest")
 @SRC_PREFIX
 @output_options()
 @click.pass_context

@@ -25,11 +25,25 @@ from asynchy.cli.common import (
     take_output,
 )
 from asynchy.errors import AsynchyError, Interrupted, PartialFailure
+from asynchy.sync_types import SyncOptions
 
 if TYPE_CHECKING:
     from asynchy.config import Settings
     from asynchy.remote.base import Tree
-    from asynchy.sync import SyncOptions
+
+
+def _default(name: str) -> Any:
+    """An option's default: SyncOptions' own (declared once there)."""
+    return SyncOptions.__dataclass_fields__[name].default
+
+
+def _size_text(n: int) -> str:
+    """1073741824 -> 1G: a size as it is typed."""
+    for unit, size in (("T", 2**40), ("G", 2**30), ("M", 2**20), ("K", 2**10)):
+        if n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
 
 # The options of one sync batch, shared by `sync` and `watch`.
 BATCH_OPTIONS = [
@@ -38,27 +52,27 @@ BATCH_OPTIONS = [
     click.option(
         "--order",
         type=click.Choice(["ASC", "DESC"], case_sensitive=False),
-        default="ASC",
+        default=_default("order"),
         show_default=True,
         help="Oldest (ASC) or newest (DESC) EPNs first, by their newest file.",
     ),
     click.option(
         "--limit",
         type=click.IntRange(min=1),
-        default=50,
+        default=_default("limit"),
         show_default=True,
         help="EPNs in this run (a watch: in each cycle).",
     ),
     click.option(
         "--retry",
         type=click.IntRange(min=0),
-        default=0,
+        default=_default("retry"),
         show_default=True,
         help="Patience, N: at most N+1 attempts of one EPN in this run (spaced); N+1 probes of a "
         "server that stopped answering before the run gives up (exit 1); ssh ConnectionAttempts "
         "N+1 (docs/sync.md).",
     ),
-    key_option("threads", type=click.IntRange(1, 64), metavar="N", help="EPNs copied at once."),
+    key_option("threads", type=click.IntRange(1, 64), metavar="N"),
     click.option(
         "--parallel",
         is_flag=True,
@@ -73,8 +87,6 @@ BATCH_OPTIONS = [
     key_option(
         "bwlimit",
         metavar="RATE",
-        help="The host's total rate, shared by the running rsyncs: e.g. 50M (rsync units), or a "
-        "timetable '08:00,20M 18:00,off Sat-00:00,off'.",
     ),
     click.option(
         "--streams-per-epn",
@@ -86,21 +98,21 @@ BATCH_OPTIONS = [
     click.option(
         "--split-min",
         metavar="SIZE",
-        default="1G",
+        default=_size_text(_default("split_min")),
         show_default=True,
         help="An EPN smaller than this is never split (e.g. 500M, 2G).",
     ),
     click.option(
         "--max-attempts",
         type=click.IntRange(min=1),
-        default=5,
+        default=_default("max_attempts"),
         show_default=True,
         help="Data failures in a row (over all runs) before an EPN is quarantined.",
     ),
     click.option(
         "--verify",
         type=click.Choice(["size", "checksum"]),
-        default="size",
+        default=_default("verify"),
         show_default=True,
         help="After rsync: compare size and mtime with the inventory; 'checksum' also compares "
         "content with the source (reads everything again) and copies again what differs.",
@@ -126,33 +138,27 @@ BATCH_OPTIONS = [
         "exclude",
         multiple=True,
         metavar="PATTERN",
-        help="rsync exclude pattern (repeatable); verification skips what it leaves out.",
     ),
     key_option(
         "include",
         multiple=True,
         metavar="PATTERN",
-        help="rsync include pattern, checked before the excludes (repeatable).",
     ),
     key_option("exclude_from", metavar="FILE"),
     key_option("include_from", metavar="FILE"),
     key_option(
         "metrics_file",
         metavar="FILE",
-        help="Write Prometheus metrics here after the run (each watch cycle).",
     ),
     key_option(
         "chmod",
         metavar="RULES",
-        help="rsync --chmod rules, with --perms, e.g. Dg+s,ug+w,o-wx,ug+X.",
     ),
-    key_option(
-        "destinations", metavar="MAP", help="EPN number -> folder, e.g. '12282=ny79,12283=ab12'."
-    ),
+    key_option("destinations", metavar="MAP"),
     click.option(
         "--stall-timeout",
         type=click.FloatRange(min=1),
-        default=300,
+        default=_default("stall_timeout"),
         show_default=True,
         metavar="SECONDS",
         help="Kill an rsync that shows no progress for this long (a link failure: not charged).",
@@ -160,14 +166,12 @@ BATCH_OPTIONS = [
     click.option(
         "--lease",
         type=click.FloatRange(min=2),
-        default=300,
+        default=_default("lease"),
         show_default=True,
         metavar="SECONDS",
         help="How long a claim lasts without a heartbeat (renewed every third of it).",
     ),
-    key_option(
-        "timeout", type=click.FloatRange(min=0.1), metavar="SECONDS", help="ssh ConnectTimeout."
-    ),
+    key_option("timeout", type=click.FloatRange(min=0.1), metavar="SECONDS"),
 ]
 
 

@@ -70,7 +70,6 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Sha
     "strict_names",
     is_flag=True,
     default=None,
-    help="Leave out the folders whose names do not match epn_pattern (else: a warning).",
 )
 @accept_new_host_key_option
 @output_options()
