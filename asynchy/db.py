@@ -33,6 +33,7 @@ from sqlalchemy.pool import QueuePool
 
 from asynchy import views
 from asynchy.errors import ConfigError, DatabaseError, SchemaError
+from asynchy.files import sqlite_uri
 from asynchy.models import SCHEMA_HEAD, add_postgresql_options, metadata
 
 if TYPE_CHECKING:
@@ -57,13 +58,6 @@ VERSION_TABLE = "alembic_version"
 
 def is_url(setting: str) -> bool:
     return "://" in setting
-
-
-def sqlite_uri(path: Path, *, read_only: bool = False) -> str:
-    """The ``file:`` URI of a SQLite file; '#', '?' and '%' in its name are quoted."""
-    from urllib.parse import quote
-
-    return "file:" + quote(str(path)) + ("?mode=ro" if read_only else "")
 
 
 def _sqlite_file_engine(path: Path, *, read_only: bool = False) -> Engine:

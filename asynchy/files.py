@@ -1,4 +1,5 @@
-"""Writing a small file so that no reader ever sees half of it."""
+"""Small file helpers: writing a file so that no reader ever sees half of it; the ``file:`` URI
+of a SQLite file."""
 
 from __future__ import annotations
 
@@ -18,3 +19,10 @@ def write_atomically(path: Path, text: str, mode: int) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sqlite_uri(path: Path, *, read_only: bool = False) -> str:
+    """The ``file:`` URI of a SQLite file; '#', '?' and '%' in its name are quoted."""
+    from urllib.parse import quote
+
+    return "file:" + quote(str(path)) + ("?mode=ro" if read_only else "")

@@ -54,16 +54,21 @@ def merge_cmd(
         asynchy merge shard1.db shard2.db shard3.db --into files.db
         asynchy merge files0.db files1.db files2.db files3.db old-asynchy.db ignore.yml
     """
+    from asynchy.quickcheck import QuickChecks
+
+    inputs = [Path(p) for p in (*sources, *ignore_yml)]
+    checks = QuickChecks(inputs)  # the inputs' integrity checks run while the merge loads
+
     from asynchy import merge, texts
     from asynchy.progress import MergeBar
 
     settings = get_settings(ctx)
-    inputs = [Path(p) for p in (*sources, *ignore_yml)]
     summary = merge.merge(
         target or settings.db,
         inputs,
         legacy_timezone=legacy_timezone,
         progress=MergeBar(bars(ctx)),
+        checks=checks,
     )
     data = summary.as_dict()
     summary_out(data, texts.merge_summary(data), take_output(output))

@@ -33,8 +33,9 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
-from asynchy.db import Database, open_database, sqlite_uri
+from asynchy.db import Database, open_database
 from asynchy.errors import ConfigError, DatabaseError, SchemaError, UsageError
+from asynchy.files import sqlite_uri
 from asynchy.merge.history import HISTORY, Loaded, copy_rest_of_history, copy_walks, history_rows
 from asynchy.merge.inspect import Source, inspect, inspect_all, open_ro
 from asynchy.merge.read import (
@@ -65,6 +66,7 @@ from asynchy.merge.summary import MergeProgress, MergeSummary
 from asynchy.models import epns_table, walks_table, workers_table
 from asynchy.names import encode_name
 from asynchy.processes import pid_alive
+from asynchy.quickcheck import QuickChecks
 from asynchy.render import plural
 
 __all__ = [
@@ -110,12 +112,14 @@ def merge(
     *,
     legacy_timezone: str | None = None,
     progress: MergeProgress | None = None,
+    checks: QuickChecks | None = None,
 ) -> MergeSummary:
-    """Merge the inputs into the target (see the module docstring and docs/merge.md)."""
+    """Merge the inputs into the target (see the module docstring and docs/merge.md);
+    ``checks``: the inputs' integrity checks, started early (asynchy.quickcheck)."""
     if not inputs:
         raise UsageError("give at least one database to merge")
     zone = legacy_zone(legacy_timezone)
-    sources = inspect_all([Path(p).expanduser().resolve() for p in inputs])  # before any write
+    sources = inspect_all([Path(p).expanduser().resolve() for p in inputs], checks)  # no write yet
     for source in sources:
         if source.orphans:
             log.warning(

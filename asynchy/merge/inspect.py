@@ -3,17 +3,17 @@ revision, the older tools' databases, an HPC ASSyncy ignore.yml) and whether it 
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from asynchy.db import known_revisions, sqlite_uri
+from asynchy.db import known_revisions
 from asynchy.errors import SchemaError, UsageError
+from asynchy.files import sqlite_uri
 from asynchy.models import SCHEMA_HEAD
+from asynchy.quickcheck import QuickChecks
 
 Kind = Literal["asynchy", "legacy", "ignore-yml"]
 
@@ -62,15 +62,14 @@ def open_ro(path: Path) -> sqlite3.Connection:
     return con
 
 
-def inspect_all(paths: Sequence[Path]) -> list[Source]:
-    """Every input inspected (checks in parallel: SQLite releases the GIL); the first bad one, in order, raises."""
-    if len(paths) < 2:
-        return [inspect(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1)) as pool:
-        return list(pool.map(inspect, paths))
+def inspect_all(paths: Sequence[Path], checks: QuickChecks | None = None) -> list[Source]:
+    """Every input inspected; the first bad one, in order, raises.  The integrity checks run in
+    threads (SQLite releases the GIL), started by the command before the merge loaded, or now."""
+    checks = checks if checks is not None else QuickChecks(paths)
+    return [inspect(p, checks) for p in paths]
 
 
-def inspect(path: Path) -> Source:
+def inspect(path: Path, checks: QuickChecks | None = None) -> Source:
     """What an input is, or a UsageError/SchemaError naming it and what is wrong."""
     if not path.exists():
         raise UsageError(f"merge input {path} does not exist")
@@ -84,9 +83,10 @@ def inspect(path: Path) -> Source:
     if head != b"SQLite format 3\x00":
         return _inspect_yaml(path, head)
     try:
+        early = checks.result(path) if checks is not None else None
         con = open_ro(path)
         try:
-            check = con.execute("PRAGMA quick_check").fetchall()
+            check = early.quick_check if early else con.execute("PRAGMA quick_check").fetchall()
             if check != [("ok",)]:
                 raise SchemaError(
                     f"merge input {path} is damaged ({check[0][0]}): repair or leave it out"
@@ -104,9 +104,13 @@ def inspect(path: Path) -> Source:
                     "epns",
                     "files",
                 } <= tables.keys():  # the merge copies without re-checking each row
-                    orphans = con.execute(
-                        "SELECT count(*) FROM files WHERE epn NOT IN (SELECT epn FROM epns)"
-                    ).fetchone()[0]
+                    orphans = (
+                        early.orphans
+                        if early is not None and early.orphans is not None
+                        else con.execute(
+                            "SELECT count(*) FROM files WHERE epn NOT IN (SELECT epn FROM epns)"
+                        ).fetchone()[0]
+                    )
         finally:
             con.close()
     except sqlite3.DatabaseError as exc:
