@@ -673,6 +673,41 @@ def test_kill_9_half_way_leaves_the_target_as_it_was(
     assert rows(target, "SELECT count(*) FROM files")[0][0] == 6 + 4 * 500 * 600
 
 
+def test_kill_9_of_a_merge_into_a_new_file_leaves_no_file_and_the_next_merge_tidies_up(
+    cli: Any, tmp_path: Path
+) -> None:
+    inputs = [
+        str(_big_input(tmp_path / f"big{k}.db", 100_000 + k * 1000, 500, 600)) for k in range(4)
+    ]
+    folder = tmp_path / "out"
+    folder.mkdir()
+    new = folder / "new.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCHY_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asynchy", "--db", str(new), "merge", *inputs],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    scratch = folder / f".new.db.merging.{os.uname().nodename}.{proc.pid}"
+    deadline = time.monotonic() + 60
+    while not (scratch.exists() and scratch.stat().st_size > 8 << 20):
+        assert proc.poll() is None, "the merge finished before it could be killed: make it bigger"
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not new.exists()  # a half-built inventory never carries the name asked for
+    assert (scratch.stat().st_mode & 0o777) == 0o600
+    result = merge(cli, new, *inputs)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["new.db"]  # the dead merge's file is gone
+    assert rows(new, "SELECT count(*) FROM files")[0][0] == 4 * 500 * 600
+    assert rows(new, "PRAGMA integrity_check") == [("ok",)]
+    assert rows(new, "PRAGMA journal_mode") == [("wal",)]
+    assert (new.stat().st_mode & 0o777) == 0o600
+
+
 def test_refuses_a_target_a_sync_is_using(cli: Any, target: Path, tmp_path: Path) -> None:
     with sqlite3.connect(target) as con:
         con.execute(

@@ -36,6 +36,7 @@ from sqlalchemy.exc import DBAPIError
 from asynchy.db import Database, open_database
 from asynchy.errors import ConfigError, DatabaseError, SchemaError, UsageError
 from asynchy.files import sqlite_uri
+from asynchy.merge import scratch
 from asynchy.merge.history import HISTORY, Loaded, copy_rest_of_history, copy_walks, history_rows
 from asynchy.merge.inspect import Source, inspect, inspect_all, open_ro
 from asynchy.merge.read import (
@@ -133,13 +134,22 @@ def merge(
     target_path = None if "://" in target else Path(target).expanduser().resolve()
     if target_path is not None and any(s.path == target_path for s in sources):
         raise UsageError(f"{target_path} is both an input and the target")
-    created = target_path is not None and not target_path.exists()
-    db = open_database(target)
+    new = target_path if target_path is not None and not target_path.exists() else None
+    built = scratch.create(new) if new is not None else None  # see asynchy.merge.scratch
+    try:
+        db = open_database(str(built) if built is not None else target)
+    except BaseException:
+        if built is not None:
+            scratch.remove(built)
+        raise
+    if built is not None and new is not None:
+        db.display = str(new)  # messages name the file the user asked for
+        db.engine.dispose()  # the merge's connection must be the scratch file's only one
     try:
         _busy(db)
         try:
             if db.is_sqlite:
-                _merge_sqlite(db, sources, zone, summary, progress)
+                _merge_sqlite(db, sources, zone, summary, progress, fast=built is not None)
             else:
                 _merge_streamed(db, sources, zone, summary, progress)
         except (sqlite3.Error, DBAPIError) as exc:
@@ -148,13 +158,14 @@ def merge(
             raise DatabaseError(
                 f"merging into {db.display} failed ({reason}); the target is unchanged"
             ) from None
+        db.close()
+        if built is not None and new is not None:
+            scratch.put_in_place(built, new)
     except BaseException:
         db.close()
-        if created and target_path is not None:
-            for suffix in ("", "-wal", "-shm"):
-                Path(str(target_path) + suffix).unlink(missing_ok=True)
+        if built is not None:
+            scratch.remove(built)
         raise
-    db.close()
     return summary
 
 
@@ -192,8 +203,11 @@ def _merge_sqlite(
     zone: tzinfo,
     summary: MergeSummary,
     progress: MergeProgress | None,
+    *,
+    fast: bool = False,
 ) -> None:
-    """SQLite target: inputs ATTACHed (10 at most at a time) and copied by SQLite itself."""
+    """SQLite target: inputs ATTACHed (10 at most at a time) and copied by SQLite itself;
+    ``fast``: the target is a new scratch file, written without journal or fsync."""
     with db.engine.connect() as conn:
         # Only the raw connection is used until the write transaction: ATTACH must happen outside one.
         con: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
@@ -212,6 +226,8 @@ def _merge_sqlite(
             # Foreign keys are checked once at the end instead of on each of millions of copied file
             # rows (a third of the copy's time); check_references fails the transaction if one broke.
             con.execute("PRAGMA foreign_keys = OFF")
+            if fast:
+                scratch.fast(con)
             with conn.execution_options(asynchy_begin="IMMEDIATE").begin():
                 _write_epns(conn, db, p, candidates, loaded, summary)
                 if single:
@@ -223,6 +239,8 @@ def _merge_sqlite(
                 )
                 apply_files(sql, p, summary)
                 check_references(sql)
+            if fast:
+                scratch.finish(con)
         finally:
             with contextlib.suppress(sqlite3.Error):
                 con.execute("PRAGMA foreign_keys = ON")
