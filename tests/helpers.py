@@ -152,3 +152,40 @@ def stderr_on_a_terminal(argv: list[str], env: dict[str, str], columns: int) -> 
     proc.wait()
     os.close(master)
     return proc.returncode, b"".join(chunks).decode(errors="replace")
+
+
+def move_clock(setting: str, seconds: float, *, owner: str | None = None) -> None:
+    """As if ``seconds`` had passed on the database's clock for the claims and heartbeats of one
+    worker (``owner``) or of all: lease_until and heartbeat_at move back by that much.  Tests of
+    leases use it instead of sleeping out a lease."""
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+
+    from asynchy.db import open_database
+    from asynchy.models import epns_table, workers_table
+
+    back = timedelta(seconds=seconds)
+    e, w = epns_table.c, workers_table.c
+    db = open_database(setting, migrate=False)
+    try:
+        with db.write() as conn:
+            claims = select(e.epn, e.lease_until).where(e.lease_until.is_not(None))
+            beats = select(w.worker_id, w.heartbeat_at).where(w.heartbeat_at.is_not(None))
+            if owner is not None:
+                claims, beats = (
+                    claims.where(e.claim_owner == owner),
+                    beats.where(w.worker_id == owner),
+                )
+            for epn, until in conn.execute(claims).all():
+                conn.execute(
+                    update(epns_table).where(e.epn == epn).values(lease_until=until - back)
+                )
+            for worker_id, beat in conn.execute(beats).all():
+                conn.execute(
+                    update(workers_table)
+                    .where(w.worker_id == worker_id)
+                    .values(heartbeat_at=beat - back)
+                )
+    finally:
+        db.close()

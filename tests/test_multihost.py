@@ -11,11 +11,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import move_clock
 from sqlalchemy import create_engine, text
 from sshd import Sshd
 from test_sync import big_epns, rsyncs_into, tree_digest, wait_until
@@ -132,7 +132,7 @@ def test_paused_worker_loses_its_claim_and_its_late_result_is_refused(
         python_pid, rsync_pid, signal.SIGSTOP
     )  # host A freezes (a VM pause, a long GC, a partition)
     try:
-        time.sleep(4.5)  # longer than the lease
+        move_clock(cluster["db"], 60)  # the database's clock passes host A's lease
         code, out, err = run(cluster, "moverB", "sync", "--lease", "3", "--json")
         assert code == 0, out + err
         assert json.loads(out)["complete"] == ["80000a"]
@@ -153,7 +153,7 @@ def test_paused_worker_loses_its_claim_and_its_late_result_is_refused(
 def test_killed_worker_is_finished_by_another_host_after_its_lease(cluster: dict[str, Any]) -> None:
     big_epns(cluster["src"], ["81000a"], mib=6)
     assert run(cluster, "walker", "walk")[0] == 0
-    doomed = asynchy(cluster, "moverA", "sync", "--lease", "4", "--bwlimit", "1000")
+    doomed = asynchy(cluster, "moverA", "sync", "--lease", "600", "--bwlimit", "1000")
     wait_until(lambda: bool(rsyncs_into(cluster["dest"])), what="rsync on host A")
     rsync_pid = rsyncs_into(cluster["dest"])[0]
     python_pid = int(Path(f"/proc/{rsync_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -167,7 +167,7 @@ def test_killed_worker_is_finished_by_another_host_after_its_lease(cluster: dict
     assert code == 0 and json.loads(out)["selected"] == 0
     code, out, _ = run(cluster, "moverB", "workers")
     assert "moverA:" in out
-    time.sleep(4.5)
+    move_clock(cluster["db"], 601)  # the database's clock passes host A's lease
     code, out, err = run(cluster, "moverB", "sync", "--json")
     assert code == 0, out + err
     assert json.loads(out)["complete"] == ["81000a"]
@@ -188,12 +188,12 @@ def test_workers_and_release_stale(
     build_epns(src, 3, 1)
     assert cli("--db", setting, "--host", "local", "walk", "--src-prefix", str(src)).exit_code == 0
     db = open_database(setting)
-    gone = workers.register_worker(db, "sync", lease=1)
+    gone = workers.register_worker(db, "sync", lease=60)
     alive = workers.register_worker(db, "sync", lease=600)
-    claims.claim(db, gone, ["20000a", "20001b"], 2, order="ASC", max_attempts=5, lease=1)
+    claims.claim(db, gone, ["20000a", "20001b"], 2, order="ASC", max_attempts=5, lease=60)
     claims.claim(db, alive, ["20002c"], 1, order="ASC", max_attempts=5, lease=600)
     db.close()
-    time.sleep(2.2)
+    move_clock(setting, 120, owner=gone.worker_id)  # its heartbeat and leases are two minutes old
     result = cli("--db", setting, "workers")
     assert result.exit_code == 0
     assert (

@@ -683,6 +683,13 @@ def big_epns(src: Path, names: list[str], mib: int = 8) -> None:
         write_file(src / name / "small.txt", b"s")
 
 
+def landed(dest: Path) -> int:
+    """Bytes written under dest so far (rsync's temporary files included)."""
+    return sum(
+        os.lstat(os.path.join(d, name)).st_size for d, _, names in os.walk(dest) for name in names
+    )
+
+
 def rsyncs_into(dest: Path) -> list[int]:
     """The rsyncs copying into dest, one PID per rsync run (not its forked receiver)."""
     from helpers import rsync_processes
@@ -722,8 +729,7 @@ def test_killing_the_rsync_child_is_retried(cli: Any, env: dict[str, Path]) -> N
     killed: list[int] = []
 
     def killer() -> None:
-        wait_until(lambda: bool(rsyncs_into(env["dest"])), what="rsync to start")
-        time.sleep(0.5)
+        wait_until(lambda: landed(env["dest"]) > 2**20, what="the copy to be under way")
         pid = min(rsyncs_into(env["dest"]))
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
@@ -767,15 +773,14 @@ def own_server(served_base: Path, served: Path, tmp_path: Path, write_config: An
 def test_sshd_killed_mid_run_charges_nothing_and_the_next_run_completes(
     cli: Any, own_server: Any
 ) -> None:
-    """failures.md, link: sshd dies 1 s into `sync --retry 0` over 6 EPNs: given back, exit 1."""
+    """failures.md, link: sshd dies 2 MiB into `sync --retry 0` over 6 EPNs: given back, exit 1."""
     server, env = own_server
     names = [f"5200{n}a" for n in range(6)]
     big_epns(env["src"], names)
     walk(cli, env)
 
     def outage() -> None:
-        wait_until(lambda: bool(rsyncs_into(env["dest"])), what="rsync to start")
-        time.sleep(1)
+        wait_until(lambda: landed(env["dest"]) > 2 * 2**20, what="the copies to be under way")
         server.kill_sessions()
         server.stop()
 
@@ -809,11 +814,10 @@ def test_a_short_outage_within_retry_is_ridden_out(cli: Any, own_server: Any) ->
     big_epns(env["src"], ["52100a", "52101a", "52102a"])
     walk(cli, env)
     proc = spawn_sync(env, "--bwlimit", "4000", "--retry", "4")
-    wait_until(lambda: bool(rsyncs_into(env["dest"])), what="rsync to start")
-    time.sleep(0.5)
+    wait_until(lambda: landed(env["dest"]) > 2**20, what="the copy to be under way")
     server.kill_sessions()
     server.stop()
-    time.sleep(1.0)
+    time.sleep(1.0)  # the outage itself, not a wait: the breaker's first probes find no server
     server.restart()  # from this thread: sshd dies with the thread that started it (pdeathsig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
