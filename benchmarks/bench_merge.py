@@ -6,7 +6,9 @@ The shards (100 EPNs x 1,000 files each, disjoint, as `asynchy walk --shard K/10
 makes them) are built once by SQL.  Timed, in turns (medians of --runs): `asynchy merge`
 (a new process) and the equivalent hand-written sqlite3 work - ATTACH each shard and
 `INSERT ... SELECT` its epns and files into a new database with the same schema, in one
-transaction.  Peak memory of `asynchy merge` from the kernel (wait4).
+transaction.  Each turn starts with another of them.  Peak memory of `asynchy merge` from the
+kernel (wait4).  ``--before CHECKOUT`` also times an older asynchy (a git worktree) in the same
+turns, for a before/after on the same machine at the same time.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import fresh
+from common import describe, fresh
 from report import write_block
 
 SHARDS, EPNS, FILES = 10, 100, 1000
@@ -102,8 +104,13 @@ def hand_written(target: Path, shards: list[Path], template: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/asynchy-bench-merge")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--write", metavar="MD")
+    parser.add_argument(
+        "--before",
+        metavar="CHECKOUT",
+        help="also time the asynchy of this checkout (e.g. a git worktree of an older commit), in the same turns",
+    )
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -112,20 +119,36 @@ def main() -> None:
     for k, shard in enumerate(shards):
         build_shard(shard, k)
     env = {key: value for key, value in os.environ.items() if not key.startswith("ASYNCHY_")}
-    mine, theirs, peaks = [], [], []
-    for _ in range(args.runs):
+    mine: list[float] = []
+    theirs: list[float] = []
+    before: list[float] = []
+    peaks: list[int] = []
+    old_env = {**env, "PYTHONPATH": str(Path(args.before).resolve())} if args.before else env
+
+    def run_mine() -> None:
         target = fresh(work / "merged.db")
         elapsed, peak = asynchy_merge(target, shards, env)
         mine.append(elapsed)
         peaks.append(peak)
         rows = sqlite3.connect(target).execute("SELECT count(*) FROM files").fetchone()[0]
         assert rows == SHARDS * EPNS * FILES, rows
+
+    def run_theirs() -> None:
         baseline = fresh(work / "hand.db")
         theirs.append(hand_written(baseline, shards, shards[0]))
         rows = sqlite3.connect(baseline).execute("SELECT count(*) FROM files").fetchone()[0]
         assert rows == SHARDS * EPNS * FILES, rows
+
+    def run_before() -> None:
+        before.append(asynchy_merge(fresh(work / "before.db"), shards, old_env)[0])
+
+    turn = [run_mine, run_theirs, *([run_before] if args.before else [])]
+    for k in range(args.runs):  # each turn starts with another of them: no one always goes first
+        for step in turn[k % len(turn) :] + turn[: k % len(turn)]:
+            step()
     total = SHARDS * EPNS * FILES
     m, t = statistics.median(mine), statistics.median(theirs)
+    pairs = [a / b for a, b in zip(mine, theirs, strict=True)]  # each pair ran in the same turn
     lines = [
         f"Measured {datetime.date.today().isoformat()} on {platform.node()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}; {SHARDS} shards x {EPNS * FILES:,} file rows.",
@@ -134,12 +157,31 @@ def main() -> None:
         "|---|---:|---|",
         f"| asynchy merge (new process, all checks and rules) | {m:.2f} | {', '.join(f'{x:.2f}' for x in mine)} |",
         f"| hand-written ATTACH + INSERT ... SELECT | {t:.2f} | {', '.join(f'{x:.2f}' for x in theirs)} |",
+        *(
+            [
+                f"| asynchy merge at {describe(args.before)} | {statistics.median(before):.2f} | "
+                f"{', '.join(f'{x:.2f}' for x in before)} |"
+            ]
+            if before
+            else []
+        ),
         "",
         "| figure | measured | target |",
         "|---|---:|---|",
         f"| rows per second (asynchy) | {total / m:,.0f} | >= 300,000 |",
-        f"| asynchy / hand-written | {m / t:.2f} | <= 2 |",
+        f"| asynchy / hand-written (ratio of the medians) | {m / t:.2f} | <= 1.5 |",
+        f"| asynchy / hand-written (median of the {len(pairs)} pairs: {', '.join(f'{x:.2f}' for x in pairs)}) "
+        f"| {statistics.median(pairs):.2f} | <= 1.5 |",
         f"| peak memory of asynchy merge | {max(peaks) / 1024:.0f} MiB | < 200 MB |",
+        *(
+            [
+                f"| at {describe(args.before)}: its / hand-written (median of the pairs: "
+                f"{', '.join(f'{b / x:.2f}' for b, x in zip(before, theirs, strict=True))}) | "
+                f"{statistics.median(b / x for b, x in zip(before, theirs, strict=True)):.2f} | (before) |"
+            ]
+            if before
+            else []
+        ),
     ]
     text = "\n".join(lines)
     print(text)

@@ -35,3 +35,13 @@ def asynchy_argv(db: Path, sshd: Any, port: int, known_hosts: Path, *more: str) 
         str(known_hosts),
         *more,
     ]
+
+
+def describe(checkout: str) -> str:
+    """A checkout named by its commit (for --before: an older asynchy timed in the same run)."""
+    import subprocess
+
+    done = subprocess.run(
+        ["git", "-C", checkout, "log", "-1", "--format=%h (%cs)"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or checkout
