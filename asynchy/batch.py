@@ -25,7 +25,7 @@ from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from asynchy import claims
+from asynchy import claims, fixity
 from asynchy.breaker import Breaker
 from asynchy.config import SshTarget
 from asynchy.db import Database
@@ -436,13 +436,12 @@ class Batch:
         tries = max(0, self.tries.get(planned.epn, 0) - 1)
         number = (claim.attempts if claim else 0) + tries + 1
         attempt = Attempt(planned.epn, claim.token if claim else 0, number, repair, part)
-        expected = (
-            ()
-            if self.opts.dry_run or part is not None
-            else claims.expected_files(self.db, planned.epn)
-        )
+        whole = not self.opts.dry_run and part is None
+        expected = claims.expected_files(self.db, planned.epn) if whole else ()
+        algo = self.ropts.checksum_algo
+        have = fixity.have(self.db, planned.epn, algo) if whole and algo else frozenset()
         ropts = replace(self.ropts, bwlimit=bwlimit)
-        return build_job(self.opts, ropts, self.target, attempt, expected)
+        return build_job(self.opts, ropts, self.target, attempt, expected, have)
 
     # -------------------------------------------------------------- results
     def _on_progress(self, event: Progressed) -> None:
@@ -471,10 +470,15 @@ class Batch:
             log.exception("transfer of EPN %s failed unexpectedly", epn)
             result = made_up(item.job, "link", f"asynchy error: {exc}")
         self.serial += 1
-        if part:
-            self._on_part(item, int(part), result)
-        else:
-            self._verdict(item, result)
+        try:
+            if result.ok and result.sums_spool is not None and self.ropts.checksum_algo:
+                fixity.record(self.db, epn, result.sums_spool, self.ropts.checksum_algo)
+            if part:
+                self._on_part(item, int(part), result)
+            else:
+                self._verdict(item, result)
+        finally:
+            fixity.discard(result.sums_spool)
         self._counts()
 
     def _on_part(self, item: Running, part: int, result: TransferResult) -> None:

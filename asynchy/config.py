@@ -89,6 +89,8 @@ class Settings:
     exclude_from: str | None
     include_from: str | None
     chmod: str | None
+    fixity: bool
+    checksum_algo: str
     ignore_file: str | None
     comment: str | None
     metrics_file: str | None

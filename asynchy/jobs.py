@@ -59,6 +59,12 @@ class Job:
     # the configured folder dest_dir, temp_dir and partial_dir are below (dest, or an absolute
     # destination): every folder under it is entered without following symlinks (asynchy.destfs)
     dest_root: bytes | None = None
+    # Fixity (docs/fixity.md): the spool file this job's checksum lines go to; for the whole EPN,
+    # the source pass that fetches the values of files this run did not transfer, and the files
+    # that have a current value already (path bytes)
+    sums_spool: str | None = None
+    sums_argv: tuple[str, ...] | None = None
+    have_sums: frozenset[bytes] = frozenset()
 
     @property
     def key(self) -> str:
@@ -85,6 +91,7 @@ class TransferResult:
     stderr_tail: str = ""
     stderr_log: str = ""
     parts: tuple[dict[str, Any], ...] = ()  # a split EPN's parts in this attempt (transfers.parts)
+    sums_spool: str | None = None  # fixity: the checksums to record (asynchy.fixity.record)
 
     @property
     def ok(self) -> bool:
@@ -111,6 +118,7 @@ def build_job(
     target: SshTarget | None,
     attempt: Attempt,
     expected: tuple[tuple[bytes, int, int, str], ...] = (),
+    have_sums: frozenset[bytes] = frozenset(),
 ) -> Job:
     """The frozen Job of one attempt: what a pool worker needs, nothing more.  ``expected`` is the
     inventory's files of the EPN; what the include/exclude rules leave out is not expected.
@@ -121,6 +129,7 @@ def build_job(
     from asynchy.filters import Filters
     from asynchy.names import decode_name
     from asynchy.rsync import files_from, partial_dir_for, rsync_argv, temp_dir_for
+    from asynchy.sums import spool_path
 
     epn, raw = attempt.epn, decode_name(attempt.epn)
     base = dest_base(epn, opts.dest, opts.destinations, opts.layout)
@@ -149,6 +158,8 @@ def build_job(
         "prefix": opts.src_prefix,
         "dest_root": os.fsencode(dest_root(epn, opts.dest, opts.destinations, opts.layout)),
     }
+    if ropts.checksum_algo is not None and ropts.sums_dir is not None and temp is not None:
+        common["sums_spool"] = spool_path(ropts.sums_dir, temp.name, attempt.number)
     if attempt.part is not None:
         files = attempt.part[1]
         stdin = b"".join(raw + b"/./" + name + b"\0" for name in files)
@@ -173,6 +184,8 @@ def build_job(
         check_checksum=by_checksum,
         repair_argv=repair_argv,
         dry_run=opts.dry_run,
+        sums_argv=argv(opts=ropts, check="sums") if "sums_spool" in common else None,
+        have_sums=have_sums,
     )
 
 

@@ -164,6 +164,14 @@ def as_patterns(value: Any) -> tuple[str, ...]:
     return out
 
 
+def as_checksum_algo(value: Any) -> str:
+    """auto, xxh128 or md5 (fixity's algorithm, as rsync --checksum-choice names it)."""
+    text = as_line(value).lower()
+    if text not in ("auto", "xxh128", "md5"):
+        raise ValueError("must be auto, xxh128 or md5")
+    return text
+
+
 def as_agent(value: Any) -> str:
     """auto, yes or no (a YAML boolean reads as yes or no)."""
     if isinstance(value, bool):

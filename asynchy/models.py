@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-SCHEMA_HEAD = "0008"
+SCHEMA_HEAD = "0009"
 QUEUE_STATUSES = ("pending", "changed", "failed", "running")
 QUEUE_CONDITION = "status IN ('pending', 'changed', 'failed', 'running')"
 
@@ -166,6 +166,23 @@ files_table = Table(
     Column("size", BigInteger, nullable=False),
     Column("modified", UTCDateTime, nullable=False),
     Column("kind", Text, nullable=False, server_default=text("'file'")),
+    sqlite_with_rowid=False,
+)
+
+
+# Revision 0009: the source-side checksum of one regular file, as the copy proved it (docs/fixity.md).
+# It counts for the file while the file's row has the same size and modified.
+checksums_table = Table(
+    "checksums",
+    metadata,
+    Column("epn", Text, ForeignKey("epns.epn", ondelete="CASCADE"), primary_key=True),
+    Column("path", Text, primary_key=True),
+    Column("algo", Text, nullable=False),  # xxh128 or md5 (rsync --checksum-choice)
+    Column("value", Text, nullable=False),  # lower-case hex, as rsync's %C and xxh128sum print it
+    Column("size", BigInteger, nullable=False),
+    Column("modified", UTCDateTime, nullable=False),
+    Column("obtained", Text, nullable=False),  # transfer (the copy's own %C) or source (a pass)
+    Column("recorded_at", UTCDateTime, nullable=False),
     sqlite_with_rowid=False,
 )
 

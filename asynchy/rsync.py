@@ -54,10 +54,38 @@ class RsyncOptions:
     ] = ()  # rsync filter rules, includes first (as mxsync's --include .info)
     exclude: tuple[str, ...] = ()
     chmod: str | None = None  # --chmod=... --perms (HPC ASSyncy: Dg+s,ug+w,o-wx,ug+X)
+    # fixity (docs/fixity.md): the checksum rsync is pinned to (--checksum-choice), and each copied
+    # regular file's source-side checksum printed as it ends (SUM_FORMAT); None: fixity off
+    checksum_algo: str | None = None
+    sums_dir: str | None = None  # the run's private folder for the attempts' checksum spools
 
+
+SUM_FORMAT = (
+    "--out-format=%C %n"  # one line per logged file: hex (blanks if not a regular file), name
+)
 
 SLOT = "@slot@"  # replaced by each pool worker with its own name (see transfer.with_slot)
 CONTROL_PERSIST = 30  # seconds an idle shared ssh connection stays up
+
+
+def checksum_algo(choice: str, binary: str) -> str:
+    """Fixity's algorithm: the one chosen, or for ``auto`` xxh128 when this rsync has it (its
+    ``--version`` lists its checksums), else md5."""
+    if choice != "auto":
+        return choice
+    try:
+        out = subprocess.run(
+            [binary, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=child_env(os.environ),
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    listed = out.split("Checksum list:", 1)[1].split(":", 1)[0] if "Checksum list:" in out else ""
+    return "xxh128" if "xxh128" in listed.split() else "md5"
 
 
 def parse_version(text: str) -> tuple[int, int, int] | None:
@@ -203,7 +231,7 @@ def rsync_argv(
     target: SshTarget | None,
     prefix: str,
     opts: RsyncOptions,
-    check: Literal["quick", "checksum"] | None = None,
+    check: Literal["quick", "checksum", "sums"] | None = None,
     temp_dir: Path | None = None,
     partial_dir: Path | None = None,
 ) -> list[str]:
@@ -214,7 +242,8 @@ def rsync_argv(
     ``check`` builds a verification run instead: a dry run that itemizes every
     file that differs between the source *now* and the local copy, by size and
     time (``quick``: did the source change during the transfer?) or also by
-    content (``checksum``).
+    content (``checksum``).  ``sums`` (fixity) is a dry run that prints the source's
+    checksum of every regular file named on stdin (``-ii``: unchanged ones too).
     """
     for own in (temp_dir, partial_dir):
         if own is not None and not own.is_absolute():
@@ -228,7 +257,10 @@ def rsync_argv(
         "--no-h",
         f"--timeout={opts.io_timeout}",
     ]
-    if check is not None:
+    if check == "sums":  # fixity: the source's checksum of each file named on stdin, nothing copied
+        # %i in the format and -ii: unchanged files are logged too (ITEMIZE_WIDTH bytes of flags)
+        argv += ["--dry-run", "--checksum", "-ii", "--out-format=%i %C %n"]
+    elif check is not None:
         argv += ["--dry-run", "--itemize-changes", "--out-format=%i %n"]
         if check == "checksum":
             argv.append("--checksum")
@@ -236,6 +268,8 @@ def rsync_argv(
         argv += ["--stats", "--info=progress2", "--outbuf=N"]
         if opts.dry_run:
             argv += ["--dry-run", "--itemize-changes", "--out-format=%i %n"]
+        elif opts.checksum_algo is not None:
+            argv.append(SUM_FORMAT)
         if opts.repair:
             argv.append("--checksum")
         if opts.partial and partial_dir is not None:
@@ -249,6 +283,8 @@ def rsync_argv(
             argv.append(f"--bwlimit={parse_bwlimit(opts.bwlimit)}")
         if opts.chmod:
             argv += ["--perms", f"--chmod={opts.chmod}"]
+    if opts.checksum_algo is not None:  # the copy, its checks and the source pass use one algorithm
+        argv.append(f"--checksum-choice={opts.checksum_algo}")
     # The same filters for the copy and for its checks: an excluded file is not "missing".
     argv += [f"--include={p}" for p in opts.include]
     argv += [f"--exclude={p}" for p in opts.exclude]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from asynchy.jobs import Job
 from asynchy.rsync import SLOT, child_env, close_master_argv, progress_bytes
@@ -119,6 +120,29 @@ def end_strays(jobs: Iterable[Job]) -> int:
     return len(groups)
 
 
+ITEMIZE_WIDTH = 12  # "%i " in a source pass's lines: 11 flags and a space
+
+
+class Sums:
+    """Fixity: the lines of one rsync run that carry a file's checksum (``%C %n``, after ``skip``
+    bytes of ``%i``), written to the attempt's spool file as ``TAG HEX NAME`` (the name as rsync
+    escapes it), for the main process to record (asynchy.fixity).  Nothing is kept in memory."""
+
+    _LINE = re.compile(rb"[0-9a-f]{32} .")
+
+    def __init__(self, spool: BinaryIO, tag: bytes, skip: int = 0) -> None:
+        self.spool, self.tag, self.skip = spool, tag, skip
+        self.lines = 0
+
+    def take(self, piece: bytes) -> bool:
+        body = piece[self.skip :]
+        if not self._LINE.match(body):
+            return False
+        self.spool.write(self.tag + b" " + body + b"\n")
+        self.lines += 1
+        return True
+
+
 def _pinned_fds(cwd: bytes) -> tuple[int, ...]:
     """The descriptor a ``/proc/self/fd/N`` working folder needs in the child."""
     prefix = b"/proc/self/fd/"
@@ -134,8 +158,10 @@ def run_rsync(
     cancel: Any,
     on_progress: Callable[[int], None] | None = None,
     count_itemized: bool = False,
+    sums: Sums | None = None,
 ) -> Run:
-    """Run one rsync to the end (or until stalled or cancelled); never raises for rsync's failures."""
+    """Run one rsync to the end (or until stalled or cancelled); never raises for rsync's failures.
+    ``sums``: where its checksum lines go (fixity)."""
     cmd = list(argv)
     if SETPRIV:
         cmd = [SETPRIV, "--pdeathsig", "TERM", "--", *cmd]
@@ -152,7 +178,7 @@ def run_rsync(
         )
     except OSError as exc:
         return Run(None, "", "", "", False, False, error=f"cannot run {argv[0]}: {exc.strerror}")
-    watched = _Watched(proc, on_progress=on_progress, count_itemized=count_itemized)
+    watched = _Watched(proc, on_progress=on_progress, count_itemized=count_itemized, sums=sums)
     watched.start(stdin)
     watched.wait(cancel, stall_timeout)
     return watched.result()
@@ -168,8 +194,10 @@ class _Watched:
         *,
         on_progress: Callable[[int], None] | None,
         count_itemized: bool,
+        sums: Sums | None = None,
     ) -> None:
         self.proc = proc
+        self.sums = sums
         self.on_progress = on_progress
         self.count_itemized = count_itemized
         self.finished = threading.Event()  # set when rsync has exited
@@ -221,7 +249,10 @@ class _Watched:
             self.out_size -= len(self.out_tail.popleft())
 
     def _take_line(self, piece: bytes) -> None:
-        """An itemized line (counted) or a progress line (reported at most every PROGRESS_EVERY)."""
+        """A checksum line (to the spool), an itemized line (counted) or a progress line
+        (reported at most every PROGRESS_EVERY)."""
+        if self.sums is not None and self.sums.take(piece):
+            return
         if self.count_itemized and piece[:1] in (b">", b"<", b"c", b"h", b"*") and b" " in piece:
             self.itemized += 1
             flags = piece.split(b" ", 1)[0]  # YXcstpoguax: c checksum, s size, t time

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from asynchy import claims, workers
+from asynchy import claims, fixity, workers
 from asynchy.batch import Batch
 from asynchy.config import SshTarget
 from asynchy.db import Database
@@ -33,7 +33,7 @@ from asynchy.pool import CONTROL_PREFIX, WorkerPool, close_control_dir, sweep_co
 from asynchy.preflight import check_dest, check_options, check_source
 from asynchy.remote.base import Tree
 from asynchy.render import plural
-from asynchy.rsync import RsyncOptions, rsync_argv, rsync_version
+from asynchy.rsync import RsyncOptions, checksum_algo, rsync_argv, rsync_version
 from asynchy.signals import StopSignals
 from asynchy.sync_types import Event, SyncOptions, SyncProgress, SyncSummary
 from asynchy.waiting import not_taken
@@ -95,12 +95,9 @@ def sync(
     pool = WorkerPool(opts.threads, opts.parallel, events)
     status = "finished"
     control_dir: str | None = None
+    sums_dir: str | None = None
     try:
-        if target is not None:
-            # A private folder for the shared ssh connections (see rsync.ssh_command).
-            sweep_control_dirs()
-            control_dir = tempfile.mkdtemp(prefix=f"{CONTROL_PREFIX}{os.getpid()}-")
-            ropts = replace(ropts, control_dir=control_dir)
+        ropts, control_dir, sums_dir = _run_folders(target, ropts)
         with StopSignals(pool.cancel_all) as stop:
             batch = Batch(
                 db=db,
@@ -126,6 +123,7 @@ def sync(
         raise
     finally:
         _wind_down(db, pool, control_dir, heart, worker, status)
+        fixity.drop_folder(sums_dir)
         if progress is not None:
             progress.close()
         summary.elapsed = time.monotonic() - started
@@ -135,6 +133,22 @@ def sync(
         rate = summary.bytes / summary.elapsed if summary.elapsed > 0 else 0.0
         metrics.write(db, opts.metrics_file, throughput=rate)
     return summary
+
+
+def _run_folders(
+    target: SshTarget | None, ropts: RsyncOptions
+) -> tuple[RsyncOptions, str | None, str | None]:
+    """The run's private folders: the attempts' checksum spools (fixity, docs/fixity.md) and, for
+    a server, the shared ssh connections (see rsync.ssh_command)."""
+    sums_dir = control_dir = None
+    if ropts.checksum_algo is not None:
+        sums_dir = fixity.spool_folder()
+        ropts = replace(ropts, sums_dir=sums_dir)
+    if target is not None:
+        sweep_control_dirs()
+        control_dir = tempfile.mkdtemp(prefix=f"{CONTROL_PREFIX}{os.getpid()}-")
+        ropts = replace(ropts, control_dir=control_dir)
+    return ropts, control_dir, sums_dir
 
 
 def _preflight(target: SshTarget | None, opts: SyncOptions) -> tuple[RsyncOptions, str]:
@@ -157,6 +171,11 @@ def _preflight(target: SshTarget | None, opts: SyncOptions) -> tuple[RsyncOption
         include=opts.include,
         exclude=opts.exclude,
         chmod=opts.chmod,
+        checksum_algo=(
+            checksum_algo(opts.checksum_algo, opts.rsync)
+            if opts.fixity and not opts.dry_run
+            else None
+        ),
     )
     rsync_argv(
         target=target, prefix=opts.src_prefix, opts=ropts

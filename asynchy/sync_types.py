@@ -53,6 +53,8 @@ class SyncOptions:
     split_min: int = DEFAULT_SPLIT_MIN  # bytes: a smaller EPN is never split
     time_limit: float | None = None  # seconds: then no new EPN, running ones stopped (uncharged)
     time_limit_text: str = ""  # the option that set it, for the summary
+    fixity: bool = True  # record each file's source-side checksum (docs/fixity.md)
+    checksum_algo: str = "auto"  # auto, xxh128 or md5
 
 
 class SyncProgress(Protocol):

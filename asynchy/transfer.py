@@ -15,14 +15,24 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 from asynchy import destfs
 from asynchy.failures import classify_exit, main_complaint
 from asynchy.jobs import FailureClass, Job, TransferResult
 from asynchy.render import plural
 from asynchy.rsync import describe_exit, parse_stats
-from asynchy.rsyncrun import ProgressFn, Run, close_master, run_rsync, slot_name, with_slot
+from asynchy.rsyncrun import (
+    ITEMIZE_WIDTH,
+    ProgressFn,
+    Run,
+    Sums,
+    close_master,
+    run_rsync,
+    slot_name,
+    with_slot,
+)
+from asynchy.sums import read_spool
 
 
 def files_differ(n: int) -> str:
@@ -212,6 +222,24 @@ def _transfer(
     cancel: Any,
     folder: int | None,
 ) -> TransferResult:
+    if job.sums_spool is None:
+        return _copy(job, started, progress, cancel, folder, None)
+    with open(job.sums_spool, "wb") as spool:
+        result = _copy(job, started, progress, cancel, folder, spool)
+    if not result.ok:  # only the values of a run that ended well count
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(job.sums_spool)
+    return result
+
+
+def _copy(
+    job: Job,
+    started: datetime,
+    progress: Callable[[int], None] | None,
+    cancel: Any,
+    folder: int | None,
+    spool: BinaryIO | None,
+) -> TransferResult:
     cwd = _pinned(job.dest_dir, folder)
     run = run_rsync(
         job.argv,
@@ -221,6 +249,7 @@ def _transfer(
         cancel=cancel,
         on_progress=progress,
         count_itemized=job.dry_run,
+        sums=Sums(spool, b"T") if spool is not None else None,
     )
     stats = parse_stats(run.stdout)
 
@@ -261,15 +290,17 @@ def _transfer(
     if job.dry_run:
         return result("ok", None, changes=run.lines)
     if job.part is not None:  # one part of a split EPN: the EPN's final pass verifies the whole
-        return result("ok", None)
+        return result("ok", None, sums_spool=job.sums_spool)
     if stats.regular_total == 0 and job.regular_files > 0:
         # Never re-listed: an unmounted source would empty the inventory and "complete" an empty copy.
         return result(
             "verify",
             f"the source listed no files but the inventory has {job.regular_files}: is it mounted?",
         )
-    kind, reason = _verify(job, cancel, cwd)
-    return result(kind, reason)
+    kind, reason = _verify(job, cancel, cwd, spool)
+    if kind == "ok" and spool is not None:
+        kind, reason = _source_sums(job, cancel, cwd, spool)
+    return result(kind, reason, sums_spool=job.sums_spool if kind == "ok" else None)
 
 
 def _pinned(path: bytes, folder: int | None) -> bytes:
@@ -279,7 +310,9 @@ def _pinned(path: bytes, folder: int | None) -> bytes:
     return path if folder is None else f"/proc/self/fd/{folder}".encode()
 
 
-def _verify(job: Job, cancel: Any, cwd: bytes) -> tuple[FailureClass, str | None]:
+def _verify(
+    job: Job, cancel: Any, cwd: bytes, spool: BinaryIO | None = None
+) -> tuple[FailureClass, str | None]:
     """After rsync exit 0: the copy against the inventory, then against the source now.
 
     docs/failures.md: a copy that matches the source but not the inventory, or
@@ -301,6 +334,7 @@ def _verify(job: Job, cancel: Any, cwd: bytes) -> tuple[FailureClass, str | None
             cwd=cwd,
             stall_timeout=job.stall_timeout,
             cancel=cancel,
+            sums=Sums(spool, b"T") if spool is not None else None,
         )
         if repaired.cancelled:
             return "cancelled", "interrupted"
@@ -334,3 +368,40 @@ def _check(argv: tuple[str, ...], job: Job, cancel: Any, cwd: bytes) -> Run:
     return run_rsync(
         argv, job.stdin, cwd=cwd, stall_timeout=None, cancel=cancel, count_itemized=True
     )
+
+
+def _source_sums(
+    job: Job, cancel: Any, cwd: bytes, spool: BinaryIO
+) -> tuple[FailureClass, str | None]:
+    """Fixity (docs/fixity.md): every regular file of a verified copy needs its source-side
+    checksum.  The copy printed those of the files it sent; the others (in place from an earlier
+    attempt or from the parts, or unchanged) are read at the source in one pass over just them."""
+    assert job.sums_spool is not None and job.sums_argv is not None
+    spool.flush()
+    sent = {path for path, _value, _how in read_spool(job.sums_spool)}
+    need = [
+        path
+        for path, _size, _mtime, kind in job.expected
+        if kind == "file" and path not in job.have_sums and path not in sent
+    ]
+    del sent
+    if not need:
+        return "ok", None
+    stdin = b"".join(job.epn_raw + b"/./" + path + b"\0" for path in need)
+    sums = Sums(spool, b"S", skip=ITEMIZE_WIDTH)
+    run = run_rsync(job.sums_argv, stdin, cwd=cwd, stall_timeout=None, cancel=cancel, sums=sums)
+    if run.cancelled:
+        return "cancelled", "interrupted"
+    if run.exit_code != 0:
+        kind = classify_exit(run.exit_code, run.stderr)
+        return kind, "source checksums: " + describe_exit(run.exit_code)
+    spool.flush()
+    if sums.lines < len(need):
+        got = {path for path, _value, how in read_spool(job.sums_spool) if how == "source"}
+        gone = [path for path in need if path not in got]
+        if gone:
+            return "changed", (
+                f"the source has no checksum now for {plural(len(gone), 'file')} "
+                f"(e.g. {os.fsdecode(gone[0])!r}): listing it again"
+            )
+    return "ok", None

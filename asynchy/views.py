@@ -69,7 +69,27 @@ VIEWS_0003: Mapping[str, Mapping[str, str]] = {
     "sqlite": _for("sqlite"),
     "postgresql": _for("postgresql"),
 }
-CURRENT = VIEWS_0003
+
+# Revision 0009: complete EPNs with regular files that have no current checksum (docs/fixity.md).
+_FIXITY_GAPS = """
+CREATE VIEW v_fixity_gaps AS
+SELECT f.epn, e.status, count(*) AS files_without_checksum,
+       coalesce(sum(f.size), 0) AS bytes_without_checksum
+FROM files f
+JOIN epns e ON e.epn = f.epn
+LEFT JOIN checksums c
+       ON c.epn = f.epn AND c.path = f.path AND c.size = f.size AND c.modified = f.modified
+WHERE f.kind = 'file' AND e.status = 'complete' AND c.epn IS NULL
+GROUP BY f.epn, e.status
+"""
+ADDED_0009: Mapping[str, Mapping[str, str]] = {
+    "sqlite": {"v_fixity_gaps": _FIXITY_GAPS},
+    "postgresql": {"v_fixity_gaps": _FIXITY_GAPS},
+}
+VIEWS_0009: Mapping[str, Mapping[str, str]] = {
+    d: {**VIEWS_0003[d], **ADDED_0009[d]} for d in ("sqlite", "postgresql")
+}
+CURRENT = VIEWS_0009
 
 
 def create_sql(dialect: str, views: Mapping[str, Mapping[str, str]] = CURRENT) -> list[str]:

@@ -235,6 +235,8 @@ def _sync_options(settings: Settings, kw: dict[str, Any], **more: Any) -> SyncOp
         include=rules.include,
         exclude=rules.exclude,
         chmod=settings.chmod,
+        fixity=settings.fixity,
+        checksum_algo=settings.checksum_algo,
         ignore_file=Path(settings.ignore_file).expanduser() if settings.ignore_file else None,
         metrics_file=Path(settings.metrics_file).expanduser() if settings.metrics_file else None,
         **more,

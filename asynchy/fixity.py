@@ -1,0 +1,146 @@
+"""Fixity in the database (docs/fixity.md): the source-side checksums a copy proved, recorded
+per regular file in ``checksums``; which files of an EPN have one; the rows of a manifest.
+
+Only the main process calls ``record`` (it reads the spool file a pool worker wrote and streams
+it into the database in chunks: memory stays flat for an EPN of a million files).  A value
+counts for a file while the file's row in ``files`` has the size and time it was taken at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import and_, bindparam, literal, select
+
+from asynchy import dbclock
+from asynchy.db import Database
+from asynchy.models import checksums_table, files_table
+from asynchy.names import decode_name, encode_name
+from asynchy.processes import pid_alive
+from asynchy.sums import read_spool
+
+log = logging.getLogger(__name__)
+
+SPOOL_PREFIX = "asynchy-sums-"
+CHUNK = 2000
+
+c, f = checksums_table.c, files_table.c
+
+
+def current() -> Any:
+    """The join condition: a checksum that still counts for its file row."""
+    return and_(c.epn == f.epn, c.path == f.path, c.size == f.size, c.modified == f.modified)
+
+
+def record(db: Database, epn: str, spool: str, algo: str) -> int:
+    """The values of one spool file, for the EPN's regular files in the inventory (the last
+    value per file wins); returns how many lines were recorded."""
+    # the dialect's insert() has ON CONFLICT; imported only when needed (start-up time)
+    insert = importlib.import_module(f"sqlalchemy.dialects.{db.dialect}").insert
+    rows = select(
+        f.epn,
+        f.path,
+        literal(algo).label("algo"),
+        bindparam("b_value").label("value"),
+        f.size,
+        f.modified,
+        bindparam("b_obtained").label("obtained"),
+        dbclock.now(db).label("recorded_at"),
+    ).where(f.epn == epn, f.path == bindparam("b_path"), f.kind == "file")
+    statement = insert(checksums_table).from_select(
+        ["epn", "path", "algo", "value", "size", "modified", "obtained", "recorded_at"], rows
+    )
+    columns = ("algo", "value", "size", "modified", "obtained", "recorded_at")
+    statement = statement.on_conflict_do_update(
+        index_elements=["epn", "path"],
+        set_={name: getattr(statement.excluded, name) for name in columns},
+    )
+    count = 0
+    with db.write() as conn:
+        for chunk in _chunks(read_spool(spool)):
+            conn.execute(statement, chunk)  # row by row, in order: a later line for a file wins
+            count += len(chunk)
+    return count
+
+
+def _chunks(lines: Iterator[tuple[bytes, str, str]]) -> Iterator[list[dict[str, str]]]:
+    chunk: list[dict[str, str]] = []
+    for path, value, obtained in lines:
+        chunk.append({"b_path": encode_name(path), "b_value": value, "b_obtained": obtained})
+        if len(chunk) >= CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def have(db: Database, epn: str, algo: str) -> frozenset[bytes]:
+    """The EPN's regular files that have a current value of this algorithm (path bytes)."""
+    query = (
+        select(f.path)
+        .join(checksums_table, current())
+        .where(f.epn == epn, f.kind == "file", c.algo == algo)
+    )
+    with db.read() as conn:
+        return frozenset(decode_name(p) for (p,) in conn.execute(query))
+
+
+def manifest(db: Database, epn: str) -> Iterator[tuple[str, bytes, str]]:
+    """(algo, path bytes, hex) of every regular file of the EPN with a current value, by path."""
+    query = (
+        select(c.algo, f.path, c.value)
+        .join(checksums_table, current())
+        .where(f.epn == epn, f.kind == "file")
+        .order_by(f.path)
+    )
+    with db.read() as conn:
+        for algo, path, value in conn.execute(query):
+            yield algo, decode_name(path), value
+
+
+def missing(db: Database, epn: str) -> int:
+    """Regular files of the EPN without a current value."""
+    query = (
+        select(f.path)
+        .outerjoin(checksums_table, current())
+        .where(f.epn == epn, f.kind == "file", c.epn.is_(None))
+    )
+    with db.read() as conn:
+        return len(conn.execute(query).all())
+
+
+# ------------------------------------------------------------------ the run's spool folder
+def spool_folder() -> str:
+    """A private folder for this run's spool files (removed by ``drop_folder``); the folders of
+    runs that died (``kill -9``) are removed first."""
+    base = tempfile.gettempdir()
+    for name in os.listdir(base):
+        if not name.startswith(SPOOL_PREFIX):
+            continue
+        path = os.path.join(base, name)
+        try:
+            pid = int(name[len(SPOOL_PREFIX) :].split("-", 1)[0])
+            if os.stat(path).st_uid != os.geteuid() or pid_alive(pid):
+                continue
+        except (ValueError, OSError):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-")
+
+
+def drop_folder(folder: str | None) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def discard(spool: str | None) -> None:
+    if spool is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(spool)
