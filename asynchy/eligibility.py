@@ -65,6 +65,11 @@ REASONS: tuple[Reason, ...] = (
     Reason("complete", "", lambda c: e.status == "complete"),
     Reason("skipped", "asynchy reset EPN", lambda c: e.status == "skipped"),
     Reason(
+        "damaged",
+        "sync repairs it from the source before its batch (docs/fixity.md)",
+        lambda c: e.status == "damaged",
+    ),
+    Reason(
         "quarantined", "asynchy reset --status quarantined", lambda c: e.status == "quarantined"
     ),
     Reason(

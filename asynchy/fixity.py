@@ -17,14 +17,14 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import and_, bindparam, literal, select
+from sqlalchemy import Connection, and_, bindparam, func, literal, select
 
 from asynchy import dbclock
 from asynchy.db import Database
 from asynchy.models import checksums_table, files_table
 from asynchy.names import decode_name, encode_name
 from asynchy.processes import pid_alive
-from asynchy.sums import read_spool
+from asynchy.sums import manifest_line, read_spool
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,33 @@ def manifest(db: Database, epn: str) -> Iterator[tuple[str, bytes, str]]:
             yield algo, decode_name(path), value
 
 
+def manifest_text(db: Database, epn: str) -> bytes:
+    """The EPN's manifest (coreutils format, one algorithm); UsageError while a regular file has
+    no value on record."""
+    gaps = missing(db, epn)
+    if gaps:
+        from asynchy.errors import AsynchyError
+
+        raise AsynchyError(
+            f"EPN {epn} has {gaps:,} regular files without a checksum on record (not copied yet, "
+            "copied before fixity, or with fixity: false); `asynchy sync` records them when it "
+            "copies the EPN (see v_fixity_gaps)"
+        )
+    lines = []
+    algos = set()
+    for algo, path, value in manifest(db, epn):
+        algos.add(algo)
+        lines.append(manifest_line(value, path, algo))
+    if len(algos) > 1:
+        from asynchy.errors import AsynchyError
+
+        raise AsynchyError(
+            f"EPN {epn} has checksums of {' and '.join(sorted(algos))}: one manifest holds one "
+            "algorithm; copy the EPN again with one checksum_algo"
+        )
+    return b"".join(lines)
+
+
 def missing(db: Database, epn: str) -> int:
     """Regular files of the EPN without a current value."""
     query = (
@@ -114,6 +141,50 @@ def missing(db: Database, epn: str) -> int:
     )
     with db.read() as conn:
         return len(conn.execute(query).all())
+
+
+# ------------------------------------------------------------------ for status and show
+def overview(conn: Connection, epn: str | None = None) -> dict[str, Any]:
+    """Fixity at a glance, for the whole inventory or one EPN: regular files of complete (and
+    damaged) EPNs with and without a current value, damaged EPNs, the last audit."""
+    from asynchy.models import audits_table, epns_table
+
+    e, a = epns_table.c, audits_table.c
+    copied = (
+        select(c.epn.label("has"))
+        .select_from(files_table)
+        .join(epns_table, e.epn == f.epn)
+        .outerjoin(checksums_table, current())
+        .where(f.kind == "file", e.status.in_(("complete", "damaged")))
+    )
+    damaged = select(func.count()).select_from(epns_table).where(e.status == "damaged")
+    last = select(a.epn, a.finished_at, a.result, a.files, a.bytes).order_by(a.id.desc()).limit(1)
+    audited = select(func.coalesce(func.sum(a.bytes), 0))
+    if epn is not None:
+        copied = copied.where(f.epn == epn)
+        damaged = damaged.where(e.epn == epn)
+        last = last.where(a.epn == epn)
+        audited = audited.where(a.epn == epn)
+    counted = copied.subquery()
+    with_value, total = conn.execute(
+        select(func.count(counted.c.has), func.count()).select_from(counted)
+    ).one()
+    row = conn.execute(last).first()
+    return {
+        "files_with_checksum": int(with_value),
+        "files_without_checksum": int(total) - int(with_value),
+        "damaged_epns": int(conn.execute(damaged).scalar() or 0),
+        "audited_bytes": int(conn.execute(audited).scalar() or 0),
+        "last_audit": None
+        if row is None
+        else {
+            "epn": row.epn,
+            "finished_at": row.finished_at,
+            "result": row.result,
+            "files": row.files,
+            "bytes": row.bytes,
+        },
+    }
 
 
 # ------------------------------------------------------------------ the run's spool folder

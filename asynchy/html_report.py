@@ -16,6 +16,7 @@ from asynchy.db import Database
 from asynchy.models import epns_table, transfers_table
 from asynchy.render import human_bytes, human_seconds, local_time, plural, shown
 from asynchy.reports import StatusReport, status
+from asynchy.texts import fixity_lines
 
 COLORS = {
     "complete": "#2e7d32",
@@ -24,6 +25,7 @@ COLORS = {
     "changed": "#ef6c00",
     "failed": "#c62828",
     "quarantined": "#6a1b9a",
+    "damaged": "#ad1457",
     "skipped": "#bdbdbd",
 }
 W, H, PAD_L, PAD_B, PAD_T = 760, 240, 80, 30, 12
@@ -186,6 +188,8 @@ def render(db: Database, title: str = "asynchy progress") -> str:
         cumulative=_trusted(cumulative_chart(daily)),
         daily=_trusted(daily_chart(daily)),
         by_status=_trusted(status_chart(data["epns"]["by_status"])),
+        fixity=fixity_lines(data["fixity"])[0],
+        last_audit=fixity_lines(data["fixity"])[1],
         largest=[
             {
                 "epn": shown(r.epn),

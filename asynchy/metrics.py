@@ -21,7 +21,16 @@ from asynchy.db import Database
 from asynchy.errors import AsynchyError, ConfigError
 from asynchy.models import QUEUE_STATUSES, epns_table, transfers_table
 
-STATUSES = ("pending", "running", "complete", "changed", "failed", "quarantined", "skipped")
+STATUSES = (
+    "pending",
+    "running",
+    "complete",
+    "damaged",
+    "changed",
+    "failed",
+    "quarantined",
+    "skipped",
+)
 e = epns_table.c
 t = transfers_table.c
 

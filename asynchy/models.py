@@ -183,7 +183,30 @@ checksums_table = Table(
     Column("modified", UTCDateTime, nullable=False),
     Column("obtained", Text, nullable=False),  # transfer (the copy's own %C) or source (a pass)
     Column("recorded_at", UTCDateTime, nullable=False),
+    Column("audited_at", UTCDateTime),  # the last time a read of the local copy matched it
+    Column("damage", Text),  # NULL, or what the last audit found: mismatch or missing
     sqlite_with_rowid=False,
+)
+
+
+# Revision 0009: one audit of one EPN's local copy against its checksums (asynchy audit), kept.
+audits_table = Table(
+    "audits",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("epn", Text, ForeignKey("epns.epn", ondelete="CASCADE"), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=False),
+    Column("host", Text, nullable=False),
+    Column("files", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("mismatched", Integer, nullable=False),
+    Column("missing", Integer, nullable=False),
+    Column("unexpected", Integer),  # NULL when the audit stopped before the end of the EPN
+    Column("result", Text, nullable=False),  # ok, damaged or stopped (a budget ran out)
+    Column("resume_after", Text),  # stopped: the last path checked (the next audit goes on there)
+    Column("message", Text),  # the first damaged files
+    Index(None, "epn", "finished_at"),
 )
 
 

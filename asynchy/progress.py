@@ -109,5 +109,21 @@ class MergeBar(_Bar):
         self._close()
 
 
+class AuditBar(_Bar):
+    """Bytes read by an audit (no total: a budget may end it first)."""
+
+    def __init__(self, enabled: bool) -> None:
+        super().__init__(enabled)
+        if enabled:
+            self._open(unit="iB", unit_scale=True, unit_divisor=1024, desc="audit", leave=False)
+
+    def advance(self, nbytes: int) -> None:
+        if self._bar is not None and nbytes > 0:
+            self._bar.update(nbytes)
+
+    def close(self) -> None:
+        self._close()
+
+
 def bars_wanted(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()

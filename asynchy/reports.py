@@ -17,6 +17,7 @@ from sqlalchemy import Connection, func, select
 
 from asynchy.db import Database
 from asynchy.errors import UsageError
+from asynchy.fixity import overview
 from asynchy.models import (
     epns_table,
     transfers_table,
@@ -27,7 +28,16 @@ from asynchy.models import (
 
 e = epns_table.c
 t = transfers_table.c
-STATUSES = ("pending", "running", "complete", "changed", "failed", "quarantined", "skipped")
+STATUSES = (
+    "pending",
+    "running",
+    "complete",
+    "damaged",
+    "changed",
+    "failed",
+    "quarantined",
+    "skipped",
+)
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -50,6 +60,7 @@ class StatusReport(TypedDict):
     eta_at: datetime | None
     top_failures: list[dict[str, Any]]
     active_claims: list[dict[str, Any]]
+    fixity: dict[str, Any]  # checksums of copied files, damaged EPNs, the last audit (fixity.md)
 
 
 def status(
@@ -71,6 +82,7 @@ def status(
         rates = _throughput(conn, now)
         failures = _top_failures(conn)
         claims = _active_claims(conn)
+        fixity_now = overview(conn)
     total = sum(v["bytes"] for v in by_status.values())
     done = by_status.get("complete", {}).get("bytes", 0)
     remaining = total - done - by_status.get("skipped", {}).get("bytes", 0)
@@ -98,6 +110,7 @@ def status(
         "eta_at": now + timedelta(seconds=eta) if eta else None,
         "top_failures": failures,
         "active_claims": claims,
+        "fixity": fixity_now,
     }
 
 
@@ -371,6 +384,7 @@ def show(db: Database, epn: str) -> dict[str, Any]:
             .mappings()
             .all()
         )
+        fixity_of_epn = overview(conn, epn)
         we = walk_errors_table.c
         errors = (
             conn.execute(
@@ -402,6 +416,7 @@ def show(db: Database, epn: str) -> dict[str, Any]:
             for x in transfers
         ],
         "walk_errors": [dict(x) for x in errors],
+        "fixity": fixity_of_epn,
     }
 
 

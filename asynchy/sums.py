@@ -42,10 +42,14 @@ def spool_path(folder: str, name: str, attempt: int) -> str:
     return os.path.join(folder, f"{name}.{attempt}.sums")
 
 
-def manifest_line(value: str, path: bytes) -> bytes:
-    """One line as ``md5sum``/``xxh128sum`` write it: ``HEX  NAME``; a name with a backslash or
-    a newline is escaped (``\\\\``, ``\\n``) and its line starts with a backslash."""
-    if b"\\" in path or b"\n" in path or b"\r" in path:
+def manifest_line(value: str, path: bytes, algo: str = "md5") -> bytes:
+    """One line as ``md5sum`` writes it: ``HEX  NAME``; a name with a backslash or a newline is
+    escaped (``\\\\``, ``\\n``) and its line starts with a backslash.  ``xxh128sum`` up to 0.8.1
+    (Debian 12) writes and reads names as they are, so for xxh128 only a name with a newline, which
+    no raw line can hold, is escaped (xxhsum >= 0.8.2 reads that; 0.8.1 skips the line as
+    improperly formatted)."""
+    escape = b"\n" in path or b"\r" in path or (algo != "xxh128" and b"\\" in path)
+    if escape:
         escaped = path.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
         return b"\\" + value.encode("ascii") + b"  " + escaped + b"\n"
     return value.encode("ascii") + b"  " + path + b"\n"

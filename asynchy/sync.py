@@ -98,6 +98,10 @@ def sync(
     sums_dir: str | None = None
     try:
         ropts, control_dir, sums_dir = _run_folders(target, ropts)
+        if not opts.dry_run:  # damaged copies first, from the source (docs/fixity.md)
+            from asynchy.repair import repair_damaged
+
+            repair_damaged(db, target, opts, ropts, summary)
         with StopSignals(pool.cancel_all) as stop:
             batch = Batch(
                 db=db,

@@ -71,6 +71,7 @@ class SyncSummary:
     dry_run: bool = False
     selected: int = 0
     complete: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)  # damaged copies repaired (asynchy.repair)
     failed: dict[str, tuple[str, str]] = field(
         default_factory=dict
     )  # charged: epn -> (outcome, why)
@@ -100,6 +101,7 @@ class SyncSummary:
             "dry_run": self.dry_run,
             "selected": self.selected,
             "complete": self.complete,
+            "repaired": self.repaired,
             "failed": [
                 {"epn": epn, "outcome": outcome, "reason": reason}
                 for epn, (outcome, reason) in self.failed.items()

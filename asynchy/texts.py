@@ -117,6 +117,8 @@ def sync_summary(summary: dict[str, Any]) -> str:
             f"{plural(len(summary['complete']), 'EPN')} complete",
             f"{len(summary['failed']):,} failed",
         ]
+        if summary.get("repaired"):
+            parts.insert(1, f"{len(summary['repaired']):,} repaired")
         if summary["changed"]:
             parts.append(f"{len(summary['changed'])} changed")
         if summary["given_back"]:
@@ -240,7 +242,28 @@ def _runs(data: StatusReport, width: int | None) -> list[str]:
         )
     else:
         lines.append("last sync:  never (run asynchy sync)")
-    return lines
+    return lines + fixity_lines(data["fixity"])
+
+
+def fixity_lines(fx: dict[str, Any], pad: int = 12) -> list[str]:
+    """Checksums on record for the copied files, damaged EPNs, the last audit (docs/fixity.md)."""
+    have, gaps = fx["files_with_checksum"], fx["files_without_checksum"]
+    line = (
+        f"{'fixity:':<{pad}}{have:,} of {plural(have + gaps, 'copied file')} with a source checksum"
+    )
+    if fx["damaged_epns"]:
+        line += (
+            f"; {plural(fx['damaged_epns'], 'EPN')} damaged (the next sync repairs from the source)"
+        )
+    audit = fx["last_audit"]
+    if audit is None:
+        done = f"{'last audit:':<{pad}}never (run asynchy audit)"
+    else:
+        done = (
+            f"{'last audit:':<{pad}}{local_time(audit['finished_at'])}, {shown(audit['epn'])} "
+            f"{audit['result']} ({plural(audit['files'], 'file')}, {human_bytes(audit['bytes'])})"
+        )
+    return [line, done]
 
 
 def _pace(data: StatusReport) -> list[str]:
@@ -334,6 +357,8 @@ def show(data: dict[str, Any], width: int | None = 80) -> str:
     )
     if e["last_error"]:
         lines.append(f"  last error:  {shown(e['last_error'])}")
+    if data.get("fixity"):
+        lines += ["  " + x for x in fixity_lines(data["fixity"], pad=13)]
     if e["status"] == "running":
         lines.append(
             f"  claimed by:  {e['claim_owner']} since {local_time(e['claimed_at'])}, "
@@ -506,6 +531,28 @@ def verified(data: dict[str, Any]) -> str:
             f"; {'it is' if differ == 1 else 'they are'} now 'changed' and the next sync copies "
             f"{'it' if differ == 1 else 'them'} again"
         )
+    return "\n".join([*lines, line])
+
+
+def audited(data: dict[str, Any]) -> str:
+    """audit: a line per damaged EPN, then the counts."""
+    lines = [
+        f"damaged: {shown(d['epn'])}: {d['mismatched']:,} differ, {d['missing']:,} missing: "
+        + ", ".join(repr(shown(n)) for n in d["files"][:3])
+        + (" ..." if len(d["files"]) > 3 else "")
+        for d in data["audits"]
+        if d["result"] == "damaged"
+    ]
+    rate = data["bytes"] / data["elapsed"] if data["elapsed"] > 0 else 0.0
+    line = (
+        f"audit finished: {plural(len(data['audits']), 'EPN')}, {plural(data['files'], 'file')}, "
+        f"{human_bytes(data['bytes'])} read in {data['elapsed']:.1f} s ({human_bytes(rate)}/s); "
+        f"{len(lines):,} damaged"
+    )
+    if data["stopped"]:
+        line += f"; stopped: {data['stopped']} (the next audit goes on from there)"
+    if lines:
+        line += "; `asynchy sync` repairs damaged files from the source while it still has them"
     return "\n".join([*lines, line])
 
 

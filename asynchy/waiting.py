@@ -18,6 +18,7 @@ from asynchy.render import local_time
 # The order of the summary's "not taken" lines: what needs a person first.
 SHOWN = [
     "quarantined",
+    "damaged",
     "failed for good",
     "skipped",
     "backing off",

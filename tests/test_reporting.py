@@ -69,7 +69,9 @@ def test_status_human(cli: Any, known: Path) -> None:
         lines[10],
     )
     assert re.match(r"last sync:  .*, 11 min 0 s|last sync:  .*still running", lines[11]), lines[11]
-    assert lines[12].startswith("throughput: ")
+    assert lines[12] == "fixity:     0 of 120 copied files with a source checksum"  # docs/fixity.md
+    assert lines[13] == "last audit: never (run asynchy audit)"
+    assert lines[14].startswith("throughput: ")
     assert "\nfailures:      3  rsync exit 23: partial transfer due to error\n" in result.stdout
     assert (
         "\n               1  rsync exit 12: error in rsync protocol data stream\n" in result.stdout

@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 import click
 
 from asynchy import __version__
-from asynchy.cli import alert, hosts, init, manage, merge, report, schema, sync, walk
+from asynchy.cli import alert, fixity, hosts, init, manage, merge, report, schema, sync, walk
 from asynchy.cli.common import CONTEXT_SETTINGS, GlobalOptions, key_option, options
 from asynchy.errors import AsynchyError, ExitCode, Interrupted
 
@@ -130,7 +130,7 @@ def cli(
     ctx.color = True
 
 
-for module in (init, walk, sync, alert, report, manage, merge, hosts, schema):
+for module in (init, walk, sync, alert, report, manage, fixity, merge, hosts, schema):
     for command in module.COMMANDS:
         cli.add_command(command)
 
