@@ -363,3 +363,104 @@ def test_a_manifest_with_files_missing_values_is_refused(cli: Any, env: dict[str
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: EPN 79100a has 1 regular files without a checksum")
     assert cli("--config", str(env["conf"]), "manifest", "79100b").exit_code == 2
+
+
+# ------------------------------------------------------------------ BagIt
+def test_a_bag_of_the_copy_is_valid_for_the_library_of_congress_validator(
+    cli: Any, env: dict[str, Any]
+) -> None:
+    write_file(env["src"] / "79200a" / "deep" / "er" / "with space.txt", b"hello")
+    copy = copied(cli, env, "79200a")
+    bag_dir = env["tmp"] / "bags" / "79200a"
+    result = cli("--config", str(env["conf"]), "bag", "79200a", str(bag_dir), "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert (data["files"], data["hard_linked"], data["copied"]) == (9, 9, 0)
+    validate = subprocess.run(
+        ["bagit.py", "--validate", str(bag_dir)], capture_output=True, text=True, check=False
+    )
+    assert validate.returncode == 0, validate.stderr
+    assert "is valid" in validate.stderr
+    same = (bag_dir / "data" / "d" / "f00.raw").stat().st_ino == (
+        copy / "d" / "f00.raw"
+    ).stat().st_ino
+    assert same  # a hard link: no second copy of the data
+    info = (bag_dir / "bag-info.txt").read_text()
+    total = sum(p.stat().st_size for p in copy.rglob("*") if p.is_file())
+    assert f"Payload-Oxum: {total}.9\n" in info and "External-Identifier: 79200a\n" in info
+    assert "transfer checksum (xxh128)" in info
+    for name in ("manifest-sha256.txt", "manifest-sha512.txt", "tagmanifest-sha512.txt"):
+        assert (bag_dir / name).exists()
+
+
+def test_no_bag_is_made_of_a_damaged_copy(cli: Any, env: dict[str, Any]) -> None:
+    copy = copied(cli, env, "79300a")
+    flip_a_byte(copy / "d" / "f02.raw")
+    bag_dir = env["tmp"] / "bag"
+    result = cli("--config", str(env["conf"]), "bag", "79300a", str(bag_dir), "--digest", "sha512")
+    assert result.exit_code == 3
+    assert "'d/f02.raw' differs from the checksum recorded when it was copied" in result.stderr
+    assert not (bag_dir / "data").exists()
+    assert cli("--config", str(env["conf"]), "bag", "79300a", str(copy)).exit_code == 2  # not empty
+
+
+# ------------------------------------------------------------------ merge and PostgreSQL
+def test_merge_keeps_checksums_and_audits_on_both_backends(
+    cli: Any, env: dict[str, Any], pg_url: str
+) -> None:
+    from sqlalchemy import create_engine, text
+
+    copied(cli, env, "79400a")
+    assert audit(cli, env).exit_code == 0
+    want = rows(
+        env["db"],
+        "SELECT epn, path, algo, value, size, obtained, audited_at IS NOT NULL FROM checksums "
+        "ORDER BY path",
+    )
+    assert len(want) == 8
+    new = env["tmp"] / "merged.db"
+    for _ in range(2):  # twice: nothing doubles
+        result = cli("--db", str(new), "merge", str(env["db"]))
+        assert result.exit_code == 0, result.stderr
+        assert (
+            rows(
+                new,
+                "SELECT epn, path, algo, value, size, obtained, audited_at IS NOT NULL FROM checksums "
+                "ORDER BY path",
+            )
+            == want
+        )
+        assert rows(new, "SELECT count(*), min(result) FROM audits") == [(1, "ok")]
+    result = cli("--db", pg_url, "merge", str(env["db"]))
+    assert result.exit_code == 0, result.stderr
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        got = conn.execute(
+            text(
+                "SELECT epn, path, algo, value, size, obtained, audited_at IS NOT NULL "
+                "FROM checksums ORDER BY path"
+            )
+        ).all()
+        assert [tuple(r) for r in got] == [(*w[:6], bool(w[6])) for w in want]
+        assert conn.execute(text("SELECT count(*) FROM audits")).scalar() == 1
+    engine.dispose()
+    result = cli("--db", pg_url, "manifest", "79400a")  # and the manifest reads PostgreSQL
+    assert result.exit_code == 0 and result.stdout_bytes.count(b"\n") == 8
+
+
+def test_sync_into_postgresql_records_checksums(cli: Any, env: dict[str, Any], pg_url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    reconfigure(env, db=pg_url)
+    odd_epn(env["src"], "79500a")
+    walk(cli, env)
+    result = sync(cli, env)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        got = conn.execute(text("SELECT path, value FROM checksums")).all()
+    engine.dispose()
+    from asynchy.names import decode_name
+
+    assert {decode_name(p): v for p, v in got} == source_sums(env["src"], "79500a", "xxh128sum")
+    assert audit(cli, env).exit_code == 0

@@ -144,4 +144,74 @@ def manifest_cmd(ctx: click.Context, /, epn: str) -> None:
     sys.stdout.buffer.flush()
 
 
-COMMANDS = [audit_cmd, manifest_cmd]
+@click.command("bag")
+@click.argument("epn")
+@click.argument("bag_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--digest",
+    "digests",
+    type=click.Choice(["sha256", "sha512"]),
+    multiple=True,
+    help="The bag's manifest algorithm (repeatable) [default: sha256 and sha512].",
+)
+@click.option(
+    "--organization",
+    metavar="NAME",
+    help="bag-info.txt's Source-Organization [default: the facility, by its host name].",
+)
+@key_option("dest")
+@output_options()
+@click.pass_context
+def bag_cmd(
+    ctx: click.Context,
+    /,
+    epn: str,
+    bag_dir: Path,
+    digests: tuple[str, ...],
+    organization: str | None,
+    dest: str | None,
+    **output: Any,
+) -> None:
+    """Make a BagIt bag (RFC 8493) of a complete EPN's local copy in DIR (new or empty).
+
+    The payload is hard links to the copy where the file system allows,
+    else copies.  Each file is read once: its sha256/sha512 for the bag and
+    its transfer checksum, which must match the one recorded when it was
+    copied (else no bag is made, exit 3).
+
+    \b
+    Example:
+        asynchy bag 12282a /archive/bags/12282a
+        bagit.py --validate /archive/bags/12282a
+    """
+    from asynchy import render
+    from asynchy.audit import AuditOptions
+    from asynchy.bag import DIGESTS, described, make_bag
+    from asynchy.lookup import require_known
+
+    out = take_output(output)
+    settings = get_settings(ctx, dest=dest)
+    db = open_db(ctx, settings.db, create=False)
+    require_known(db, [epn])
+    where = AuditOptions(
+        dest=Path(settings.dest).expanduser().resolve() if settings.dest else None,
+        destinations=settings.destinations,
+        layout=settings.layout,
+    )
+    org = organization or (f"the facility at {settings.host}" if settings.host else "unknown")
+    summary = make_bag(
+        db, epn, bag_dir.resolve(), where, digests=digests or DIGESTS, organization=org
+    )
+    data = {
+        "epn": summary.epn,
+        "bag": summary.path,
+        "files": summary.files,
+        "bytes": summary.bytes,
+        "hard_linked": summary.linked,
+        "copied": summary.copied,
+        "manifests": list(summary.digests),
+    }
+    click.echo(render.data_out(data, out.fmt, lambda: described(summary)))
+
+
+COMMANDS = [audit_cmd, manifest_cmd, bag_cmd]

@@ -37,6 +37,7 @@ from asynchy.db import Database, open_database
 from asynchy.errors import ConfigError, DatabaseError, SchemaError, UsageError
 from asynchy.files import sqlite_uri
 from asynchy.merge import scratch
+from asynchy.merge.fixity import copy_fixity
 from asynchy.merge.history import HISTORY, Loaded, copy_rest_of_history, copy_walks, history_rows
 from asynchy.merge.inspect import Source, inspect, inspect_all, open_ro
 from asynchy.merge.read import (
@@ -238,6 +239,7 @@ def _merge_sqlite(
                     "f.modified, f.kind, k.rnk FROM main.files f JOIN m_rank k ON k.src = 0 AND k.epn = f.epn"
                 )
                 apply_files(sql, p, summary)
+                copy_fixity(sql, sources)
                 check_references(sql)
             if fast:
                 scratch.finish(con)
@@ -381,6 +383,7 @@ def _merge_streamed(
         )
         _write_epns(conn, db, p, candidates, loaded, summary)
         apply_files(sql, p, summary)
+        copy_fixity(sql, sources)
 
 
 def record_ignore_file(db: Database, path: Path) -> int:
