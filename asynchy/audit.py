@@ -171,6 +171,20 @@ def audit(
     return summary
 
 
+def slice_bytes(db: Database, every: float, period: float) -> int:
+    """The bytes one watch cycle reads so that every recorded file is read within ``period``."""
+    with db.read() as conn:
+        total = conn.execute(
+            select(func.coalesce(func.sum(c.size), 0))
+            .select_from(checksums_table)
+            .join(epns_table, e.epn == c.epn)
+            .where(e.status.in_(("complete", "damaged")))
+        ).scalar_one()
+    if not total:
+        return 0
+    return max(1, -(-int(total) * int(every) // int(period)))
+
+
 def _selected(db: Database, opts: AuditOptions) -> list[tuple[str, str | None]]:
     """Complete (or damaged) EPNs with recorded checksums, the least recently audited first."""
     query = (

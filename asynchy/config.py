@@ -98,6 +98,7 @@ class Settings:
     bwlimit: str | None
     history_days: float
     every: float
+    audit_every: float | None
     settle: float
     alert_to: tuple[str, ...] | None
     alert_from: str | None

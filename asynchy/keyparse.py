@@ -86,6 +86,16 @@ def as_interval(value: Any) -> float:
     return seconds
 
 
+def as_period(value: Any) -> float | None:
+    """A duration of at least a day, or ``off`` (None): audit_every."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "off")):
+        return None
+    seconds = parse_duration(value)
+    if seconds < 86400:
+        raise ValueError("must be off or a period of at least a day, e.g. 90d")
+    return seconds
+
+
 def as_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value

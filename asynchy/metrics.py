@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from asynchy.db import Database
 from asynchy.errors import AsynchyError, ConfigError
+from asynchy.fixity import overview
 from asynchy.models import QUEUE_STATUSES, epns_table, transfers_table
 
 STATUSES = (
@@ -154,6 +155,7 @@ def _database_metrics(db: Database, metric: _Writer, now: datetime) -> None:
         oldest = conn.execute(
             select(func.min(e.first_seen_at)).where(e.status.in_(QUEUE_STATUSES))
         ).scalar_one()
+        fixity = overview(conn)
     statuses = sorted(set(STATUSES) | set(by_status))
     metric(
         "asynchy_epns",
@@ -181,6 +183,24 @@ def _database_metrics(db: Database, metric: _Writer, now: datetime) -> None:
         "gauge",
         "When an EPN was last completed (Unix time; 0: never).",
         [({}, int(last_ok.timestamp()) if last_ok else 0)],
+    )
+    metric(
+        "asynchy_audited_bytes_total",
+        "counter",
+        "Bytes asynchy audit has read from the local copies, over all audits (docs/fixity.md).",
+        [({}, fixity["audited_bytes"])],
+    )
+    metric(
+        "asynchy_damaged_epns",
+        "gauge",
+        "EPNs whose copy an audit found damaged (sync repairs them from the source).",
+        [({}, fixity["damaged_epns"])],
+    )
+    metric(
+        "asynchy_files_without_checksum",
+        "gauge",
+        "Regular files of copied EPNs without a source checksum on record.",
+        [({}, fixity["files_without_checksum"])],
     )
     metric(
         "asynchy_oldest_pending_age_seconds",

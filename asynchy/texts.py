@@ -565,8 +565,13 @@ def cycle_line(c: CycleSummary) -> str:
         f"alerted {c.alerted}",
         f"copied {c.complete} ({human_bytes(c.bytes)}), {c.failed} failed",
         f"{c.waiting} settling",
-        f"in {c.elapsed:.1f} s",
     ]
+    if c.audited_bytes is not None:
+        parts.append(
+            f"audited {human_bytes(c.audited_bytes)}"
+            + (f", damaged: {', '.join(shown(x) for x in c.damaged)}" if c.damaged else "")
+        )
+    parts.append(f"in {c.elapsed:.1f} s")
     if c.not_taken:
         parts.append("not taken: " + ", ".join(f"{n} {why}" for why, n in c.not_taken.items()))
     line = "; ".join(parts)

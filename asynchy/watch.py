@@ -73,6 +73,7 @@ class WatchOptions:
     epn_pattern: str | None = None  # the walk's (docs/walk.md)
     strict_names: bool = False
     history_days: float = 90.0  # asynchy.retention
+    audit_every: float | None = None  # seconds: every copied file read again within it (fixity)
 
 
 @dataclass
@@ -98,10 +99,14 @@ class CycleSummary:
     idle_sync: bool = False  # ... took no EPN
     next_at: datetime | None = None
     not_taken: dict[str, int] = field(default_factory=dict)  # reason -> EPNs (docs/sync.md)
+    audited_bytes: int | None = None  # the audit slice (None: no audit this cycle)
+    damaged: list[str] = field(default_factory=list)  # EPNs the audit slice found damaged
 
     @property
     def ok(self) -> bool:
-        return not (self.problems or self.failed or self.walk_errors or self.interrupted)
+        return not (
+            self.problems or self.failed or self.walk_errors or self.interrupted or self.damaged
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +125,8 @@ class CycleSummary:
             "interrupted": self.interrupted,
             "problems": self.problems,
             "not_taken": self.not_taken,
+            "audited_bytes": self.audited_bytes,
+            "damaged": self.damaged,
             "next_cycle": self.next_at,
         }
 
@@ -357,18 +364,67 @@ def _cycle(
     *,
     first: bool,
 ) -> None:
-    """One cycle: walk, alert, one sync batch of settled EPNs (docs/operations.md)."""
+    """One cycle: walk, alert, one sync batch of settled EPNs, an audit slice (operations.md)."""
+    synced = _copy_steps(db, open_tree, target, opts, portal, cycle, first=first)
+    if synced is not None and synced.interrupted:
+        raise KeyboardInterrupt
+    if opts.audit_every is not None:  # no network needed: also when the source cannot be listed
+        _audit_step(db, opts, cycle)
+
+
+def _copy_steps(
+    db: Database,
+    open_tree: Callable[[], Tree],
+    target: SshTarget | None,
+    opts: WatchOptions,
+    portal: Portal | None,
+    cycle: CycleSummary,
+    *,
+    first: bool,
+) -> SyncSummary | None:
     if not _walk_step(db, open_tree, opts, cycle, first=first):
-        return  # the source cannot be listed: copying now would only burn attempts
+        return None  # the source cannot be listed: copying now would only burn attempts
     if opts.alert is not None:
         _alert_step(db, open_tree, opts, portal, cycle, first=first)
     synced = _sync_step(db, open_tree, target, opts, cycle, first=first)
     if synced is None:
-        return
+        return None
     cutoff = datetime.now(UTC) - timedelta(seconds=opts.sync.settle or 0)
     cycle.waiting = unsettled(db, cutoff, opts.sync.max_attempts)
-    if synced.interrupted:
-        raise KeyboardInterrupt
+    return synced
+
+
+def _audit_step(db: Database, opts: WatchOptions, cycle: CycleSummary) -> None:
+    """The cycle's share of reading every copied file again within audit_every: the recorded
+    bytes times every / audit_every, the least recently audited first (docs/fixity.md)."""
+    from asynchy.audit import AuditOptions, audit, slice_bytes
+
+    assert opts.audit_every is not None
+    share = slice_bytes(db, opts.every, opts.audit_every)
+    if share == 0:
+        cycle.audited_bytes = 0
+        return
+    s = opts.sync
+    try:
+        done = audit(
+            db,
+            AuditOptions(
+                max_bytes=share,
+                threads=s.threads,
+                dest=s.dest,
+                destinations=s.destinations,
+                layout=s.layout,
+            ),
+        )
+    except AsynchyError as exc:
+        cycle.problems.append(f"audit: {exc}")
+        cycle.classes.add(_problem_class(exc))
+        log.error("audit failed: %s", exc)  # noqa: TRY400 - expected: one line
+        return
+    cycle.audited_bytes = done.bytes
+    cycle.damaged = [x.epn for x in done.damaged]
+    for x in done.damaged:
+        log.warning("audit: EPN %s is damaged; the next sync repairs it from the source", x.epn)
 
 
 def _walk_step(

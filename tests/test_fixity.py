@@ -464,3 +464,29 @@ def test_sync_into_postgresql_records_checksums(cli: Any, env: dict[str, Any], p
 
     assert {decode_name(p): v for p, v in got} == source_sums(env["src"], "79500a", "xxh128sum")
     assert audit(cli, env).exit_code == 0
+
+
+def test_watch_audits_a_slice_each_cycle_and_the_next_cycle_repairs(
+    cli: Any, env: dict[str, Any]
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    copy = copied(cli, env, "79600a")
+    metrics = env["tmp"] / "asynchy.prom"
+    # every == audit_every: each cycle's slice is everything recorded
+    reconfigure(env, audit_every="1d", every="1d", metrics_file=str(metrics), alert_to=None)
+    flip_a_byte(copy / "d" / "f04.raw")
+    result = cli("--config", str(env["conf"]), "watch", "--once", "--no-alert")
+    assert result.exit_code == 3, result.stdout + result.stderr
+    assert "audited 23.5 KiB, damaged: 79600a" in result.stdout
+    values = {
+        s.name: s.value
+        for family in text_string_to_metric_families(metrics.read_text())
+        for s in family.samples
+    }
+    assert values["asynchy_damaged_epns"] == 1 and values["asynchy_audited_bytes_total"] > 0
+    result = cli("--config", str(env["conf"]), "watch", "--once", "--no-alert", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    cycle = json.loads(result.stdout.splitlines()[-1])
+    assert cycle["damaged"] == [] and cycle["audited_bytes"] > 0
+    assert statuses(env) == {"79600a": "complete"}

@@ -406,6 +406,7 @@ def watch_cmd(ctx: click.Context, /, **kw: Any) -> None:
         epn_pattern=settings.epn_pattern,
         strict_names=settings.strict_names,
         history_days=settings.history_days,
+        audit_every=settings.audit_every,
     )
 
     def tree() -> Tree:
