@@ -27,14 +27,14 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 
 from asynchy.config import SECRET_ENV, Settings
 from asynchy.db import Database
 from asynchy.destinations import copies_unmapped, epn_number, left_unmapped
 from asynchy.errors import AlertError, ConfigError, PortalError
 from asynchy.keyparse import is_loopback
-from asynchy.models import alerts_table, visits_table
+from asynchy.models import alerts_table, audits_table, epns_table, visits_table
 from asynchy.names import encode_name
 from asynchy.portal import Person, Portal, Visit, person_from
 from asynchy.remote.base import Tree
@@ -104,6 +104,7 @@ class AlertSummary:
     all_copied: str | None = (
         None  # why no EPN is left behind for want of a mapping (nothing to say)
     )
+    damaged: list[str] = field(default_factory=list)  # damaged copies named (docs/fixity.md)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +118,7 @@ class AlertSummary:
             "refused_recipients": self.refused,
             "held_back_without_details": self.held_back,
             "all_copied": self.all_copied,
+            "damaged": self.damaged,
         }
 
 
@@ -401,47 +403,34 @@ def alert(
     dry_run: bool = False,
     now: datetime | None = None,
 ) -> AlertSummary:
-    """Send (or, dry, show) one message naming the unmapped EPNs not alerted before; record them."""
+    """Send (or, dry, show) one message naming the unmapped EPNs not alerted before and the
+    damaged copies not named before (docs/fixity.md); record them."""
     now = now or datetime.now(UTC)
     summary = AlertSummary(dry_run=dry_run, to=opts.to)
-    if copies_unmapped(
-        destinations, opts.copy_unmapped
-    ):  # nothing is left behind: say so, send nothing
-        summary.all_copied = (
-            "copy_unmapped is on: EPNs without a mapping are copied into dest/<epn>"
-            if destinations
-            else "no destinations are configured: every EPN is copied into dest/<epn>"
-        )
+    damaged = _damaged_to_alert(db)
+    summary.damaged = [d["epn"] for d in damaged]
+    todo = _unmapped_to_alert(db, on_server, destinations, opts, summary, now)
+    if not todo and not damaged:
         return summary
-    summary.unmapped = sorted(
-        {e for e in on_server if left_unmapped(e, destinations, opts.copy_unmapped)}
-    )
-    since = now - timedelta(days=opts.realert_days) if opts.realert_days is not None else None
-    known = _already_alerted(db, summary.unmapped, since)
-    todo = [e for e in summary.unmapped if e not in known]
-    summary.already = len(summary.unmapped) - len(todo)
-    if not todo:
-        return summary
-    if portal is not None:
+    if todo and portal is not None:
         summary.visits, summary.portal_errors = fetch_visits(db, portal, now)
     visits = cached_visits(db, todo)
-    if opts.only_with_details and not any(e in visits for e in todo):
+    if todo and opts.only_with_details and not any(e in visits for e in todo):
         summary.held_back = True  # HPC ASSyncy's rule; they are named once details are known
-        log.info("no alert: none of %d unmapped EPNs has visit details yet", len(todo))
-        return summary
-    text, html = render(
-        opts.templates,
-        _context(
-            todo,
-            visits,
-            summary.portal_errors,
-            opts.source,
-            opts.config_path,
-            opts.subject,
-            portal=portal is not None or bool(visits),
-        ),
-        opts.template_names,
+        log.info("unmapped EPNs held back: none of %d has visit details yet", len(todo))
+        todo = []
+        if not damaged:
+            return summary
+    context = _context(
+        todo,
+        visits,
+        summary.portal_errors,
+        opts.source,
+        opts.config_path,
+        opts.subject,
+        portal=portal is not None or bool(visits),
     )
+    text, html = render(opts.templates, context | {"damaged": damaged}, opts.template_names)
     msg = build_message(opts, text, html)
     summary.alerted = todo
     if dry_run:
@@ -449,21 +438,84 @@ def alert(
         return summary
     summary.refused = send(msg, opts.smtp)
     summary.sent = True
-    with db.write() as conn:
-        conn.execute(
-            insert(alerts_table),
-            [
-                {
-                    "epn": e,
-                    "sent_at": now,
-                    "recipients": ", ".join(opts.to),
-                    "subject": opts.subject,
-                }
-                for e in todo
-            ],
-        )
-    log.info("alert sent to %s naming %s", ", ".join(opts.to), plural(len(todo), "EPN"))
+    _record_sent(db, opts, todo, damaged, now)
+    log.info(
+        "alert sent to %s naming %s",
+        ", ".join(opts.to),
+        plural(len(todo) + len(damaged), "EPN"),
+    )
     return summary
+
+
+def _unmapped_to_alert(
+    db: Database,
+    on_server: Sequence[str],
+    destinations: Mapping[str, str] | None,
+    opts: AlertOptions,
+    summary: AlertSummary,
+    now: datetime,
+) -> list[str]:
+    """The unmapped EPNs the message names: those not alerted before (or within realert_days)."""
+    if copies_unmapped(destinations, opts.copy_unmapped):  # nothing is left behind for want of one
+        summary.all_copied = (
+            "copy_unmapped is on: EPNs without a mapping are copied into dest/<epn>"
+            if destinations
+            else "no destinations are configured: every EPN is copied into dest/<epn>"
+        )
+        return []
+    summary.unmapped = sorted(
+        {e for e in on_server if left_unmapped(e, destinations, opts.copy_unmapped)}
+    )
+    since = now - timedelta(days=opts.realert_days) if opts.realert_days is not None else None
+    known = _already_alerted(db, summary.unmapped, since)
+    todo = [e for e in summary.unmapped if e not in known]
+    summary.already = len(summary.unmapped) - len(todo)
+    return todo
+
+
+def _damaged_to_alert(db: Database) -> list[dict[str, Any]]:
+    """Damaged EPNs whose audit no alert has named yet (one entry per EPN: its latest audit)."""
+    a, e = audits_table.c, epns_table.c
+    query = (
+        select(a.id, a.epn, a.message)
+        .join(epns_table, e.epn == a.epn)
+        .where(a.result == "damaged", a.alerted_at.is_(None), e.status == "damaged")
+        .order_by(a.epn, a.id)
+    )
+    with db.read() as conn:
+        latest = {epn: (audit_id, message) for audit_id, epn, message in conn.execute(query)}
+    return [{"epn": epn, "message": m or "", "audit_id": i} for epn, (i, m) in latest.items()]
+
+
+def _record_sent(
+    db: Database,
+    opts: AlertOptions,
+    todo: Sequence[str],
+    damaged: Sequence[dict[str, Any]],
+    now: datetime,
+) -> None:
+    a = audits_table.c
+    with db.write() as conn:
+        if todo:
+            conn.execute(
+                insert(alerts_table),
+                [
+                    {
+                        "epn": e,
+                        "sent_at": now,
+                        "recipients": ", ".join(opts.to),
+                        "subject": opts.subject,
+                    }
+                    for e in todo
+                ],
+            )
+        if damaged:
+            conn.execute(
+                update(audits_table)
+                .where(a.epn.in_([d["epn"] for d in damaged]), a.result == "damaged")
+                .where(a.alerted_at.is_(None))
+                .values(alerted_at=now)
+            )
 
 
 def epns_on_server(tree: Tree) -> list[str]:

@@ -35,6 +35,7 @@ from asynchy.fixity import current
 from asynchy.models import audits_table, checksums_table, epns_table, files_table
 from asynchy.names import decode_name, encode_name
 from asynchy.render import plural
+from asynchy.sums import damage_words
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +368,7 @@ def _record(db: Database, one: EpnAudit, begun: datetime, resume_after: str | No
     message = None
     if one.damaged:
         message = (
-            f"{plural(len(one.mismatched), 'file')} differ, {len(one.missing)} missing: "
+            f"{damage_words(len(one.mismatched), len(one.missing))}: "
             + ", ".join(repr(s) for s in shown)
             + (" ..." if one.damaged > 3 else "")
         )

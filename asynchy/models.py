@@ -206,6 +206,7 @@ audits_table = Table(
     Column("result", Text, nullable=False),  # ok, damaged or stopped (a budget ran out)
     Column("resume_after", Text),  # stopped: the last path checked (the next audit goes on there)
     Column("message", Text),  # the first damaged files
+    Column("alerted_at", UTCDateTime),  # damaged: when an alert mail named it
     Index(None, "epn", "finished_at"),
 )
 

@@ -53,3 +53,10 @@ def manifest_line(value: str, path: bytes, algo: str = "md5") -> bytes:
         escaped = path.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
         return b"\\" + value.encode("ascii") + b"  " + escaped + b"\n"
     return value.encode("ascii") + b"  " + path + b"\n"
+
+
+def damage_words(mismatched: int, missing: int) -> str:
+    """``1 file differs, 2 missing``: what an audit found, in words."""
+    return (
+        f"{mismatched:,} file{'s differ' if mismatched != 1 else ' differs'}, {missing:,} missing"
+    )

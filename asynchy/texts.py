@@ -19,6 +19,7 @@ from asynchy.render import (
     shown,
     table,
 )
+from asynchy.sums import damage_words
 
 if TYPE_CHECKING:
     from asynchy.reports import StatusReport
@@ -482,8 +483,15 @@ def alert_preview(summary: Any, html_path: str | None) -> str:
 
 def alert_summary(data: dict[str, Any]) -> str:
     unmapped, alerted = len(data["unmapped"]), len(data["alerted"])
+    damaged = data.get("damaged") or []
+    verb = "alert sent naming" if data.get("sent") else "the alert would name"
+    named = f"{verb} {plural(len(damaged), 'damaged EPN')}: " + ", ".join(
+        shown(e) for e in damaged[:10]
+    )
+    if damaged and not alerted:
+        return named
     if data.get("all_copied"):
-        return f"no alert needed: {data['all_copied']}"
+        return f"no alert needed: {data['all_copied']}" if not damaged else named
     if not alerted:
         line = (
             f"no alert needed: {plural(unmapped, 'unmapped EPN')} on the server, all named in "
@@ -537,7 +545,7 @@ def verified(data: dict[str, Any]) -> str:
 def audited(data: dict[str, Any]) -> str:
     """audit: a line per damaged EPN, then the counts."""
     lines = [
-        f"damaged: {shown(d['epn'])}: {d['mismatched']:,} differ, {d['missing']:,} missing: "
+        f"damaged: {shown(d['epn'])}: {damage_words(d['mismatched'], d['missing'])}: "
         + ", ".join(repr(shown(n)) for n in d["files"][:3])
         + (" ..." if len(d["files"]) > 3 else "")
         for d in data["audits"]

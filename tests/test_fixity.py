@@ -248,7 +248,7 @@ def test_a_flipped_byte_is_found_by_audit_and_only_that_file_is_copied_again(
     assert cli("--config", str(env["conf"]), "verify").exit_code == 0  # size and time agree
     result = audit(cli, env)
     assert result.exit_code == 3, result.stdout + result.stderr
-    assert "damaged: 76000a: 1 differ, 0 missing: 'd/f03.raw'" in result.stdout
+    assert "damaged: 76000a: 1 file differs, 0 missing: 'd/f03.raw'" in result.stdout
     assert statuses(env) == {"76000a": "damaged"}
     assert rows(env["db"], "SELECT path, damage FROM checksums WHERE damage IS NOT NULL") == [
         ("d/f03.raw", "mismatch")
@@ -490,3 +490,38 @@ def test_watch_audits_a_slice_each_cycle_and_the_next_cycle_repairs(
     cycle = json.loads(result.stdout.splitlines()[-1])
     assert cycle["damaged"] == [] and cycle["audited_bytes"] > 0
     assert statuses(env) == {"79600a": "complete"}
+
+
+def test_an_alert_names_a_damaged_copy_once(
+    cli: Any, env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailserver import MailServer
+
+    server = MailServer(tmp_path, user="mover", password="pw").start()
+    monkeypatch.setenv("SSL_CERT_FILE", str(server.cert))
+    try:
+        copy = copied(cli, env, "79700a")
+        flip_a_byte(copy / "d" / "f06.raw")
+        assert audit(cli, env).exit_code == 3
+        reconfigure(
+            env,
+            alert_to=["ops@site.example"],
+            alert_from="asynchy@mover.site.example",
+            smtp_host="127.0.0.1",
+            smtp_port=server.port,
+            smtp_starttls=True,
+            smtp_user="mover",
+        )
+        secret = {"ASYNCHY_SMTP_PASSWORD": "pw"}
+        result = cli("--config", str(env["conf"]), "alert", env=secret)
+        assert result.exit_code == 0, result.stdout + result.stderr
+        assert result.stdout.startswith("alert sent naming 1 damaged EPN: 79700a")
+        ((_, _, msg),) = server.received
+        text = msg.get_body(("plain",)).get_content()
+        assert "1 EPN failed an audit: its copy no longer matches" in text
+        assert "79700a: 1 file differs, 0 missing: 'd/f06.raw'" in text
+        assert "no destination mapping" not in text  # nothing is unmapped: not a word of it
+        again = cli("--config", str(env["conf"]), "alert", env=secret)
+        assert again.stdout.startswith("no alert needed") and len(server.received) == 1
+    finally:
+        server.stop()

@@ -95,7 +95,7 @@ def alert_cmd(
             raise ConfigError(f"--html {html_path} cannot be written: {exc.strerror}") from None
     if as_json:
         click.echo(render.as_json_data(summary.as_dict()))
-    elif dry_run and summary.text is not None and summary.all_copied is None:
+    elif dry_run and summary.text is not None and (summary.all_copied is None or summary.damaged):
         click.echo(texts.alert_preview(summary, html_path))
     else:
         click.echo(texts.alert_summary(summary.as_dict()))

@@ -51,6 +51,7 @@ def upgrade() -> None:
         sa.Column("result", sa.Text(), nullable=False),
         sa.Column("resume_after", sa.Text(), nullable=True),
         sa.Column("message", sa.Text(), nullable=True),
+        sa.Column("alerted_at", asynchy.models.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["epn"], ["epns.epn"], name=op.f("fk_audits_epn_epns"), ondelete="CASCADE"
         ),
