@@ -22,6 +22,7 @@ from asynchy import destfs
 from asynchy.audit import AuditOptions, folder_of
 from asynchy.db import Database
 from asynchy.errors import AsynchyError, PartialFailure, UsageError
+from asynchy.filters import Filters
 from asynchy.fixity import manifest, missing
 from asynchy.render import plural
 
@@ -54,10 +55,12 @@ def make_bag(
     *,
     digests: tuple[str, ...] = DIGESTS,
     organization: str,
+    rules: Filters | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> BagSummary:
-    """The bag of the EPN's copy in ``bag_dir`` (which must not exist, or be empty)."""
-    if missing(db, epn):
+    """The bag of the EPN's copy in ``bag_dir`` (which must not exist, or be empty); ``rules``:
+    the include/exclude filters (what they leave out is not copied, and not in the bag)."""
+    if missing(db, epn, rules):
         raise AsynchyError(
             f"EPN {epn} has regular files without a checksum on record; a bag is made only of a "
             "copy whose every file has one (see v_fixity_gaps)"

@@ -473,6 +473,8 @@ class Batch:
         try:
             if result.ok and result.sums_spool is not None and self.ropts.checksum_algo:
                 fixity.record(self.db, epn, result.sums_spool, self.ropts.checksum_algo)
+                if not part:
+                    result = self._every_file_has_a_value(epn, result)
             if part:
                 self._on_part(item, int(part), result)
             else:
@@ -480,6 +482,18 @@ class Batch:
         finally:
             fixity.discard(result.sums_spool)
         self._counts()
+
+    def _every_file_has_a_value(self, epn: str, result: TransferResult) -> TransferResult:
+        """Fixity's rule, checked in the database too: complete only when every regular file the
+        copy includes has its source checksum on record (docs/fixity.md)."""
+        gaps = fixity.missing(self.db, epn, Filters(self.opts.include, self.opts.exclude))
+        if not gaps:
+            return result
+        return replace(
+            result,
+            classification="verify",
+            reason=f"verify: {plural(gaps, 'regular file')} without a source checksum on record",
+        )
 
     def _on_part(self, item: Running, part: int, result: TransferResult) -> None:
         """One part ended; when the attempt's last one has, the final pass (all copied) or the

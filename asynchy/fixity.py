@@ -21,6 +21,7 @@ from sqlalchemy import Connection, and_, bindparam, func, literal, select
 
 from asynchy import dbclock
 from asynchy.db import Database
+from asynchy.filters import Filters
 from asynchy.models import checksums_table, files_table
 from asynchy.names import decode_name, encode_name
 from asynchy.processes import pid_alive
@@ -105,10 +106,10 @@ def manifest(db: Database, epn: str) -> Iterator[tuple[str, bytes, str]]:
             yield algo, decode_name(path), value
 
 
-def manifest_text(db: Database, epn: str) -> bytes:
-    """The EPN's manifest (coreutils format, one algorithm); UsageError while a regular file has
-    no value on record."""
-    gaps = missing(db, epn)
+def manifest_text(db: Database, epn: str, rules: Filters | None = None) -> bytes:
+    """The EPN's manifest (coreutils format, one algorithm); an error while a regular file that
+    the include/exclude ``rules`` copy has no value on record."""
+    gaps = missing(db, epn, rules)
     if gaps:
         from asynchy.errors import AsynchyError
 
@@ -132,15 +133,19 @@ def manifest_text(db: Database, epn: str) -> bytes:
     return b"".join(lines)
 
 
-def missing(db: Database, epn: str) -> int:
-    """Regular files of the EPN without a current value."""
+def missing(db: Database, epn: str, rules: Filters | None = None) -> int:
+    """Regular files of the EPN without a current value (those the include/exclude ``rules``
+    leave out are never copied, and not counted)."""
     query = (
         select(f.path)
         .outerjoin(checksums_table, current())
         .where(f.epn == epn, f.kind == "file", c.epn.is_(None))
     )
     with db.read() as conn:
-        return len(conn.execute(query).all())
+        paths = conn.execute(query).scalars()
+        if not rules:
+            return sum(1 for _ in paths)
+        return sum(1 for p in paths if not rules.excludes(decode_name(p)))
 
 
 # ------------------------------------------------------------------ for status and show

@@ -8,6 +8,8 @@ Tree: 12 EPNs (~1.5 GB): 300 small files each (1-60 KiB) and one 128 MiB file
 in 11 of them, random data, served by a loopback OpenSSH sshd.  Each run
 copies into an empty destination.  asynchy's database is walked before the
 timed part (the walk has its own benchmark); its sync includes verification.
+asynchy runs twice per turn: with fixity (the default: every file's source
+checksum recorded, docs/fixity.md) and with `fixity: false`.
 Reported: medians of wall time; asynchy's own CPU (its Python process, read
 from /proc, not rsync or ssh) against the CPU of the whole run (every process
 on the machine, from /proc/stat); the time from starting `asynchy sync` to
@@ -140,12 +142,18 @@ def main() -> None:
         f'exec {shutil.which("rsync")} "$@"\n'
     )
     wrapper.chmod(0o755)
-    results: dict[str, list[dict[str, float]]] = {"asynchy": [], "xargs": [], "merc": []}
-    envs = {"asynchy": env}
+    results: dict[str, list[dict[str, float]]] = {
+        "asynchy": [],
+        "xargs": [],
+        "merc": [],
+        "nofixity": [],
+    }
+    # fixity (docs/fixity.md) on, as by default, and off: its cost, measured in the same turns
+    envs = {"asynchy": env, "nofixity": {**env, "ASYNCHY_FIXITY": "false"}}
     if args.before:
         results["before"] = []
         envs["before"] = {**env, "PYTHONPATH": str(Path(args.before).resolve())}
-    startups: dict[str, list[float]] = {"asynchy": [], "before": []}
+    startups: dict[str, list[float]] = {"asynchy": [], "before": [], "nofixity": []}
     try:
         for run in range(args.runs):
             for name in results:
@@ -155,7 +163,7 @@ def main() -> None:
                 shutil.rmtree(dest, ignore_errors=True)
                 dest.mkdir()
                 subprocess.run(["sync"], check=True)
-                if name in ("asynchy", "before"):
+                if name in ("asynchy", "before", "nofixity"):
                     common = asynchy_argv(
                         fresh(work / "bench.db"),
                         sshd,
@@ -238,6 +246,7 @@ def main() -> None:
         "asynchy": "asynchy sync --threads 2",
         "xargs": "ls \\| xargs -P 2 rsync",
         "merc": "MeRC asynchy loop",
+        "nofixity": "asynchy sync --threads 2, fixity: false",
         "before": f"asynchy sync --threads 2, at {describe(args.before)}" if args.before else "",
     }
     for name, runs in results.items():
@@ -247,6 +256,9 @@ def main() -> None:
         )
     pairs = [
         a["wall"] / x["wall"] for a, x in zip(results["asynchy"], results["xargs"], strict=False)
+    ]
+    fixity_pairs = [
+        a["wall"] / n["wall"] for a, n in zip(results["asynchy"], results["nofixity"], strict=False)
     ]
     self_share = statistics.median(r["self_cpu"] / r["machine_cpu"] for r in results["asynchy"])
     lines += [
@@ -260,6 +272,8 @@ def main() -> None:
         f"| start-up to the first rsync (median) | {statistics.median(startups['asynchy']):.3f} s | < 0.3 s |",
         f"| MeRC loop / asynchy, wall time | {med('merc') / med('asynchy'):.2f} | (> 1: the busy wait costs) |",
         f"| MeRC loop / asynchy, machine CPU | {med('merc', 'machine_cpu') / med('asynchy', 'machine_cpu'):.2f} | |",
+        f"| fixity on / off, wall time (median of the pairs: "
+        f"{', '.join(f'{x:.2f}' for x in fixity_pairs)}) | {statistics.median(fixity_pairs):.3f} | <= 1.03 |",
     ]
     if args.before:
         before_pairs = [

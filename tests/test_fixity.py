@@ -525,3 +525,16 @@ def test_an_alert_names_a_damaged_copy_once(
         assert again.stdout.startswith("no alert needed") and len(server.received) == 1
     finally:
         server.stop()
+
+
+def test_files_left_out_by_the_filters_need_no_value(cli: Any, env: dict[str, Any]) -> None:
+    write_file(env["src"] / "79800a" / "keep.cbf", b"k")
+    write_file(env["src"] / "79800a" / "scratch.tmp", b"t")
+    walk(cli, env)
+    reconfigure(env, exclude=["*.tmp"])
+    result = sync(cli, env)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert statuses(env) == {"79800a": "complete"}
+    result = cli("--config", str(env["conf"]), "manifest", "79800a")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout_bytes.endswith(b"  keep.cbf\n") and b"scratch" not in result.stdout_bytes

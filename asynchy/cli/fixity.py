@@ -135,11 +135,12 @@ def manifest_cmd(ctx: click.Context, /, epn: str) -> None:
         (cd /vault/12282a && xxh128sum -c --quiet) < 12282a.xxh128
     """
     from asynchy import fixity
+    from asynchy.filters import from_settings
     from asynchy.lookup import require_known
 
-    _, db = open_existing(ctx)
+    settings, db = open_existing(ctx)
     require_known(db, [epn])
-    body = fixity.manifest_text(db, epn)
+    body = fixity.manifest_text(db, epn, from_settings(settings))
     sys.stdout.buffer.write(body)
     sys.stdout.buffer.flush()
 
@@ -199,8 +200,16 @@ def bag_cmd(
         layout=settings.layout,
     )
     org = organization or (f"the facility at {settings.host}" if settings.host else "unknown")
+    from asynchy.filters import from_settings
+
     summary = make_bag(
-        db, epn, bag_dir.resolve(), where, digests=digests or DIGESTS, organization=org
+        db,
+        epn,
+        bag_dir.resolve(),
+        where,
+        digests=digests or DIGESTS,
+        organization=org,
+        rules=from_settings(settings),
     )
     data = {
         "epn": summary.epn,
