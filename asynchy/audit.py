@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,11 +36,13 @@ from asynchy.fixity import current
 from asynchy.models import audits_table, checksums_table, epns_table, files_table
 from asynchy.names import decode_name, encode_name
 from asynchy.render import plural
-from asynchy.sums import damage_words
+from asynchy.sums import components, damage_words
 
 log = logging.getLogger(__name__)
 
 CHUNK = 500  # files per step: the budget is looked at between steps
+GROUP_BYTES, GROUP_FILES = 64 << 20, 64  # one task of the reading threads
+Row = tuple[str, bytes, str, str, int]  # stored path, path bytes, algo, recorded hex, size
 BLOCK = 1 << 20
 c, f, e, a = checksums_table.c, files_table.c, epns_table.c, audits_table.c
 
@@ -97,7 +100,10 @@ class AuditProgress(Protocol):
 def digest(fd_dir: int, rel: bytes, algo: str) -> tuple[str | None, int]:
     """(hex, bytes read) of ``rel`` below the open folder, every component entered without
     following symlinks; (None, 0) when it is missing or not a regular file."""
-    parts = rel.split(b"/")
+    try:
+        parts = components(rel)
+    except ValueError:
+        return None, 0  # never read outside the EPN's copy
     fds: list[int] = []
     try:
         at = fd_dir
@@ -113,17 +119,32 @@ def digest(fd_dir: int, rel: bytes, algo: str) -> tuple[str | None, int]:
         for opened in fds:
             os.close(opened)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             return None, 0
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        if st.st_size > BLOCK:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         h = _hasher(algo)
         total = 0
-        while block := os.read(fd, BLOCK):
-            h.update(block)
-            total += len(block)
+        buffer = _buffer()
+        view = memoryview(buffer)
+        while n := os.readv(fd, [buffer]):  # into this thread's buffer: no new bytes per block
+            h.update(view[:n])
+            total += n
         return h.hexdigest(), total
     finally:
         os.close(fd)
+
+
+_local = threading.local()
+
+
+def _buffer() -> bytearray:
+    """This thread's read buffer (one per reading thread, reused for every file)."""
+    buffer: bytearray | None = getattr(_local, "buffer", None)
+    if buffer is None:
+        buffer = _local.buffer = bytearray(BLOCK)
+    return buffer
 
 
 def _hasher(algo: str) -> Any:
@@ -261,11 +282,66 @@ def _audit_epn(
 
 
 def _digests(
-    pool: ThreadPoolExecutor, fd: int | None, chunk: list[tuple[str, bytes, str, str]]
+    pool: ThreadPoolExecutor, fd: int | None, chunk: list[Row]
 ) -> list[tuple[str | None, int]]:
+    """The chunk's files read in the pool, a group of neighbours per task (each group opens its
+    folders once; groups of about GROUP_BYTES keep the threads evenly busy)."""
     if fd is None:
         return [(None, 0) for _ in chunk]
-    return list(pool.map(lambda row: digest(fd, row[1], row[2]), chunk))
+    groups: list[list[tuple[int, Row]]] = [[]]
+    weight = 0
+    for i, row in enumerate(chunk):
+        if groups[-1] and (weight >= GROUP_BYTES or len(groups[-1]) >= GROUP_FILES):
+            groups.append([])
+            weight = 0
+        groups[-1].append((i, row))
+        weight += row[4]
+    results: list[tuple[str | None, int]] = [(None, 0)] * len(chunk)
+    for done in pool.map(lambda group: _digest_group(fd, group), groups):
+        for i, result in done:
+            results[i] = result
+    return results
+
+
+def _digest_group(
+    fd: int, group: list[tuple[int, Row]]
+) -> list[tuple[int, tuple[str | None, int]]]:
+    folders: dict[bytes, int | None] = {b"": fd}
+    try:
+        out = []
+        for i, (_stored, raw, algo, _want, _size) in group:
+            parent, _, name = raw.rpartition(b"/")
+            if parent not in folders:
+                folders[parent] = _open_folder(fd, parent)
+            at = folders[parent]
+            out.append((i, digest(at, name, algo) if at is not None else (None, 0)))
+        return out
+    finally:
+        for opened in folders.values():
+            if opened is not None and opened != fd:
+                os.close(opened)
+
+
+def _open_folder(fd: int, path: bytes) -> int | None:
+    """A folder below the EPN's copy, entered without following symlinks; None if it is not one."""
+    try:
+        parts = components(path)
+    except ValueError:
+        return None
+    at = fd
+    try:
+        for name in parts:
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=at)
+            if at != fd:
+                os.close(at)
+            at = child
+    except OSError as exc:
+        if at != fd:
+            os.close(at)
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+            return None
+        raise
+    return at
 
 
 def _resume_after(db: Database, epn: str) -> str | None:
@@ -276,14 +352,12 @@ def _resume_after(db: Database, epn: str) -> str | None:
     return row.resume_after if row is not None and row.result == "stopped" else None
 
 
-def _files(
-    db: Database, epn: str, after: str | None
-) -> Iterator[list[tuple[str, bytes, str, str]]]:
+def _files(db: Database, epn: str, after: str | None) -> Iterator[list[Row]]:
     """(stored path, path bytes, algo, hex) of the EPN's files with a current value, by path, in
     chunks (keyset: never the whole list at once)."""
     while True:
         query = (
-            select(f.path, c.algo, c.value)
+            select(f.path, c.algo, c.value, f.size)
             .join(checksums_table, current())
             .where(f.epn == epn, f.kind == "file")
             .order_by(f.path)
@@ -295,21 +369,21 @@ def _files(
             rows = conn.execute(query).all()
         if not rows:
             return
-        yield [(p, decode_name(p), algo, value) for p, algo, value in rows]
+        yield [(p, decode_name(p), algo, value, int(size)) for p, algo, value, size in rows]
         after = rows[-1][0]
 
 
 def _checked(
     db: Database,
     epn: str,
-    chunk: list[tuple[str, bytes, str, str]],
+    chunk: list[Row],
     results: list[tuple[str | None, int]],
     one: EpnAudit,
     progress: AuditProgress | None,
 ) -> None:
     ok: list[dict[str, str]] = []
     bad: list[dict[str, str]] = []
-    for (stored, raw, _algo, want), (got, nbytes) in zip(chunk, results, strict=True):
+    for (stored, raw, _algo, want, _size), (got, nbytes) in zip(chunk, results, strict=True):
         one.files += 1
         one.bytes += nbytes
         if got is None:

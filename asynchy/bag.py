@@ -25,6 +25,7 @@ from asynchy.errors import AsynchyError, PartialFailure, UsageError
 from asynchy.filters import Filters
 from asynchy.fixity import manifest, missing
 from asynchy.render import plural
+from asynchy.sums import components
 
 DIGESTS = ("sha256", "sha512")
 BLOCK = 1 << 20
@@ -80,6 +81,10 @@ def make_bag(
     folder, root = folder_of(where, epn, row.dest_path)
     files = list(manifest(db, epn))
     for _algo, path, _value in files:
+        try:
+            components(path)
+        except ValueError as exc:
+            raise AsynchyError(f"EPN {epn}: {exc}; no bag was made") from None
         try:
             path.decode("utf-8")
         except UnicodeDecodeError:
@@ -138,7 +143,7 @@ def _place(
     fd: int, path: bytes, data: Path, algo: str, digests: tuple[str, ...]
 ) -> tuple[dict[str, str], int, str]:
     """Link (or copy) one file of the copy into the payload; its digests from one read."""
-    parts = path.split(b"/")
+    parts = components(path)  # ValueError: refused before anything is linked
     at = fd
     opened: list[int] = []
     try:

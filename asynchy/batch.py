@@ -309,8 +309,8 @@ class Batch:
         expected = job.expected
         if opts.dry_run:  # a dry run's job expects nothing: the plan shows the split all the same
             rules = Filters(opts.include, opts.exclude)
-            expected = tuple(
-                x for x in claims.expected_files(self.db, planned.epn) if not rules.excludes(x[0])
+            expected = claims.expected_files(self.db, planned.epn).only(
+                lambda path: not rules.excludes(path)
             )
         parts = split_files([(path, size) for path, size, _m, _k in expected], k)
         return parts if len(parts) > 1 else []
@@ -437,11 +437,10 @@ class Batch:
         number = (claim.attempts if claim else 0) + tries + 1
         attempt = Attempt(planned.epn, claim.token if claim else 0, number, repair, part)
         whole = not self.opts.dry_run and part is None
-        expected = claims.expected_files(self.db, planned.epn) if whole else ()
         algo = self.ropts.checksum_algo
-        have = fixity.have(self.db, planned.epn, algo) if whole and algo else frozenset()
+        expected = claims.expected_files(self.db, planned.epn, algo) if whole else None
         ropts = replace(self.ropts, bwlimit=bwlimit)
-        return build_job(self.opts, ropts, self.target, attempt, expected, have)
+        return build_job(self.opts, ropts, self.target, attempt, expected)
 
     # -------------------------------------------------------------- results
     def _on_progress(self, event: Progressed) -> None:

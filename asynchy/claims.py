@@ -40,7 +40,7 @@ from asynchy.db import Database
 from asynchy.destinations import is_mapped
 from asynchy.eligibility import Conditions, claimable, flags, reason_of
 from asynchy.failures import Decision
-from asynchy.jobs import Order, TransferResult
+from asynchy.jobs import Expected, Order, TransferResult
 from asynchy.models import (
     UTCDateTime,
     epns_table,
@@ -285,12 +285,23 @@ def walk_state(db: Database, epn: str) -> tuple[bool, int, int]:
     return bool(row.walk_complete), int(row.size), int(row.file_count)
 
 
-def expected_files(db: Database, epn: str) -> tuple[tuple[bytes, int, int, str], ...]:
-    """The inventory's files of an EPN: (path bytes, size, mtime seconds, kind)."""
+def expected_files(db: Database, epn: str, algo: str | None = None) -> Expected:
+    """The inventory's files of an EPN, streamed into a compact Expected; with ``algo`` (fixity),
+    each flagged when its source checksum of that algorithm is on record already."""
+    from asynchy.fixity import has_value
+
     f = files_table.c
+    # the time as Unix seconds straight from the database: no datetime object per file
+    seconds = func.strftime("%s", f.modified) if db.is_sqlite else func.extract("epoch", f.modified)
+    columns = [f.path, f.size, seconds, f.kind]
+    if algo is not None:
+        columns.append(has_value(algo))
+    query = select(*columns).where(f.epn == epn).execution_options(yield_per=20_000)
     with db.read() as conn:
-        rows = conn.execute(select(f.path, f.size, f.modified, f.kind).where(f.epn == epn)).all()
-    return tuple((decode_name(p), int(s), int(m.timestamp()), k) for p, s, m, k in rows)
+        return Expected(
+            (decode_name(row[0]), int(row[1]), int(row[2]), row[3], *row[4:])
+            for row in conn.execute(query)
+        )
 
 
 @functools.lru_cache(maxsize=32)

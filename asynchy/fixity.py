@@ -82,15 +82,10 @@ def _chunks(lines: Iterator[tuple[bytes, str, str]]) -> Iterator[list[dict[str, 
         yield chunk
 
 
-def have(db: Database, epn: str, algo: str) -> frozenset[bytes]:
-    """The EPN's regular files that have a current value of this algorithm (path bytes)."""
-    query = (
-        select(f.path)
-        .join(checksums_table, current())
-        .where(f.epn == epn, f.kind == "file", c.algo == algo)
-    )
-    with db.read() as conn:
-        return frozenset(decode_name(p) for (p,) in conn.execute(query))
+def has_value(algo: str) -> Any:
+    """A column for a select over ``files``: whether the file's current value of ``algo`` is on
+    record (an EXISTS, so the files stay one row each)."""
+    return select(c.epn).where(current(), c.algo == algo).exists().label("has_value")
 
 
 def manifest(db: Database, epn: str) -> Iterator[tuple[str, bytes, str]]:

@@ -9,6 +9,8 @@ I/O here; every module of the sync path may import this one.
 from __future__ import annotations
 
 import os
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from dataclasses import replace as _replace
 from datetime import UTC, datetime
@@ -30,6 +32,71 @@ Order = Literal["ASC", "DESC"]  # sync --order: the oldest or the newest EPNs fi
 PART_MARK = "\x00"  # between an EPN and its part number in Job.key
 
 
+KINDS = ("file", "symlink", "unverified")
+
+
+class Expected:
+    """The inventory's files of an EPN, compact: ``(path bytes, size, mtime seconds, kind)`` per
+    file when iterated, held as one bytes of names and three arrays (about 65 bytes a file, not
+    the 200 of a tuple each: an EPN of a million files).  ``have``: which files have their source
+    checksum on record already (fixity), one flag each.  Picklable; never changed once built."""
+
+    __slots__ = ("_ends", "_have", "_kinds", "_mtimes", "_names", "_sizes")
+
+    def __init__(self, rows: Iterable[tuple[Any, ...]] = ()) -> None:
+        """``rows``: (path, size, mtime, kind) or (path, size, mtime, kind, has a value)."""
+        names = bytearray()
+        ends, sizes, mtimes = array("q"), array("q"), array("q")
+        kinds, have = bytearray(), bytearray()
+        for row in rows:
+            names += row[0]
+            ends.append(len(names))
+            sizes.append(row[1])
+            mtimes.append(row[2])
+            kinds.append(KINDS.index(row[3]))
+            have.append(1 if len(row) > 4 and row[4] else 0)
+        # kept as built (a bytes copy of a million names would double them for a moment)
+        self._names, self._ends, self._sizes, self._mtimes = names, ends, sizes, mtimes
+        self._kinds, self._have = bytes(kinds), bytes(have)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __iter__(self) -> Iterator[tuple[bytes, int, int, str]]:
+        names, ends, sizes, mtimes, kinds = (
+            memoryview(self._names),
+            self._ends,
+            self._sizes,
+            self._mtimes,
+            self._kinds,
+        )
+        start = 0
+        for i, end in enumerate(ends):
+            yield bytes(names[start:end]), sizes[i], mtimes[i], KINDS[kinds[i]]
+            start = end
+
+    def has_value(self) -> Iterator[bool]:
+        """Per file, in order: whether its source checksum is on record already."""
+        return (bool(flag) for flag in self._have)
+
+    def only(self, keep: Callable[[bytes], bool]) -> Expected:
+        """The files whose path ``keep`` accepts (their flags kept)."""
+        return Expected(
+            (*row, flag) for row, flag in zip(self, self.has_value(), strict=True) if keep(row[0])
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Expected) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self._names, self._ends, self._sizes, self._mtimes, self._kinds, self._have)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self._names, self._ends, self._sizes, self._mtimes, self._kinds, self._have = state
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     epn: str
@@ -39,7 +106,7 @@ class Job:
     argv: tuple[str, ...]
     stdin: bytes
     dest_dir: bytes  # the folder that receives the EPN's content: rsync runs there (its cwd)
-    expected: tuple[tuple[bytes, int, int, str], ...]  # (path in the EPN, size, mtime, kind)
+    expected: Expected  # the inventory's files (path in the EPN, size, mtime, kind)
     regular_files: int  # regular files the inventory lists (an empty source is not a success)
     temp_dir: bytes | None = None  # rsync --temp-dir: emptied before and removed after each attempt
     partial_dir: bytes | None = None  # --partial: kept between attempts, removed once complete
@@ -60,11 +127,10 @@ class Job:
     # destination): every folder under it is entered without following symlinks (asynchy.destfs)
     dest_root: bytes | None = None
     # Fixity (docs/fixity.md): the spool file this job's checksum lines go to; for the whole EPN,
-    # the source pass that fetches the values of files this run did not transfer, and the files
-    # that have a current value already (path bytes)
+    # the source pass that fetches the values of files this run did not transfer (which files
+    # have a value already: ``expected.has_value()``)
     sums_spool: str | None = None
     sums_argv: tuple[str, ...] | None = None
-    have_sums: frozenset[bytes] = frozenset()
 
     @property
     def key(self) -> str:
@@ -117,8 +183,7 @@ def build_job(
     ropts: RsyncOptions,
     target: SshTarget | None,
     attempt: Attempt,
-    expected: tuple[tuple[bytes, int, int, str], ...] = (),
-    have_sums: frozenset[bytes] = frozenset(),
+    expected: Expected | None = None,
 ) -> Job:
     """The frozen Job of one attempt: what a pool worker needs, nothing more.  ``expected`` is the
     inventory's files of the EPN; what the include/exclude rules leave out is not expected.
@@ -163,7 +228,9 @@ def build_job(
     if attempt.part is not None:
         files = attempt.part[1]
         stdin = b"".join(raw + b"/./" + name + b"\0" for name in files)
-        return Job(**common, stdin=stdin, expected=(), regular_files=0, part=attempt.part[0])
+        return Job(
+            **common, stdin=stdin, expected=Expected(), regular_files=0, part=attempt.part[0]
+        )
     check_argv = repair_argv = None
     by_checksum = opts.verify == "checksum" or attempt.repair
     if not opts.dry_run:
@@ -173,8 +240,9 @@ def build_job(
                 opts=_replace(ropts, repair=True), temp_dir=temp, partial_dir=partial
             )
     rules = Filters(opts.include, opts.exclude)
+    expected = expected if expected is not None else Expected()
     if rules:  # what rsync is told to leave out is not expected in the copy
-        expected = tuple(x for x in expected if not rules.excludes(x[0]))
+        expected = expected.only(lambda path: not rules.excludes(path))
     return Job(
         **common,
         stdin=files_from(raw),
@@ -185,7 +253,6 @@ def build_job(
         repair_argv=repair_argv,
         dry_run=opts.dry_run,
         sums_argv=argv(opts=ropts, check="sums") if "sums_spool" in common else None,
-        have_sums=have_sums,
     )
 
 

@@ -236,7 +236,7 @@ def _check_copy(
     """The local copy against the inventory (size, mtime, kind of every file)."""
     expected = claims.expected_files(db, epn)
     if rules:
-        expected = tuple(x for x in expected if not rules.excludes(x[0]))
+        expected = expected.only(lambda path: not rules.excludes(path))
     raw = decode_name(epn)
     job = Job(
         epn=epn,

@@ -30,7 +30,7 @@ from asynchy.names import decode_name
 from asynchy.render import plural
 from asynchy.rsync import RsyncOptions, describe_exit, rsync_argv
 from asynchy.rsyncrun import ITEMIZE_WIDTH, Sums, run_rsync
-from asynchy.sums import read_spool
+from asynchy.sums import components, read_spool
 from asynchy.sync_types import SyncOptions, SyncSummary
 
 log = logging.getLogger("asynchy.repair")
@@ -98,6 +98,12 @@ def _repair(
     raw = decode_name(epn)
     cwd = f"/proc/self/fd/{fd}".encode()
     groups = _damaged_files(db, epn)
+    for files in groups.values():
+        for path, _ in files:
+            try:
+                components(path)
+            except ValueError as exc:
+                return f"cannot repair: {exc}"
     for algo, files in groups.items():
         pinned = replace(ropts, checksum_algo=algo)
         stdin = b"".join(raw + b"/./" + path + b"\0" for path, _ in files)

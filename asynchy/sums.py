@@ -60,3 +60,12 @@ def damage_words(mismatched: int, missing: int) -> str:
     return (
         f"{mismatched:,} file{'s differ' if mismatched != 1 else ' differs'}, {missing:,} missing"
     )
+
+
+def components(path: bytes) -> list[bytes]:
+    """The components of a path inside an EPN; ValueError for one that is empty, ``.`` or ``..``
+    (the walk never records such a path; a database from elsewhere might)."""
+    parts = path.split(b"/")
+    if any(part in (b"", b".", b"..") for part in parts):
+        raise ValueError(f"{path!r} is not a plain path inside an EPN")
+    return parts

@@ -9,10 +9,14 @@ with its whole process group) is asynchy.rsyncrun's.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
@@ -92,6 +96,7 @@ def run_job(job: Job, on_progress: ProgressFn | None = None, cancel: Any = None)
             argv=argv,
             check_argv=with_slot(job.check_argv, slot),
             repair_argv=with_slot(job.repair_argv, slot),
+            sums_argv=with_slot(job.sums_argv, slot),
         )
         result = _run_job(job, on_progress, cancel)
         if result.classification in ("link", "setup", "cancelled"):
@@ -378,11 +383,15 @@ def _source_sums(
     attempt or from the parts, or unchanged) are read at the source in one pass over just them."""
     assert job.sums_spool is not None and job.sums_argv is not None
     spool.flush()
-    sent = {path for path, _value, _how in read_spool(job.sums_spool)}
+    # The names the copy printed, as sorted hashes (8 bytes each, not a set of a million names);
+    # a collision could only leave a file without its value, which the database check refuses.
+    sent = _sorted_hashes(hash(path) for path, _value, _how in read_spool(job.sums_spool))
     need = [
         path
-        for path, _size, _mtime, kind in job.expected
-        if kind == "file" and path not in job.have_sums and path not in sent
+        for (path, _size, _mtime, kind), has in zip(
+            job.expected, job.expected.has_value(), strict=True
+        )
+        if kind == "file" and not has and not _among(sent, hash(path))
     ]
     del sent
     if not need:
@@ -405,3 +414,17 @@ def _source_sums(
                 f"(e.g. {os.fsdecode(gone[0])!r}): listing it again"
             )
     return "ok", None
+
+
+def _sorted_hashes(values: Iterator[int], chunk: int = 1 << 16) -> array[int]:
+    """The values sorted into one array, by sorted chunks merged: never a list of them all."""
+    runs: list[array[int]] = []
+    while part := list(itertools.islice(values, chunk)):
+        part.sort()
+        runs.append(array("q", part))
+    return array("q", heapq.merge(*runs))
+
+
+def _among(ordered: array[int], value: int) -> bool:
+    at = bisect_left(ordered, value)
+    return at < len(ordered) and ordered[at] == value

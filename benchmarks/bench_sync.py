@@ -260,6 +260,7 @@ def main() -> None:
     fixity_pairs = [
         a["wall"] / n["wall"] for a, n in zip(results["asynchy"], results["nofixity"], strict=False)
     ]
+    off_share = statistics.median(r["self_cpu"] / r["machine_cpu"] for r in results["nofixity"])
     self_share = statistics.median(r["self_cpu"] / r["machine_cpu"] for r in results["asynchy"])
     lines += [
         "",
@@ -269,6 +270,7 @@ def main() -> None:
         f"| asynchy / xargs rsync, wall time (median of the {len(pairs)} pairs: {', '.join(f'{x:.2f}' for x in pairs)}) "
         f"| {statistics.median(pairs):.3f} | <= 1.05 |",
         f"| asynchy's own CPU / all CPU of the run | {100 * self_share:.1f} % | <= 5 % |",
+        f"| the same with fixity: false | {100 * off_share:.1f} % | |",
         f"| start-up to the first rsync (median) | {statistics.median(startups['asynchy']):.3f} s | < 0.3 s |",
         f"| MeRC loop / asynchy, wall time | {med('merc') / med('asynchy'):.2f} | (> 1: the busy wait costs) |",
         f"| MeRC loop / asynchy, machine CPU | {med('merc', 'machine_cpu') / med('asynchy', 'machine_cpu'):.2f} | |",

@@ -119,20 +119,21 @@ def test_md5_when_asked_and_files_already_in_place_are_read_at_the_source(
     assert {a for a, _v, _h in got.values()} == {"md5"}
 
 
+@pytest.mark.parametrize("partial", [(), ("--partial",)], ids=["", "partial"])
 def test_kill_9_mid_copy_then_rerun_every_file_has_the_right_value(
-    cli: Any, env: dict[str, Any]
+    cli: Any, env: dict[str, Any], partial: tuple[str, ...]
 ) -> None:
     big_epns(env["src"], ["71000a", "71001a"])
     for n in range(20):
         write_file(env["src"] / "71000a" / f"s{n:02d}", os.urandom(2000 + n))
     walk(cli, env)
-    proc = spawn_sync(env, "--bwlimit", "2000", "--threads", "2")
+    proc = spawn_sync(env, "--bwlimit", "2000", "--threads", "2", *partial)
     wait_until(lambda: landed(env["dest"]) > 3 * 2**20, what="the copies to be under way")
     proc.kill()
     proc.wait()
     wait_until(lambda: not rsyncs_into(env["dest"]), timeout=10, what="orphan rsyncs to die")
     assert rows(env["db"], "SELECT count(*) FROM checksums") == [(0,)]  # nothing half-true
-    result = sync(cli, env)
+    result = sync(cli, env, *partial)  # with --partial: the big files resume from what is there
     assert result.exit_code == 0, result.stdout + result.stderr
     assert set(statuses(env).values()) == {"complete"}
     for epn in ("71000a", "71001a"):
@@ -538,3 +539,48 @@ def test_files_left_out_by_the_filters_need_no_value(cli: Any, env: dict[str, An
     result = cli("--config", str(env["conf"]), "manifest", "79800a")
     assert result.exit_code == 0, result.stderr
     assert result.stdout_bytes.endswith(b"  keep.cbf\n") and b"scratch" not in result.stdout_bytes
+
+
+def test_expected_files_are_held_compactly_and_read_back_exactly() -> None:
+    import pickle
+
+    from asynchy.jobs import Expected
+
+    rows = [
+        (b"a/new\nline", 0, 1, "file", True),
+        (b"\xff\xfe", 7, 2, "symlink", False),
+        (b"d/x", 2**40, -3, "unverified", True),
+    ]
+    got = Expected(rows)
+    assert list(got) == [r[:4] for r in rows] and len(got) == 3
+    assert list(got.has_value()) == [True, False, True]
+    again = pickle.loads(pickle.dumps(got))  # as a --parallel worker gets it
+    assert list(again) == list(got) and list(again.has_value()) == [True, False, True]
+    kept = got.only(lambda path: path != b"\xff\xfe")
+    assert [p for p, *_ in kept] == [b"a/new\nline", b"d/x"]
+    assert list(kept.has_value()) == [True, True]
+    assert list(Expected([r[:4] for r in rows]).has_value()) == [False, False, False]
+
+
+def test_an_audit_never_reads_outside_the_copy(cli: Any, env: dict[str, Any]) -> None:
+    """A path with '..' (never recorded by a walk; a database from elsewhere might hold one)
+    counts as missing: the file beside the copy is not opened."""
+    copy = copied(cli, env, "79900a", files=1)
+    secret = copy.parent / "secret"
+    secret.write_bytes(b"not the EPN's")
+    value = subprocess.run(["xxh128sum", str(secret)], capture_output=True, check=True).stdout
+    rows(
+        env["db"],
+        "INSERT INTO files (epn, path, size, modified, kind) "
+        "SELECT epn, '../secret', 13, modified, 'file' FROM files WHERE epn = '79900a'",
+    )
+    rows(
+        env["db"],
+        "INSERT INTO checksums (epn, path, algo, value, size, modified, obtained, recorded_at) "
+        "SELECT epn, path, 'xxh128', ?, size, modified, 'transfer', datetime('now') "
+        "FROM files WHERE path = '../secret'",
+        value.split()[0].decode(),
+    )
+    result = audit(cli, env, "--json")
+    assert result.exit_code == 3
+    assert json.loads(result.stdout)["audits"][0]["missing"] == 1
