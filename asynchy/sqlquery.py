@@ -261,6 +261,9 @@ _READ_ACTIONS = {
     sqlite3.SQLITE_RECURSIVE,
     sqlite3.SQLITE_TRANSACTION,
 }
+# fts3_tokenizer returns (and, given a second argument, takes) a raw C pointer: an address leak
+# and a way to make SQLite call into arbitrary memory; load_extension loads code.
+_DENIED_FUNCTIONS = {"fts3_tokenizer", "load_extension"}
 _READ_PRAGMAS = {
     "table_info",
     "table_xinfo",
@@ -295,7 +298,9 @@ def READ_ONLY_AUTHORIZER(
     action: int, arg1: str | None, arg2: str | None, _db: str | None, _src: str | None
 ) -> int:
     """SQLite authorizer of ``asynchy sql``: reading only; no ATTACH (it creates files), no
-    setting changed (a PRAGMA with a value)."""
+    setting changed (a PRAGMA with a value), no function that hands out or takes a pointer."""
+    if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _DENIED_FUNCTIONS:
+        return sqlite3.SQLITE_DENY
     if action in _READ_ACTIONS:
         return sqlite3.SQLITE_OK
     if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _READ_PRAGMAS:

@@ -318,6 +318,15 @@ def test_sql_refuses_what_sqlite_would_let_write_elsewhere(
     assert not (tmp_path / "new.db").exists() and not (tmp_path / "copy.db").exists()
 
 
+def test_sql_refuses_functions_that_leak_or_take_a_pointer(cli: Any, known: Path) -> None:
+    """fts3_tokenizer('porter') printed the address of SQLite's tokenizer (issue 19)."""
+    for query in ("SELECT hex(fts3_tokenizer('porter'))", "SELECT load_extension('x')"):
+        result = cli("--db", str(known), "sql", query)
+        assert result.exit_code == 2, (query, result.stdout)
+        assert result.stdout == "" and "not authorized" in result.stderr
+        assert result.stderr.count("\n") == 1
+
+
 def test_sql_bad_query(cli: Any, known: Path) -> None:
     result = cli("--db", str(known), "sql", "SELECT 1 FRM epns")
     assert result.exit_code == 2
