@@ -124,7 +124,7 @@ def digest(fd_dir: int, rel: bytes, algo: str) -> tuple[str | None, int]:
             return None, 0
         if st.st_size > BLOCK:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        h = _hasher(algo)
+        h = transfer_hasher(algo)
         total = 0
         buffer = _buffer()
         view = memoryview(buffer)
@@ -147,7 +147,8 @@ def _buffer() -> bytearray:
     return buffer
 
 
-def _hasher(algo: str) -> Any:
+def transfer_hasher(algo: str) -> Any:
+    """A hash object of the transfer checksum ``algo`` (xxh128 or md5), as rsync's %C."""
     if algo == "xxh128":
         import xxhash
 

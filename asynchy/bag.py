@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from asynchy import destfs
-from asynchy.audit import AuditOptions, folder_of
+from asynchy.audit import AuditOptions, folder_of, transfer_hasher
 from asynchy.db import Database
 from asynchy.errors import AsynchyError, PartialFailure, UsageError
 from asynchy.filters import Filters
@@ -164,7 +164,7 @@ def _place(
         for o in opened:
             os.close(o)
     hashers: dict[str, Any] = {name: hashlib.new(name) for name in digests}
-    hashers[algo] = _transfer_hasher(algo)
+    hashers[algo] = transfer_hasher(algo)
     total = 0
     out = None if how == "linked" else open(target, "xb")  # noqa: SIM115 - closed below
     try:
@@ -179,14 +179,6 @@ def _place(
         if out is not None:
             out.close()
     return {name: h.hexdigest() for name, h in hashers.items()}, total, how
-
-
-def _transfer_hasher(algo: str) -> Any:
-    if algo == "xxh128":
-        import xxhash
-
-        return xxhash.xxh3_128()
-    return hashlib.md5(usedforsecurity=False)
 
 
 def _tag_files(

@@ -20,18 +20,8 @@ from sqlalchemy import func, select
 from asynchy.db import Database
 from asynchy.errors import AsynchyError, ConfigError
 from asynchy.fixity import overview
-from asynchy.models import QUEUE_STATUSES, epns_table, transfers_table
+from asynchy.models import QUEUE_STATUSES, STATUSES, epns_table, transfers_table
 
-STATUSES = (
-    "pending",
-    "running",
-    "complete",
-    "damaged",
-    "changed",
-    "failed",
-    "quarantined",
-    "skipped",
-)
 e = epns_table.c
 t = transfers_table.c
 

@@ -32,6 +32,17 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 SCHEMA_HEAD = "0009"
+# Every status of an EPN (docs/schema.md), in the order people read them.
+STATUSES = (
+    "pending",
+    "running",
+    "complete",
+    "damaged",
+    "changed",
+    "failed",
+    "quarantined",
+    "skipped",
+)
 QUEUE_STATUSES = ("pending", "changed", "failed", "running")
 QUEUE_CONDITION = "status IN ('pending', 'changed', 'failed', 'running')"
 

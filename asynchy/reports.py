@@ -19,6 +19,7 @@ from asynchy.db import Database
 from asynchy.errors import UsageError
 from asynchy.fixity import overview
 from asynchy.models import (
+    STATUSES,
     epns_table,
     transfers_table,
     walk_errors_table,
@@ -28,16 +29,6 @@ from asynchy.models import (
 
 e = epns_table.c
 t = transfers_table.c
-STATUSES = (
-    "pending",
-    "running",
-    "complete",
-    "damaged",
-    "changed",
-    "failed",
-    "quarantined",
-    "skipped",
-)
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:

@@ -68,20 +68,24 @@ SLOT = "@slot@"  # replaced by each pool worker with its own name (see transfer.
 CONTROL_PERSIST = 30  # seconds an idle shared ssh connection stays up
 
 
+def _version_output(binary: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [binary, "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=child_env(os.environ),
+    )
+
+
 def checksum_algo(choice: str, binary: str) -> str:
     """Fixity's algorithm: the one chosen, or for ``auto`` xxh128 when this rsync has it (its
     ``--version`` lists its checksums), else md5."""
     if choice != "auto":
         return choice
     try:
-        out = subprocess.run(
-            [binary, "--version"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-            env=child_env(os.environ),
-        ).stdout
+        out = _version_output(binary).stdout
     except (OSError, subprocess.TimeoutExpired):
         out = ""
     listed = out.split("Checksum list:", 1)[1].split(":", 1)[0] if "Checksum list:" in out else ""
@@ -96,14 +100,7 @@ def parse_version(text: str) -> tuple[int, int, int] | None:
 def rsync_version(binary: str) -> tuple[tuple[int, int, int], str]:
     """(version, first line) of the rsync binary; ConfigError when missing or too old."""
     try:
-        out = subprocess.run(
-            [binary, "--version"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-            env=child_env(os.environ),
-        )
+        out = _version_output(binary)
     except FileNotFoundError:
         raise ConfigError(
             f"rsync ({binary}) is not installed or not on PATH: install rsync >= 3.4.1"
