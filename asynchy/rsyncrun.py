@@ -143,10 +143,14 @@ class Sums:
         return True
 
 
-def _pinned_fds(cwd: bytes) -> tuple[int, ...]:
-    """The descriptor a ``/proc/self/fd/N`` working folder needs in the child."""
-    prefix = b"/proc/self/fd/"
-    return (int(cwd[len(prefix) :]),) if cwd.startswith(prefix) else ()
+_BY_FD = re.compile(r"/proc/self/fd/([0-9]+)(?:/|$)")
+
+
+def _pinned_fds(cwd: bytes, argv: Iterable[str]) -> tuple[int, ...]:
+    """The descriptors the child needs: those a ``/proc/self/fd/N`` working folder, or an option's
+    ``/proc/self/fd/N/...`` value (asynchy's temporary folders, asynchy.transfer), names."""
+    named = [os.fsdecode(cwd), *(arg.partition("=")[2] for arg in argv if arg.startswith("--"))]
+    return tuple(sorted({int(m.group(1)) for m in map(_BY_FD.match, named) if m is not None}))
 
 
 def run_rsync(
@@ -174,7 +178,7 @@ def run_rsync(
             start_new_session=True,
             env=child_env(os.environ),
             cwd=cwd,
-            pass_fds=_pinned_fds(cwd),
+            pass_fds=_pinned_fds(cwd, argv),
         )
     except OSError as exc:
         return Run(None, "", "", "", False, False, error=f"cannot run {argv[0]}: {exc.strerror}")

@@ -152,6 +152,25 @@ class _Folders:
             name = os.path.basename(job.partial_dir)
             os.close(destfs.private_folder(self.own, name, job.partial_dir))
 
+    def pinned(self, job: Job) -> Job:
+        """The job with asynchy's temporary and partial folders named through the open
+        ``.asynchy-tmp`` (``/proc/self/fd/N/<name>``, inherited by rsync): rsync resolves those
+        paths again for every file, and a component swapped for a symlink after the check must
+        not be followed (docs/security.md)."""
+        if self.own is None:
+            return job
+        swap = {}
+        for flag, path in (("--temp-dir", job.temp_dir), ("--partial-dir", job.partial_dir)):
+            if path is not None:
+                name = os.fsdecode(os.path.basename(path))
+                swap[f"{flag}={os.fsdecode(path)}"] = f"{flag}=/proc/self/fd/{self.own}/{name}"
+
+        def pin(argv: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(swap.get(arg, arg) for arg in argv)
+
+        repair = None if job.repair_argv is None else pin(job.repair_argv)
+        return replace(job, argv=pin(job.argv), repair_argv=repair)
+
     def tidy(self, result: TransferResult | None) -> None:
         """The temporary folder goes; the partial one once the attempt succeeded; and once the
         whole EPN is in place, whatever earlier attempts and parts left (``<hash>.*``)."""
@@ -211,7 +230,8 @@ def _run_job(job: Job, on_progress: ProgressFn | None, cancel: Any) -> TransferR
                 return _transfer(
                     replace(job, dest_dir=os.fsencode(empty)), started, progress, cancel, None
                 )
-        result = _transfer(job, started, progress, cancel, folders.dest)
+        result = _transfer(folders.pinned(job), started, progress, cancel, folders.dest)
+        result = replace(result, argv=job.argv)  # on record as built, without descriptors
         return result
     finally:
         try:

@@ -66,6 +66,40 @@ def test_a_symlink_planted_under_dest_is_never_followed(
     assert tree_digest(copy) == tree_digest(env["src"] / epn)
 
 
+@pytest.mark.parametrize("partial", [False, True])
+def test_a_temporary_folder_swapped_for_a_symlink_after_the_check_is_not_followed(
+    cli: Any, env: dict[str, Any], write_config: Any, sshd: Sshd, tmp_path: Path, partial: bool
+) -> None:
+    """rsync resolves --temp-dir and --partial-dir again for every file: a group member who
+    renames `.asynchy-tmp` and plants a symlink there after asynchy checked it would have rsync
+    write through the symlink.  rsync is given them through the folder asynchy opened
+    (/proc/self/fd/N/<name>).  An rsync wrapper makes the swap just before rsync starts (before
+    this, rsync looked for its temporary folder in `elsewhere`)."""
+    write_file(env["src"] / "40009a" / "frames" / "f.cbf", b"the data", FIXED_MTIME)
+    elsewhere, moved = tmp_path / "elsewhere", tmp_path / "moved"
+    elsewhere.mkdir()
+    own = env["dest"] / ".asynchy-tmp"
+    wrapper = tmp_path / "rsync-swapping"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'if [ -d "{own}" ] && [ ! -L "{own}" ] && [ ! -e "{moved}" ]; then\n'
+        f'  mv "{own}" "{moved}" && ln -s "{elsewhere}" "{own}"\n'
+        "fi\n"
+        f'exec {shutil.which("rsync")} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    site = _conf(env, write_config, sshd, rsync=str(wrapper))
+    walk(cli, site)
+    result = sync(cli, site, *(["--partial"] if partial else []))
+    assert moved.is_dir()  # the swap was made
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert list(elsewhere.iterdir()) == []  # nothing written through the symlink
+    assert tree_digest(env["dest"] / "40009a") == tree_digest(env["src"] / "40009a")
+    copy = rows(env["db"], "SELECT argv FROM transfers")[0][0]
+    assert "/proc/self/fd/" not in copy and f"--temp-dir={own}/" in copy  # recorded as built
+    assert (f"--partial-dir={own}/" in copy) is partial
+
+
 def test_verify_does_not_follow_a_symlink_planted_over_a_complete_copy(
     cli: Any, env: dict[str, Any], tmp_path: Path
 ) -> None:
