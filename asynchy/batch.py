@@ -33,7 +33,7 @@ from asynchy.destinations import Overlaps, dest_path
 from asynchy.errors import AsynchyError, RemoteError, SetupError
 from asynchy.failures import Situation, decide, lost
 from asynchy.filters import Filters
-from asynchy.jobs import PART_MARK, Attempt, Job, TransferResult, build_job, made_up
+from asynchy.jobs import PART_MARK, Attempt, Expected, Job, TransferResult, build_job, made_up
 from asynchy.logs import Block
 from asynchy.parts import Running, Unit
 from asynchy.preflight import ProbeResult, error_for, probe
@@ -124,8 +124,7 @@ class Batch:
                 self._start_due_retries(now)
                 if self.breaker.due(now):
                     self._probe()
-                if not self.breaker.open:
-                    self._fill()
+                self._refill()
             if self.stopping or self.halt is not None:
                 self._drop_waiting()
             if self._finished():
@@ -256,6 +255,10 @@ class Batch:
             for c in self._claim([candidate], 1):  # none: another worker took it meanwhile
                 self._start(c.epn, c)
 
+    def _refill(self) -> None:
+        if not self.stopping and self.halt is None and not self.breaker.open:
+            self._fill()
+
     def _start(self, epn: str, claim: claims.Claim | None) -> None:
         if claim is not None and claim.needs_listing and not self._list_first(claim):
             return
@@ -277,7 +280,7 @@ class Batch:
         if item.parts and k != len(item.parts):
             done = set()  # the inventory changed since: a new split
         item.parts_left = set(range(len(item.parts))) - done
-        self._attempt(item)
+        self._attempt(item, listed=job.expected)
 
     def _dest(self, epn: str) -> str:
         return str(dest_path(epn, self.opts.dest, self.opts.destinations, self.opts.layout))
@@ -359,9 +362,10 @@ class Batch:
         return False
 
     # -------------------------------------------------------------- attempts and the pool
-    def _attempt(self, item: Running) -> None:
+    def _attempt(self, item: Running, listed: Expected | None = None) -> None:
         """Start an attempt of an EPN: its parts still to copy wait for slots (the largest first),
-        or, when none are left (or it is not split), the whole EPN's job runs."""
+        or, when none are left (or it is not split), the whole EPN's job runs.  ``listed``: its
+        files as just read for the plan (read once, not again for the job)."""
         self.tries[item.epn] = self.tries.get(item.epn, 0) + 1
         item.start_attempt()
         self.running[item.epn] = item
@@ -369,7 +373,7 @@ class Batch:
             for i in sorted(item.parts_left):
                 heapq.heappush(self.units, Unit(-item.part_size(i), item.epn, i))
         else:
-            self._submit_final(item)
+            self._submit_final(item, listed)
         self._counts()
 
     def _rate(self, key: str) -> str | None:
@@ -388,8 +392,10 @@ class Batch:
         self.assigned[key] = rate
         return rsync_rate(rate)
 
-    def _submit_final(self, item: Running) -> None:
-        item.job = self._job(item.planned, item.claim, item.repair, bwlimit=self._rate(item.epn))
+    def _submit_final(self, item: Running, listed: Expected | None = None) -> None:
+        item.job = self._job(
+            item.planned, item.claim, item.repair, bwlimit=self._rate(item.epn), listed=listed
+        )
         self._pool_submit(item, item.job)
 
     def _submit_part(self, item: Running, part: int) -> None:
@@ -432,13 +438,18 @@ class Batch:
         *,
         part: tuple[int, list[bytes]] | None = None,
         bwlimit: str | None = None,
+        listed: Expected | None = None,
     ) -> Job:
         tries = max(0, self.tries.get(planned.epn, 0) - 1)
         number = (claim.attempts if claim else 0) + tries + 1
         attempt = Attempt(planned.epn, claim.token if claim else 0, number, repair, part)
         whole = not self.opts.dry_run and part is None
         algo = self.ropts.checksum_algo
-        expected = claims.expected_files(self.db, planned.epn, algo) if whole else None
+        expected = None
+        if whole:  # the files as just read for the plan, or read now
+            expected = (
+                listed if listed is not None else claims.expected_files(self.db, planned.epn, algo)
+            )
         ropts = replace(self.ropts, bwlimit=bwlimit)
         return build_job(self.opts, ropts, self.target, attempt, expected)
 
@@ -469,6 +480,10 @@ class Batch:
             log.exception("transfer of EPN %s failed unexpectedly", epn)
             result = made_up(item.job, "link", f"asynchy error: {exc}")
         self.serial += 1
+        if result.ok and not part:
+            # A copy that ended well can neither stop the run nor open the breaker: its slot takes
+            # the next work now, before this EPN's checksums and verdict are written.
+            self._refill()
         try:
             if result.ok and result.sums_spool is not None and self.ropts.checksum_algo:
                 fixity.record(self.db, epn, result.sums_spool, self.ropts.checksum_algo)

@@ -158,6 +158,28 @@ def test_the_largest_work_starts_first(site: dict[str, Any]) -> None:
     assert set(statuses(site).values()) == {("complete", 0)}
 
 
+def test_a_slot_freed_by_a_good_copy_starts_its_next_epn_before_the_verdict_is_written(
+    site: dict[str, Any],
+) -> None:
+    """The pool slot does not wait for the main thread's bookkeeping of a copy that ended well
+    (its checksums and verdict, written after the next EPN's rsync has started); a failure is
+    decided first, since it may stop the run or open the breaker."""
+    epns(site, {"11001a": [3 * MiB], "11002a": [2 * MiB], "11003a": [1 * MiB]})
+    seen: dict[tuple[str, int], dict[str, tuple[str, int]]] = {}  # the statuses as each job starts
+
+    def script(job: Job) -> FailureClass:
+        seen[job.epn, job.attempt] = statuses(site)
+        return "partial" if job.key == "11002a" and job.attempt == 1 else "ok"
+
+    batch, pool = run_batch(site, script, threads=1, retry=1)
+    # the failure was decided before anything else started: its retry holds the only slot
+    assert pool.submitted == ["11001a", "11002a", "11002a", "11003a"]
+    assert seen["11002a", 1]["11001a"][0] == "running"  # 11001a's verdict came after 11002a began
+    assert seen["11002a", 2]["11002a"] == ("running", 1)  # charged before the retry
+    assert seen["11003a", 1]["11002a"][0] == "running"
+    assert sorted(batch.summary.complete) == ["11001a", "11002a", "11003a"]
+
+
 def test_a_failed_part_runs_again_alone_then_the_final_pass(site: dict[str, Any]) -> None:
     epns(site, {"20001a": [4 * MiB, 3 * MiB, 2 * MiB, 1 * MiB]})
     failed_once: list[str] = []

@@ -7,7 +7,8 @@ a ``--bwlimit`` that keeps the copy busy for a few seconds) and, at a random mom
 fault chosen at random (``FAULTS``).  Then it checks the invariants, runs ``walk --refresh`` and
 up to ``CLEAN_RUNS`` clean syncs, and checks them again:
 
-* no EPN is complete unless its copy is byte-identical to its source;
+* no EPN is complete unless its copy is byte-identical to its source, and every regular file
+  of it has its source checksum on record, the checksum of its content (docs/fixity.md);
 * nothing is charged: every fault here is a link, setup, stop or source-change fault
   (docs/failures.md), so ``epns.failures`` stays 0 and nothing is failed or quarantined;
 * every EPN is complete within ``CLEAN_RUNS`` clean runs;
@@ -433,6 +434,9 @@ class Trial:
         for epn, finished in done:
             differences = _differences(self.src / epn, self.dest / epn, self.original.get(epn, {}))
             if not differences:
+                wrong = _fixity_errors(self.db, epn, self.dest / epn)
+                if wrong:
+                    v.append(f"{when}: {epn} is complete but its checksums are wrong: {wrong[:5]}")
                 continue
             if not final and epn in self.mutated and _before(finished, self.mutated[epn]):
                 continue  # complete before the campaign changed its source: walk --refresh sees it
@@ -537,9 +541,37 @@ class Trial:
 
 
 # ------------------------------------------------------------------ helpers
-def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+def _rows(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
-        return conn.execute(sql).fetchall()
+        return conn.execute(sql, params).fetchall()
+
+
+def _fixity_errors(db: Path, epn: str, copy: Path) -> list[str]:
+    """Fixity (docs/fixity.md): a complete EPN's regular files each have a current source
+    checksum on record, and it is the checksum of the file's content (the copy: equal to the
+    source when this is asked)."""
+    import xxhash
+
+    from asynchy.names import decode_name
+
+    wrong = []
+    for path, algo, value in _rows(
+        db,
+        "SELECT f.path, c.algo, c.value FROM files f LEFT JOIN checksums c ON c.epn = f.epn "
+        "AND c.path = f.path AND c.size = f.size AND c.modified = f.modified "
+        "WHERE f.epn = ? AND f.kind = 'file'",
+        epn,
+    ):
+        if value is None:
+            wrong.append(f"{path}: no checksum on record")
+            continue
+        data = (copy / os.fsdecode(decode_name(path))).read_bytes()
+        actual = (
+            xxhash.xxh3_128_hexdigest(data) if algo == "xxh128" else hashlib.md5(data).hexdigest()
+        )
+        if actual != value:
+            wrong.append(f"{path}: {algo} {value} on record, the file's is {actual}")
+    return wrong
 
 
 def _before(finished: str | None, when: float) -> bool:
