@@ -9,7 +9,9 @@ in 11 of them, random data, served by a loopback OpenSSH sshd.  Each run
 copies into an empty destination.  asynchy's database is walked before the
 timed part (the walk has its own benchmark); its sync includes verification.
 asynchy runs twice per turn: with fixity (the default: every file's source
-checksum recorded, docs/fixity.md) and with `fixity: false`.
+checksum recorded, docs/fixity.md) and with `fixity: false`.  In each turn,
+asynchy runs between the other two of its comparisons (xargs, `fixity: false`),
+their order reversed every other turn; the MeRC loop (3 turns) runs last.
 Reported: medians of wall time; asynchy's own CPU (its Python process, read
 from /proc, not rsync or ssh) against the CPU of the whole run (every process
 on the machine, from /proc/stat); the time from starting `asynchy sync` to
@@ -121,6 +123,12 @@ def main() -> None:
         metavar="CHECKOUT",
         help="also time the asynchy of this checkout (e.g. a git worktree of an older commit), in the same turns",
     )
+    parser.add_argument(
+        "--only",
+        metavar="NAMES",
+        help="run only these measurements, comma-separated (asynchy, nofixity, xargs, merc), e.g. "
+        "--only asynchy,nofixity --runs 25 for fixity's cost alone, to its own block",
+    )
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -150,13 +158,29 @@ def main() -> None:
     }
     # fixity (docs/fixity.md) on, as by default, and off: its cost, measured in the same turns
     envs = {"asynchy": env, "nofixity": {**env, "ASYNCHY_FIXITY": "false"}}
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = set(wanted) - set(results)
+        if unknown:
+            parser.error(f"--only: no measurement named {', '.join(sorted(unknown))}")
+        results = {name: [] for name in results if name in wanted}
     if args.before:
         results["before"] = []
         envs["before"] = {**env, "PYTHONPATH": str(Path(args.before).resolve())}
     startups: dict[str, list[float]] = {"asynchy": [], "before": [], "nofixity": []}
     try:
         for run in range(args.runs):
-            for name in results:
+            # the compared runs next to each other, in an order that alternates from turn to turn:
+            # none gains from always going first or always following the same run
+            order = (
+                ["nofixity", "asynchy", "xargs"]
+                if run % 2 == 0
+                else ["xargs", "asynchy", "nofixity"]
+            )
+            for name in [
+                *(n for n in order if n in results),
+                *(n for n in results if n not in order),
+            ]:
                 if name == "merc" and run >= 3:
                     continue
                 dest = work / "dest"
@@ -254,41 +278,60 @@ def main() -> None:
         lines.append(
             f"| {labels[name]} | {med(name):.2f} | {walls} | {med(name, 'machine_cpu'):.1f} |"
         )
-    pairs = [
-        a["wall"] / x["wall"] for a, x in zip(results["asynchy"], results["xargs"], strict=False)
-    ]
-    fixity_pairs = [
-        a["wall"] / n["wall"] for a, n in zip(results["asynchy"], results["nofixity"], strict=False)
-    ]
-    off_share = statistics.median(r["self_cpu"] / r["machine_cpu"] for r in results["nofixity"])
-    self_share = statistics.median(r["self_cpu"] / r["machine_cpu"] for r in results["asynchy"])
-    lines += [
-        "",
-        "| ratio | measured | target |",
-        "|---|---:|---|",
-        f"| asynchy / xargs rsync, wall time (ratio of the medians) | {med('asynchy') / med('xargs'):.3f} | <= 1.05 |",
-        f"| asynchy / xargs rsync, wall time (median of the {len(pairs)} pairs: {', '.join(f'{x:.2f}' for x in pairs)}) "
-        f"| {statistics.median(pairs):.3f} | <= 1.05 |",
-        f"| asynchy's own CPU / all CPU of the run | {100 * self_share:.1f} % | <= 5 % |",
-        f"| the same with fixity: false | {100 * off_share:.1f} % | |",
-        f"| start-up to the first rsync (median) | {statistics.median(startups['asynchy']):.3f} s | < 0.3 s |",
-        f"| MeRC loop / asynchy, wall time | {med('merc') / med('asynchy'):.2f} | (> 1: the busy wait costs) |",
-        f"| MeRC loop / asynchy, machine CPU | {med('merc', 'machine_cpu') / med('asynchy', 'machine_cpu'):.2f} | |",
-        f"| fixity on / off, wall time (median of the pairs: "
-        f"{', '.join(f'{x:.2f}' for x in fixity_pairs)}) | {statistics.median(fixity_pairs):.3f} | <= 1.03 |",
-    ]
-    if args.before:
-        before_pairs = [
-            b["wall"] / x["wall"] for b, x in zip(results["before"], results["xargs"], strict=False)
+
+    def ran(*names: str) -> bool:
+        return all(name in results for name in names)
+
+    def pairs_of(a: str, b: str) -> list[float]:
+        return [x["wall"] / y["wall"] for x, y in zip(results[a], results[b], strict=False)]
+
+    def share(name: str) -> float:
+        return statistics.median(r["self_cpu"] / r["machine_cpu"] for r in results[name])
+
+    def listed(values: list[float]) -> str:
+        return ", ".join(f"{x:.2f}" for x in values)
+
+    lines += ["", "| ratio | measured | target |", "|---|---:|---|"]
+    if ran("asynchy", "xargs"):
+        pairs = pairs_of("asynchy", "xargs")
+        lines += [
+            f"| asynchy / xargs rsync, wall time (ratio of the medians) | {med('asynchy') / med('xargs'):.3f} | <= 1.05 |",
+            f"| asynchy / xargs rsync, wall time (median of the {len(pairs)} pairs: {listed(pairs)}) "
+            f"| {statistics.median(pairs):.3f} | <= 1.05 |",
         ]
+    if ran("asynchy"):
+        lines += [
+            f"| asynchy's own CPU / all CPU of the run | {100 * share('asynchy'):.1f} % | <= 5 % |",
+        ]
+    if ran("nofixity"):
+        lines.append(f"| the same with fixity: false | {100 * share('nofixity'):.1f} % | |")
+    if ran("asynchy"):
+        lines.append(
+            f"| start-up to the first rsync (median) | {statistics.median(startups['asynchy']):.3f} s | < 0.3 s |"
+        )
+    if ran("asynchy", "merc"):
+        lines += [
+            f"| MeRC loop / asynchy, wall time | {med('merc') / med('asynchy'):.2f} | (> 1: the busy wait costs) |",
+            f"| MeRC loop / asynchy, machine CPU | {med('merc', 'machine_cpu') / med('asynchy', 'machine_cpu'):.2f} | |",
+        ]
+    if ran("asynchy", "nofixity"):
+        fixity_pairs = pairs_of("asynchy", "nofixity")
+        lines += [
+            f"| fixity on / off, wall time (ratio of the medians) | {med('asynchy') / med('nofixity'):.3f} | <= 1.03 |",
+            f"| fixity on / off, wall time (median of the {len(fixity_pairs)} pairs: {listed(fixity_pairs)}) "
+            f"| {statistics.median(fixity_pairs):.3f} | <= 1.03 |",
+        ]
+    if args.before and ran("xargs"):
+        before_pairs = pairs_of("before", "xargs")
         lines.append(
             f"| at {describe(args.before)}: its / xargs rsync (median of the pairs: "
-            f"{', '.join(f'{x:.2f}' for x in before_pairs)}) | {statistics.median(before_pairs):.3f} | (before) |"
+            f"{listed(before_pairs)}) | {statistics.median(before_pairs):.3f} | (before) |"
         )
     text = "\n".join(lines)
     print(text)
     if args.write:
-        write_block(args.write, "bench_sync", text)
+        block = "bench_sync" + (f"-only-{args.only.replace(',', '-')}" if args.only else "")
+        write_block(args.write, block, text)
 
 
 if __name__ == "__main__":
