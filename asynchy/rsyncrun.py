@@ -146,10 +146,14 @@ class Sums:
 _BY_FD = re.compile(r"/proc/self/fd/([0-9]+)(?:/|$)")
 
 
+_OWN_FOLDERS = ("--temp-dir=", "--partial-dir=")
+
+
 def _pinned_fds(cwd: bytes, argv: Iterable[str]) -> tuple[int, ...]:
-    """The descriptors the child needs: those a ``/proc/self/fd/N`` working folder, or an option's
-    ``/proc/self/fd/N/...`` value (asynchy's temporary folders, asynchy.transfer), names."""
-    named = [os.fsdecode(cwd), *(arg.partition("=")[2] for arg in argv if arg.startswith("--"))]
+    """The descriptors the child needs: those a ``/proc/self/fd/N`` working folder, or asynchy's
+    temporary and partial folders as ``/proc/self/fd/N/<name>`` (asynchy.transfer), name."""
+    own = (arg.partition("=")[2] for arg in argv if arg.startswith(_OWN_FOLDERS))
+    named = [os.fsdecode(cwd), *own]
     return tuple(sorted({int(m.group(1)) for m in map(_BY_FD.match, named) if m is not None}))
 
 
