@@ -444,14 +444,10 @@ class Batch:
         number = (claim.attempts if claim else 0) + tries + 1
         attempt = Attempt(planned.epn, claim.token if claim else 0, number, repair, part)
         whole = not self.opts.dry_run and part is None
-        algo = self.ropts.checksum_algo
-        expected = None
-        if whole:  # the files as just read for the plan, or read now
-            expected = (
-                listed if listed is not None else claims.expected_files(self.db, planned.epn, algo)
-            )
+        if whole and listed is None:  # not just read for the plan: read now
+            listed = claims.expected_files(self.db, planned.epn, self.ropts.checksum_algo)
         ropts = replace(self.ropts, bwlimit=bwlimit)
-        return build_job(self.opts, ropts, self.target, attempt, expected)
+        return build_job(self.opts, ropts, self.target, attempt, listed if whole else None)
 
     # -------------------------------------------------------------- results
     def _on_progress(self, event: Progressed) -> None:
@@ -486,9 +482,7 @@ class Batch:
             self._refill()
         try:
             if result.ok and result.sums_spool is not None and self.ropts.checksum_algo:
-                fixity.record(self.db, epn, result.sums_spool, self.ropts.checksum_algo)
-                if not part:
-                    result = self._every_file_has_a_value(epn, result)
+                result = self.verdicts.checksums(epn, result, self.ropts.checksum_algo, not part)
             if part:
                 self._on_part(item, int(part), result)
             else:
@@ -496,18 +490,6 @@ class Batch:
         finally:
             fixity.discard(result.sums_spool)
         self._counts()
-
-    def _every_file_has_a_value(self, epn: str, result: TransferResult) -> TransferResult:
-        """Fixity's rule, checked in the database too: complete only when every regular file the
-        copy includes has its source checksum on record (docs/fixity.md)."""
-        gaps = fixity.missing(self.db, epn, Filters(self.opts.include, self.opts.exclude))
-        if not gaps:
-            return result
-        return replace(
-            result,
-            classification="verify",
-            reason=f"verify: {plural(gaps, 'regular file')} without a source checksum on record",
-        )
 
     def _on_part(self, item: Running, part: int, result: TransferResult) -> None:
         """One part ended; when the attempt's last one has, the final pass (all copied) or the

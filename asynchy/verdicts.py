@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from asynchy import claims
+from asynchy import claims, fixity
 from asynchy.db import Database
 from asynchy.errors import AsynchyError, RemoteError
 from asynchy.failures import (
@@ -22,6 +22,7 @@ from asynchy.failures import (
     Decision,
     backoff,
 )
+from asynchy.filters import Filters
 from asynchy.jobs import TransferResult
 from asynchy.parts import Running
 from asynchy.render import plural
@@ -76,6 +77,23 @@ class Verdicts:
         if action in (Action.RELIST, Action.RELIST_AND_RETRY):
             return self._changed(item, result, decision)
         return self._data_failure(item, result, decision, reason, tries)
+
+    def checksums(self, epn: str, result: TransferResult, algo: str, whole: bool) -> TransferResult:
+        """Fixity (docs/fixity.md): the values a good run printed, recorded; for the whole EPN,
+        its rule checked in the database too: complete only when every regular file the copy
+        includes has its source checksum on record (else the result is ``verify``)."""
+        assert result.sums_spool is not None
+        fixity.record(self.db, epn, result.sums_spool, algo)
+        if not whole:  # a part: the final pass checks the whole EPN
+            return result
+        gaps = fixity.missing(self.db, epn, Filters(self.opts.include, self.opts.exclude))
+        if not gaps:
+            return result
+        return replace(
+            result,
+            classification="verify",
+            reason=f"verify: {plural(gaps, 'regular file')} without a source checksum on record",
+        )
 
     # -------------------------------------------------------------- one row of the table each
     def _given_back(

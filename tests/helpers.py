@@ -97,6 +97,19 @@ def processes_matching(text: str) -> list[int]:
     return found
 
 
+def works_in(pid: int, cmd: bytes, dest: Path) -> bool:
+    """Whether a process works for a copy into dest: dest is in its command line, or its working
+    folder is dest or below (asynchy's rsync runs in the EPN's folder and names its own temporary
+    folders through descriptors, /proc/self/fd/N: no path of dest is in its command line)."""
+    if str(dest).encode() in cmd:
+        return True
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd".encode())
+    except OSError:
+        return False
+    return cwd == os.fsencode(dest) or cwd.startswith(os.fsencode(dest) + b"/")
+
+
 def rsync_processes(dest: Path) -> dict[int, bytes]:
     """rsync processes copying into dest, one per rsync run: pid -> command line.
 
@@ -106,7 +119,7 @@ def rsync_processes(dest: Path) -> dict[int, bytes]:
     found = {
         pid: (ppid, cmd)
         for pid, (ppid, cmd) in processes().items()
-        if b"rsync" in cmd and str(dest).encode() in cmd and pid != os.getpid()
+        if b"rsync" in cmd and pid != os.getpid() and works_in(pid, cmd, dest)
     }
     return {pid: cmd for pid, (ppid, cmd) in found.items() if found.get(ppid, (0, b""))[1] != cmd}
 

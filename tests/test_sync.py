@@ -1089,17 +1089,19 @@ def test_claim_of_another_host_is_taken_back_only_after_its_lease(
 
 
 def _rsync_runs_by_folder(dest: Path) -> dict[bytes, set[int]]:
-    """The rsync runs (process groups) alive now, by the --temp-dir they write into."""
+    """The rsync runs (process groups) alive now, by the --temp-dir they write into (its name:
+    asynchy names the folder through a descriptor, /proc/self/fd/N/<name>)."""
+    from helpers import works_in
     from sshd import processes
 
     runs: dict[bytes, set[int]] = {}
     for pid, (_ppid, cmd) in processes().items():
-        if not cmd.startswith(b"rsync") or str(dest).encode() not in cmd:
+        if not cmd.startswith(b"rsync") or not works_in(pid, cmd, dest):
             continue
         folder = next((a for a in cmd.split(b"\0") if a.startswith(b"--temp-dir=")), None)
         with contextlib.suppress(ProcessLookupError):
             if folder is not None:
-                runs.setdefault(folder, set()).add(os.getpgid(pid))
+                runs.setdefault(os.path.basename(folder), set()).add(os.getpgid(pid))
     return runs
 
 

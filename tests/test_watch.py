@@ -349,13 +349,14 @@ def test_the_metrics_file_stays_fresh_through_a_server_outage(
 
 
 def _rsync_anywhere_into(dest: Path) -> list[int]:
-    """Every process (a receiver's forked child too) whose command line names dest."""
+    """Every rsync process (a receiver's forked child too) working for a copy into dest."""
+    from helpers import works_in
     from sshd import processes
 
     return [
         pid
         for pid, (_ppid, cmd) in processes().items()
-        if b"rsync" in cmd and str(dest).encode() in cmd and pid != os.getpid()
+        if b"rsync" in cmd and pid != os.getpid() and works_in(pid, cmd, dest)
     ]
 
 
