@@ -292,13 +292,18 @@ def main() -> None:
         return ", ".join(f"{x:.2f}" for x in values)
 
     lines += ["", "| ratio | measured | target |", "|---|---:|---|"]
-    if ran("asynchy", "xargs"):
-        pairs = pairs_of("asynchy", "xargs")
-        lines += [
-            f"| asynchy / xargs rsync, wall time (ratio of the medians) | {med('asynchy') / med('xargs'):.3f} | <= 1.05 |",
-            f"| asynchy / xargs rsync, wall time (median of the {len(pairs)} pairs: {listed(pairs)}) "
-            f"| {statistics.median(pairs):.3f} | <= 1.05 |",
+
+    def versus(a: str, b: str, label: str, target: str) -> list[str]:
+        """Two rows: a against b in wall time, by the ratio of the medians and by the pairs."""
+        pairs = pairs_of(a, b)
+        return [
+            f"| {label}, wall time (ratio of the medians) | {med(a) / med(b):.3f} | {target} |",
+            f"| {label}, wall time (median of the {len(pairs)} pairs: {listed(pairs)}) "
+            f"| {statistics.median(pairs):.3f} | {target} |",
         ]
+
+    if ran("asynchy", "xargs"):
+        lines += versus("asynchy", "xargs", "asynchy / xargs rsync", "<= 1.05")
     if ran("asynchy"):
         lines += [
             f"| asynchy's own CPU / all CPU of the run | {100 * share('asynchy'):.1f} % | <= 5 % |",
@@ -315,12 +320,7 @@ def main() -> None:
             f"| MeRC loop / asynchy, machine CPU | {med('merc', 'machine_cpu') / med('asynchy', 'machine_cpu'):.2f} | |",
         ]
     if ran("asynchy", "nofixity"):
-        fixity_pairs = pairs_of("asynchy", "nofixity")
-        lines += [
-            f"| fixity on / off, wall time (ratio of the medians) | {med('asynchy') / med('nofixity'):.3f} | <= 1.03 |",
-            f"| fixity on / off, wall time (median of the {len(fixity_pairs)} pairs: {listed(fixity_pairs)}) "
-            f"| {statistics.median(fixity_pairs):.3f} | <= 1.03 |",
-        ]
+        lines += versus("asynchy", "nofixity", "fixity on / off", "<= 1.03")
     if args.before and ran("xargs"):
         before_pairs = pairs_of("before", "xargs")
         lines.append(
