@@ -5,7 +5,8 @@ busy with the largest work left (LPT): a waiting part of a split EPN, or the nex
 parts when it is big.  Each rsync starts with its share of ``--bwlimit``.  A result goes to
 ``failures.decide`` (what happens next, docs/failures.md) and ``verdicts.Verdicts`` (which
 records it); the scheduler then does what the verdict says with the EPN: nothing more, a retry
-after a back-off, again once the server answers (the circuit breaker), or at once.
+after a back-off, again once the server answers (the circuit breaker), or at once.  A copy that
+ended well gives its slot to the next work before its checksums and verdict are written.
 
 Only the main thread runs this class, so only the main thread writes to the database; pool
 workers return ``TransferResult`` values through the event queue, and the breaker's probe runs
