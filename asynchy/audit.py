@@ -36,7 +36,7 @@ from asynchy.fixity import current
 from asynchy.models import audits_table, checksums_table, epns_table, files_table
 from asynchy.names import decode_name, encode_name
 from asynchy.render import plural
-from asynchy.sums import components, damage_words
+from asynchy.sums import damage_words
 
 log = logging.getLogger(__name__)
 
@@ -100,24 +100,9 @@ class AuditProgress(Protocol):
 def digest(fd_dir: int, rel: bytes, algo: str) -> tuple[str | None, int]:
     """(hex, bytes read) of ``rel`` below the open folder, every component entered without
     following symlinks; (None, 0) when it is missing or not a regular file."""
-    try:
-        parts = components(rel)
-    except ValueError:
-        return None, 0  # never read outside the EPN's copy
-    fds: list[int] = []
-    try:
-        at = fd_dir
-        for name in parts[:-1]:
-            at = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=at)
-            fds.append(at)
-        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=at)
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
-            return None, 0
-        raise
-    finally:
-        for opened in fds:
-            os.close(opened)
+    fd = _opened(fd_dir, rel, folder=False)
+    if fd is None:
+        return None, 0
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -313,7 +298,7 @@ def _digest_group(
         for i, (_stored, raw, algo, _want, _size) in group:
             parent, _, name = raw.rpartition(b"/")
             if parent not in folders:
-                folders[parent] = _open_folder(fd, parent)
+                folders[parent] = _opened(fd, parent, folder=True)
             at = folders[parent]
             out.append((i, digest(at, name, algo) if at is not None else (None, 0)))
         return out
@@ -323,26 +308,17 @@ def _digest_group(
                 os.close(opened)
 
 
-def _open_folder(fd: int, path: bytes) -> int | None:
-    """A folder below the EPN's copy, entered without following symlinks; None if it is not one."""
+def _opened(fd: int, rel: bytes, *, folder: bool) -> int | None:
+    """``rel`` below the EPN's copy (destfs.open_inside); None when it is not there as a plain
+    path: missing, a symlink, not a folder, or going up with ``..`` (never read outside the copy)."""
     try:
-        parts = components(path)
+        return destfs.open_inside(fd, rel, folder=folder)
     except ValueError:
         return None
-    at = fd
-    try:
-        for name in parts:
-            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=at)
-            if at != fd:
-                os.close(at)
-            at = child
     except OSError as exc:
-        if at != fd:
-            os.close(at)
         if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
             return None
         raise
-    return at
 
 
 def _resume_after(db: Database, epn: str) -> str | None:

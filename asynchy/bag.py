@@ -143,26 +143,22 @@ def _place(
     fd: int, path: bytes, data: Path, algo: str, digests: tuple[str, ...]
 ) -> tuple[dict[str, str], int, str]:
     """Link (or copy) one file of the copy into the payload; its digests from one read."""
-    parts = components(path)  # ValueError: refused before anything is linked
-    at = fd
-    opened: list[int] = []
+    parent, _, leaf = path.rpartition(b"/")  # a plain path: make_bag checked it
+    at = destfs.open_inside(fd, parent, folder=True) if parent else fd
     try:
-        for name in parts[:-1]:
-            at = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=at)
-            opened.append(at)
-        src = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=at)
+        src = destfs.open_inside(at, leaf, folder=False)
         target = os.fsencode(data) + b"/" + path
         os.makedirs(os.path.dirname(target), exist_ok=True)
         try:
-            os.link(parts[-1], target, src_dir_fd=at, follow_symlinks=False)
+            os.link(leaf, target, src_dir_fd=at, follow_symlinks=False)
             how = "linked"
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 raise
             how = "copied"
     finally:
-        for o in opened:
-            os.close(o)
+        if at != fd:
+            os.close(at)
     hashers: dict[str, Any] = {name: hashlib.new(name) for name in digests}
     hashers[algo] = transfer_hasher(algo)
     total = 0

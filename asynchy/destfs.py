@@ -19,6 +19,8 @@ import os
 import shutil
 import stat
 
+from asynchy.sums import components
+
 _OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -79,6 +81,26 @@ def open_below(root: bytes, path: bytes, *, create: bool, mode: int = 0o777) -> 
         os.close(fd)
         raise
     return fd
+
+
+def open_inside(fd: int, rel: bytes, *, folder: bool) -> int:
+    """``rel``, a plain path inside the open folder ``fd``, opened one component at a time without
+    following symlinks: a folder (``folder``), or a file to read.  A new descriptor (the caller
+    closes it); OSError when a component is missing, a symlink or not a folder; ValueError for a
+    path with an empty, ``.`` or ``..`` component (never outside ``fd``)."""
+    *parents, last = components(rel)
+    at = fd
+    try:
+        for name in parents:
+            child = os.open(name, _OPEN, dir_fd=at)
+            if at != fd:
+                os.close(at)
+            at = child
+        flags = _OPEN if folder else os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        return os.open(last, flags, dir_fd=at)
+    finally:
+        if at != fd:
+            os.close(at)
 
 
 def check_below(root: bytes, path: bytes) -> None:
