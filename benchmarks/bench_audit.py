@@ -7,10 +7,12 @@ One command (no server needed: the source is a local folder):
 
 Throughput: a copy of 7 GiB (64 files of 112 MiB and 2,000 of 1-60 KiB) is
 made once by `asynchy sync` (which records each file's xxh128); then, in turns,
-`asynchy audit --threads N` and `find | xargs -0 -P N -n 64 xxh128sum` read it,
-N = the CPUs (each command's start-up included: about 0.5 s for asynchy).  Cold: every file is evicted from the page cache before each run
-(posix_fadvise DONTNEED after a sync; no root needed); warm: read once first.
-Medians of --runs; the ratio is the audit's throughput over xxh128sum's.
+`asynchy audit --threads N` and `find | xargs -0 -P N -n 4 xxh128sum` read it,
+N = the CPUs, each as a whole command.  Cold: every file is evicted from the
+page cache before each run (posix_fadvise DONTNEED after a sync; no root
+needed); warm: read once first.  Medians of --runs; the wall-time ratio, and
+the audit's reading throughput (its wall time less its start-up, `audit
+--budget 0`, timed in the same turns) over xxh128sum's.
 
 Memory: one EPN of --files files (1,000,000 by default; tiny files, so it is
 the file count that weighs), walked, synced and audited; the peak resident
